@@ -1,0 +1,1 @@
+"""`hf-plugins` subcommands: every module here defines `register(subparsers)`."""
