@@ -85,10 +85,10 @@ def register_peft_type(name: str, config_cls: type, model_cls: type, prefix: str
     Returns:
         The `PeftType` member.
     """
+    check_peft_internals()
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
     from peft.utils.peft_types import register_peft_method
 
-    check_peft_internals()
     if name != name.lower() or name.endswith("_") or not name.isidentifier():
         raise ValueError(f"PEFT type names must be lower-case identifiers not ending in '_', got {name!r}")
     prefix = prefix or name + "_"

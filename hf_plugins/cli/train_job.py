@@ -23,12 +23,13 @@ _DIRECT_FIELDS = (
     "logging_steps",
     "seed",
     "bf16",
-    "gradient_checkpointing",
 )
 
 
 def _training_kwargs(args, output_dir: Path, defaults: dict, fields: set[str]) -> dict:
     kw = {name: getattr(args, name) for name in _DIRECT_FIELDS}
+    if args.gradient_checkpointing:  # only when asked: the field is renamed in newer transformers releases
+        kw["gradient_checkpointing"] = True
     kw["learning_rate"] = args.learning_rate if args.learning_rate is not None else defaults.get("learning_rate", 5e-5)
     for key, value in defaults.items():
         if key != "learning_rate" and key in fields:
