@@ -11,6 +11,7 @@ import gzip
 import re
 import struct
 import subprocess
+import textwrap
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -112,9 +113,10 @@ def _gcide(root: Path) -> Iterator[Document]:
 
 
 def _jargon(root: Path) -> Iterator[Document]:
-    text = gzip.open(root / "usr/share/doc/jargon-text/jargon.txt.gz", "rt", encoding="latin-1").read()
-    for i, entry in enumerate(re.split(r"\n(?=:[^:\n]+:)", text)):
-        entry = _norm_space(entry)
+    text = gzip.open(root / "usr/share/doc/jargon-text/jargon.txt.gz", "rt", encoding="utf-8", errors="replace").read()
+    # Entries are indented by three spaces and start with ":headword:".
+    for i, entry in enumerate(re.split(r"\n(?= {0,3}:[^:\n]+:)", text)):
+        entry = _norm_space(textwrap.dedent(entry))
         if len(entry) >= 40:
             yield f"jargon/{i:05d}", entry
 
