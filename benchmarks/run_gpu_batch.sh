@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Run several benchmark commands on the GPU machine in one device call, one queue per GPU.
+#
+#   bash benchmarks/run_gpu_batch.sh QUEUE_FILE [QUEUE_FILE ...]
+#
+# Each QUEUE_FILE lists one command per line (run from the repo root with PYTHONPATH=.); queue i runs on GPU i,
+# queues run in parallel, commands in a queue one after another. Every command's output goes to
+# $OUT/logs/<queue>-<n>.log; at the end everything under $OUT/logs is packed into $OUT/results.tar.gz
+# (the device tool returns at most 8 files). Result rows are the lines starting with "| 20" in the logs.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT/logs"
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv > "$OUT/logs/gpus.csv" 2>&1
+gpu=0
+pids=()
+for queue in "$@"; do
+    name=$(basename "$queue" .txt)
+    (
+        n=0
+        while IFS= read -r cmd; do
+            [ -z "$cmd" ] && continue
+            case "$cmd" in \#*) continue ;; esac
+            n=$((n + 1))
+            log="$OUT/logs/${name}-${n}.log"
+            echo "### $cmd" > "$log"
+            start=$(date +%s)
+            CUDA_VISIBLE_DEVICES=$gpu timeout "${CMD_TIMEOUT:-400}" bash -c "$cmd" >> "$log" 2>&1
+            echo "### exit $? after $(( $(date +%s) - start )) s" >> "$log"
+        done < "$queue"
+    ) &
+    pids+=($!)
+    gpu=$((gpu + 1))
+done
+for p in "${pids[@]}"; do wait "$p"; done
+tar -czf "$OUT/results.tar.gz" -C "$OUT" logs
+grep -h "^### exit" "$OUT"/logs/*.log | sort | uniq -c
+grep -h "^| 20" "$OUT"/logs/*.log

@@ -1,0 +1,557 @@
+"""Shared machinery for PEFT tuners whose adapter is a sparse delta on a linear weight (LIFT, SEFT).
+
+An adapter stores, per adapted `nn.Linear` and adapter name, a 1-D trainable values tensor and a persistent
+int32 buffer of flat (row-major) positions into the weight. The effective weight is
+
+    W_eff = W0 + scatter(indices, values) [+ scatter(residual_indices, residual_values)]
+
+No dense masked copy of any weight is stored, saved for backward or kept in optimizer state.
+
+Stable API (other tuners build on it; signatures will not change, additions are allowed)
+-------------------------------------------------------------------------------------------
+Functions:
+    sparse_delta_linear(x, weight, bias, indices, values, grad_hook=None) -> Tensor
+        y = x W_eff^T + b through `SparseDeltaLinearFunction`: saves only `x` and references to `weight`, the
+        indices and the values; the dense dL/dW of the layer exists only inside backward, is gathered at each
+        index set (grad of each values tensor) and freed at once. `grad_hook(dense_grad_fp32)` sees it first.
+    add_sparse_(weight, indices, values, alpha=1.0) -> weight
+        In place, W[idx] = round(W[idx] + alpha * v) with ONE rounding to W's dtype (used by forward, backward
+        and merge, so a merged bf16 model equals the unmerged forward bit for bit).
+    dense_delta(shape, indices, values, dtype=float32, device=None) -> Tensor
+    gather_flat(dense, indices) -> Tensor                        # dense.view(-1)[indices]
+    carry_map(old_indices, new_indices) -> (src, kept)
+        for every new position j: kept[j] = (new[j] in old), src[j] = its slot in old (0 where not kept).
+    optimizer_state(optimizer, param) -> dict | None            # unwraps accelerate's AcceleratedOptimizer
+    remap_optimizer_state_(optimizer, param, src, kept) -> None
+        per-entry state tensors (exp_avg, exp_avg_sq, ...) become where(kept, old[src], 0); `step` untouched.
+    check_indices(indices, numel, where) -> None                 # clear ValueError for out-of-range indices
+
+Classes:
+    SparseDeltaLayer(BaseTunerLayer)
+        Base of a tuner layer. A subclass sets `sparse_prefix` (e.g. "lift_") and lists its containers:
+            adapter_layer_names = ("<p>values",)
+            other_param_names = ("<p>indices", "<p>residual_indices", "<p>residual_values", "<p>ready")
+        and its concrete class is `class Linear(nn.Module, XLayer)` whose `forward` returns
+        `self.sparse_forward(x, *args, **kwargs)` (nn.Module's own `forward` would shadow a mixin's).
+        Provides: `add_sparse_adapter(name, k, indices=None)`, `sparse_forward`, `merge`, `unmerge`,
+        `get_delta_weight`, `sparse_state(name)`, `set_sparse_state_(name, indices, values, residual_indices=None,
+        residual_values=None, optimizer=None, mark_ready=True) -> (src, kept)` (re-selection with Adam-moment
+        carry-over), `is_ready(name)`, `weight_numel`, `sparse_grad_hook` (attribute; a callable receiving this
+        layer's dense fp32 weight gradient on every backward) and a load pre-hook that resizes the residual
+        buffers to the saved shapes and raises a clear error when the saved indices do not fit the base weight.
+        Caveat: transformers' `model.load_adapter` / `AutoModelForCausalLM.from_pretrained(adapter_dir)` check
+        shapes before any load hook runs, so a tuner whose buffers change length must also record the lengths
+        in its PEFT config and pre-allocate them when the layer is created (LIFT: `LiftConfig.residual_sizes`).
+    ResizableBufferDict(BufferDict)
+        A persistent `BufferDict` (PEFT's) used for the index/residual/flag containers.
+
+Why a custom autograd function: `F.linear(x, W0 + scatter(...))` makes autograd save the dense effective weight
+(about 1x the weights as extra activation memory; 2x for SHiRA-style clone + sparse add), see
+../../docs/lift.md "Performance".
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+
+__all__ = [
+    "ResizableBufferDict",
+    "SparseDeltaLayer",
+    "SparseDeltaLinearFunction",
+    "add_sparse_",
+    "carry_map",
+    "check_indices",
+    "dense_delta",
+    "gather_flat",
+    "optimizer_state",
+    "remap_optimizer_state_",
+    "sparse_delta_linear",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tensor helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which W[idx] + v is formed before the single rounding back to W's dtype."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def add_sparse_(weight: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """In place: `weight.view(-1)[indices] = round(weight[indices] + alpha * values)`, one rounding per entry.
+
+    `indices` (int32 or int64) must be unique within the call. Returns `weight`."""
+    if indices.numel() == 0:
+        return weight
+    flat = weight.view(-1)
+    acc = _acc_dtype(weight.dtype)
+    cur = flat.index_select(0, indices).to(acc)
+    vals = values.detach().to(device=weight.device, dtype=acc)
+    new = cur.add_(vals, alpha=alpha) if alpha != 1.0 else cur.add_(vals)
+    flat.index_put_((indices,), new.to(weight.dtype))
+    return weight
+
+
+def dense_delta(
+    shape: Sequence[int],
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """A dense tensor of `shape`, zero except `values` at the flat `indices`."""
+    out = torch.zeros(tuple(shape), dtype=dtype, device=device if device is not None else values.device)
+    if indices.numel():
+        out.view(-1).index_add_(0, indices.to(out.device), values.detach().to(device=out.device, dtype=dtype))
+    return out
+
+
+def gather_flat(dense: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """`dense.reshape(-1)[indices]` (int32 or int64 indices)."""
+    return dense.reshape(-1).index_select(0, indices)
+
+
+def check_indices(indices: torch.Tensor, numel: int, where: str) -> None:
+    """Raise a `ValueError` that says what to do if `indices` do not fit a weight with `numel` entries."""
+    if indices.numel() == 0:
+        return
+    hi, lo = int(indices.max()), int(indices.min())
+    if hi >= numel or lo < 0:
+        bad = hi if hi >= numel else lo
+        raise ValueError(
+            f"The sparse adapter for `{where}` indexes entry {bad}, but that weight has only {numel} entries: the "
+            "adapter was trained on a base model with different shapes. Load it onto the model named in "
+            "adapter_config.json (`base_model_name_or_path`)."
+        )
+
+
+_FP32_OUT_MM_OK: dict[str, bool] = {}
+
+
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with an fp32 result. For bf16/fp16 inputs on CUDA this uses `torch.mm(..., out_dtype=float32)`
+    (tensor-core speed, fp32 accumulate and output) when the installed torch has it; otherwise the product is
+    computed in the input dtype and upcast (what full fine-tuning's bf16 weight gradient would hold)."""
+    if a.dtype in (torch.float32, torch.float64):
+        return a @ b
+    dev = a.device.type
+    if _FP32_OUT_MM_OK.get(dev, dev == "cuda"):
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError, NotImplementedError):
+            _FP32_OUT_MM_OK[dev] = False
+    return (a @ b).float()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The autograd function
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _effective_weight(weight, dtype, indices, values):
+    w = weight.detach().to(dtype=dtype, copy=True)
+    for idx, val in zip(indices, values):
+        add_sparse_(w, idx, val)
+    return w
+
+
+class SparseDeltaLinearFunction(torch.autograd.Function):
+    """y = x (W + sum_i scatter(indices_i, values_i))^T + bias, with a LoRA-sized autograd footprint.
+
+    Saved for backward: `x` and references to the weight, bias, index and values tensors (no new dense
+    tensor). Backward rebuilds the effective weight transiently for grad_x, and forms the dense weight gradient
+    of this one layer (fp32) only if some values tensor, the weight or a hook needs it; it is gathered at each
+    index set and dropped before backward returns.
+    Call through `sparse_delta_linear`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, grad_hook, n, *tensors):
+        indices, values = tensors[:n], tensors[n:]
+        with torch.autocast(x.device.type, enabled=False):
+            w_eff = _effective_weight(weight, x.dtype, indices, values)
+            b = bias.to(x.dtype) if bias is not None else None
+            out = nn.functional.linear(x, w_eff, b)
+        del w_eff
+        ctx.save_for_backward(x, weight, bias, *tensors)
+        ctx.n = n
+        ctx.grad_hook = grad_hook
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, *tensors = ctx.saved_tensors
+        n = ctx.n
+        indices, values = tensors[:n], tensors[n:]
+        needs = ctx.needs_input_grad
+        grad_x = grad_w = grad_b = None
+        grad_values = [None] * n
+        with torch.autocast(grad_out.device.type, enabled=False):
+            g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
+            if needs[0]:
+                w_eff = _effective_weight(weight, x.dtype, indices, values)
+                grad_x = (g2 @ w_eff).view(*x.shape)
+                del w_eff
+            want_values = [needs[5 + n + i] for i in range(n)]
+            if any(want_values) or needs[1] or ctx.grad_hook is not None:
+                # Dense dL/dW exists for one layer at a time and is dropped as soon as it is gathered at the
+                # indices; keeping it would cost full fine-tuning memory (what the official LIFT optimizer does).
+                dense = _mm_fp32(g2.t(), x.reshape(-1, x.shape[-1]))
+                if ctx.grad_hook is not None:
+                    ctx.grad_hook(dense)
+                for i in range(n):
+                    if want_values[i]:
+                        grad_values[i] = gather_flat(dense, indices[i]).to(values[i].dtype)
+                if needs[1]:
+                    grad_w = dense.to(weight.dtype)
+                del dense
+            if bias is not None and needs[2]:
+                grad_b = g2.sum(0).to(bias.dtype)
+        return (grad_x, grad_w, grad_b, None, None, *([None] * n), *grad_values)
+
+
+def sparse_delta_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    indices: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor],
+    grad_hook: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """`F.linear(x, W + sum_i scatter(indices[i], values[i]), bias)` computed in `x.dtype` (autocast-aware).
+
+    Args:
+        x: input `(..., in_features)`.
+        weight: `(out_features, in_features)` base weight (usually frozen).
+        bias: optional `(out_features,)`.
+        indices: int32/int64 1-D flat positions into `weight`, one tensor per delta, unique within each tensor.
+        values: matching 1-D values (any float dtype; the gradient comes back in that dtype).
+        grad_hook: optional `fn(dense_grad)` called in backward with the layer's fp32 `dL/dW_eff`.
+    """
+    if len(indices) != len(values):
+        raise ValueError(f"got {len(indices)} index tensors but {len(values)} values tensors")
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        x = x.to(torch.get_autocast_dtype(dev))
+    elif x.dtype != weight.dtype and weight.dtype.is_floating_point:
+        x = x.to(weight.dtype)
+    return SparseDeltaLinearFunction.apply(x, weight, bias, grad_hook, len(indices), *indices, *values)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Optimizer-state remapping
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def carry_map(old_indices: torch.Tensor, new_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Match positions of a new index set against an old one.
+
+    Returns `(src, kept)`, both of `new_indices`' length: `kept[j]` is True iff `new_indices[j]` occurs in
+    `old_indices`, and then `old_indices[src[j]] == new_indices[j]` (`src[j]` is 0 where not kept)."""
+    device = new_indices.device
+    if old_indices.numel() == 0:
+        return torch.zeros(new_indices.numel(), dtype=torch.long, device=device), torch.zeros(
+            new_indices.numel(), dtype=torch.bool, device=device
+        )
+    old = old_indices.to(device=device, dtype=torch.long)
+    sorted_old, order = torch.sort(old)
+    new = new_indices.to(torch.long)
+    loc = torch.searchsorted(sorted_old, new).clamp_(max=old.numel() - 1)
+    kept = sorted_old[loc] == new
+    src = torch.where(kept, order[loc], torch.zeros_like(loc))
+    return src, kept
+
+
+def optimizer_state(optimizer, param: torch.Tensor) -> dict | None:
+    """The optimizer's state dict entry for `param` (None if it has none yet); unwraps accelerate's wrapper."""
+    if optimizer is None:
+        return None
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return inner.state.get(param)
+
+
+def _remap(t: torch.Tensor, src: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    picked = t.index_select(0, src.to(t.device))
+    return torch.where(kept.to(t.device), picked, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+def remap_optimizer_state_(optimizer, param: torch.Tensor, src: torch.Tensor, kept: torch.Tensor) -> None:
+    """Carry per-entry optimizer state across an index change of `param` (a 1-D values tensor).
+
+    Every state tensor with one entry per old position (Adam's `exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`,
+    SGD's `momentum_buffer`, ...) becomes `where(kept, old[src], 0)`: entries that stay keep their moments,
+    entries that enter start at zero. Scalars such as `step` are untouched, so bias correction continues.
+    Tensors are updated in place when the length is unchanged (the optimizer keeps its references)."""
+    state = optimizer_state(optimizer, param)
+    if not state:
+        return
+    old_len = None
+    for key, t in list(state.items()):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or key == "step":
+            continue
+        if old_len is None:
+            old_len = t.numel()
+        if t.numel() != old_len:
+            continue
+        new = _remap(t, src, kept)
+        if new.shape == t.shape:
+            t.copy_(new)
+        else:
+            state[key] = new
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The tuner layer base
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ResizableBufferDict(BufferDict):
+    """A persistent `BufferDict`; the owning `SparseDeltaLayer` resizes its entries to the saved shapes on load."""
+
+    def __init__(self, buffers=None):
+        super().__init__(buffers, persistent=True)
+
+
+def _register_load_pre_hook(module: nn.Module, hook) -> None:
+    if hasattr(module, "register_load_state_dict_pre_hook"):
+        module.register_load_state_dict_pre_hook(hook)
+    else:  # older torch
+        module._register_load_state_dict_pre_hook(hook, with_module=True)
+
+
+class SparseDeltaLayer(BaseTunerLayer):
+    """Base class of a PEFT tuner layer holding, per adapter, a sparse delta on a linear weight.
+
+    Containers (names start with `sparse_prefix`, e.g. "lift_"; PEFT freezes trainable tensors whose names lack
+    the tuner prefix, and saves every persistent buffer of the layer except `base_layer`):
+
+    - `<p>values[name]`: trainable 1-D `nn.Parameter` of length k (fp32 after PEFT's adapter autocast).
+    - `<p>indices[name]`: int32 1-D buffer of length k, unique flat positions into the weight.
+    - `<p>residual_indices[name]`, `<p>residual_values[name]`: frozen part of the delta (int32 / fp32 buffers,
+      disjoint from `<p>indices`; empty unless a tuner moves entries there, e.g. LIFT's refresh).
+    - `<p>ready[name]`: 0-d bool buffer; False until the tuner has chosen real indices (a saved adapter carries
+      True, so loading never re-selects).
+
+    Subclasses set `sparse_prefix`, `adapter_layer_names` and `other_param_names` (see module docstring).
+    """
+
+    sparse_prefix: str = ""
+    adapter_layer_names: tuple[str, ...] = ()
+    other_param_names: tuple[str, ...] = ()
+
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
+        p = self.sparse_prefix
+        expected = (p + "values",), (p + "indices", p + "residual_indices", p + "residual_values", p + "ready")
+        if (
+            not p
+            or tuple(self.adapter_layer_names) != expected[0]
+            or not set(expected[1]) <= set(self.other_param_names)
+        ):
+            raise TypeError(
+                f"{type(self).__name__} must set sparse_prefix and adapter_layer_names={expected[0]}, "
+                f"other_param_names containing {expected[1]}"
+            )
+        self.base_layer = base_layer
+        setattr(self, p + "values", nn.ParameterDict({}))
+        setattr(self, p + "indices", ResizableBufferDict())
+        setattr(self, p + "residual_indices", ResizableBufferDict())
+        setattr(self, p + "residual_values", ResizableBufferDict())
+        setattr(self, p + "ready", ResizableBufferDict())
+        self._disable_adapters = False
+        self.merged_adapters = []
+        # Optional fn(dense_grad_fp32) called on every backward of this layer (e.g. a grow criterion).
+        self.sparse_grad_hook: Callable[[torch.Tensor], None] | None = None
+        base = self.get_base_layer()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"sparse-delta tuners support torch.nn.Linear only, got {type(base).__name__}")
+        self.in_features, self.out_features = base.in_features, base.out_features
+        _register_load_pre_hook(self, SparseDeltaLayer._sparse_load_pre_hook)
+
+    # -- containers ---------------------------------------------------------------------------------------------
+    def _c(self, suffix: str):
+        return getattr(self, self.sparse_prefix + suffix)
+
+    @property
+    def weight_numel(self) -> int:
+        return self.in_features * self.out_features
+
+    def add_sparse_adapter(self, adapter_name: str, k: int, indices: torch.Tensor | None = None) -> None:
+        """Create (or replace) adapter `adapter_name` with k zero values. Without `indices`, placeholder
+        positions 0..k-1 are written and the ready flag stays False (values are 0, so the layer is exact
+        either way); the tuner selects real indices later."""
+        weight = self.get_base_layer().weight
+        numel = self.weight_numel
+        if not 1 <= k <= numel:
+            raise ValueError(f"k must be in [1, {numel}] for a {self.out_features}x{self.in_features} weight, got {k}")
+        dev = weight.device if weight.device.type != "meta" else torch.device("cpu")
+        ready = indices is not None
+        if indices is None:
+            indices = torch.arange(k, dtype=torch.int32, device=dev)
+        elif indices.numel() != k:
+            raise ValueError(f"got {indices.numel()} indices for k={k}")
+        check_indices(indices, numel, adapter_name)
+        self._c("values")[adapter_name] = nn.Parameter(torch.zeros(k, dtype=torch.float32, device=dev))
+        self._c("indices")[adapter_name] = indices.to(device=dev, dtype=torch.int32)
+        self._c("residual_indices")[adapter_name] = torch.zeros(0, dtype=torch.int32, device=dev)
+        self._c("residual_values")[adapter_name] = torch.zeros(0, dtype=torch.float32, device=dev)
+        self._c("ready")[adapter_name] = torch.tensor(ready, device=dev)
+
+    def is_ready(self, adapter_name: str) -> bool:
+        return bool(self._c("ready")[adapter_name])
+
+    def sparse_state(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """`indices`, `values`, `residual_indices`, `residual_values` of one adapter (live tensors)."""
+        return {
+            "indices": self._c("indices")[adapter_name],
+            "values": self._c("values")[adapter_name],
+            "residual_indices": self._c("residual_indices")[adapter_name],
+            "residual_values": self._c("residual_values")[adapter_name],
+        }
+
+    def _deltas(self, adapter_name: str, include_residual: bool = True):
+        s = self.sparse_state(adapter_name)
+        out = [(s["indices"], s["values"])]
+        if include_residual and s["residual_indices"].numel():
+            out.append((s["residual_indices"], s["residual_values"]))
+        return out
+
+    @torch.no_grad()
+    def set_sparse_state_(
+        self,
+        adapter_name: str,
+        indices: torch.Tensor,
+        values: torch.Tensor,
+        residual_indices: torch.Tensor | None = None,
+        residual_values: torch.Tensor | None = None,
+        optimizer=None,
+        mark_ready: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replace the adapter's index set (and optionally its residual), carrying optimizer state.
+
+        The values Parameter keeps its identity (and its length, if unchanged), so an optimizer built on it
+        stays valid; its data becomes `values`. If `optimizer` is given, per-entry state of entries present in
+        both old and new index sets is carried over, new entries start at zero (`remap_optimizer_state_`).
+        Returns the `(src, kept)` carry map of new against old indices."""
+        numel = self.weight_numel
+        check_indices(indices, numel, adapter_name)
+        param = self._c("values")[adapter_name]
+        old = self._c("indices")[adapter_name]
+        src, kept = carry_map(old, indices)
+        remap_optimizer_state_(optimizer, param, src, kept)
+        new_values = values.to(device=param.device, dtype=param.dtype)
+        if new_values.shape == param.shape:
+            param.data.copy_(new_values)
+        else:
+            param.data = new_values.clone()
+        self._c("indices")[adapter_name] = indices.to(device=old.device, dtype=torch.int32)
+        if residual_indices is not None:
+            check_indices(residual_indices, numel, adapter_name)
+            rv = self._c("residual_values")[adapter_name]
+            self._c("residual_indices")[adapter_name] = residual_indices.to(device=old.device, dtype=torch.int32)
+            self._c("residual_values")[adapter_name] = residual_values.to(device=rv.device, dtype=rv.dtype)
+        if mark_ready:
+            self._c("ready")[adapter_name].fill_(True)
+        return src, kept
+
+    # -- forward / merge ----------------------------------------------------------------------------------------
+    def _active_sparse_adapters(self) -> list[str]:
+        return [a for a in self.active_adapters if a in self._c("values")]
+
+    def sparse_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        active = self._active_sparse_adapters()
+        if self.merged or not active:
+            return self.base_layer(x, *args, **kwargs)
+        base = self.get_base_layer()
+        indices, values = [], []
+        for name in active:
+            for idx, val in self._deltas(name):
+                indices.append(idx)
+                values.append(val)
+        return sparse_delta_linear(x, base.weight, base.bias, indices, values, self.sparse_grad_hook)
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """The adapter's dense delta (trainable part + residual), fp32, shape of the base weight."""
+        w = self.get_base_layer().weight
+        out = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        for idx, val in self._deltas(adapter_name):
+            out.view(-1).index_add_(0, idx, val.detach().float())
+        return out
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Add the adapters' deltas into the base weight (one rounding per entry: bit-identical to the unmerged
+        forward for a single adapter in any dtype)."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if not adapter_names:
+            return
+        weight = self.get_base_layer().weight
+        for name in adapter_names:
+            if name not in self._c("values"):
+                continue
+            target = weight.data.clone() if safe_merge else weight.data
+            for idx, val in self._deltas(name):
+                add_sparse_(target, idx, val)
+            if safe_merge:
+                if not torch.isfinite(target).all():
+                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+                weight.data.copy_(target)
+            self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract merged deltas (exact in fp32/fp64; in bf16/fp16 each entry is rounded once more)."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", UserWarning, stacklevel=2)
+            return
+        weight = self.get_base_layer().weight
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if name not in self._c("values"):
+                continue
+            for idx, val in self._deltas(name):
+                add_sparse_(weight.data, idx, val, alpha=-1.0)
+
+    # -- loading ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _sparse_load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        """Resize residual buffers to the saved lengths (they change at every refresh) and check that saved
+        indices fit this base weight, before the containers load."""
+        p = module.sparse_prefix
+        numel = module.weight_numel
+        where = prefix.rstrip(".").removeprefix("base_model.model.")
+        for attr in ("indices", "residual_indices", "residual_values", "values"):
+            container = getattr(module, p + attr)
+            for name in list(container.keys()):
+                key = f"{prefix}{p}{attr}.{name}"
+                if key not in state_dict:
+                    continue
+                saved, current = state_dict[key], container[name]
+                if attr.endswith("indices"):
+                    check_indices(saved, numel, where)
+                if saved.shape == current.shape:
+                    continue
+                if attr.startswith("residual"):
+                    container[name] = torch.empty(saved.shape, dtype=current.dtype, device=current.device)
+                elif attr == "values" and current.device.type == "meta":
+                    continue  # low_cpu_mem_usage: assigned as loaded
+                else:
+                    raise ValueError(
+                        f"The sparse adapter for `{where}` has {saved.numel()} saved {p}{attr} but this "
+                        f"{module.out_features}x{module.in_features} weight expects {current.numel()}: the adapter "
+                        "was trained on a base model with different shapes, or with a different budget in "
+                        "adapter_config.json."
+                    )

@@ -1,0 +1,234 @@
+"""Tests of hf_plugins/tuners/_sparse_delta.py, the machinery shared by the LIFT and SEFT tuners.
+
+Every result is compared with a reference computed another way: a dense weight built with `scatter_add` and
+`F.linear` under autograd, an explicit Python loop for the optimizer remap, a saved-tensor census for memory.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from hf_plugins.tuners._sparse_delta import (
+    SparseDeltaLayer,
+    add_sparse_,
+    carry_map,
+    check_indices,
+    dense_delta,
+    remap_optimizer_state_,
+    sparse_delta_linear,
+)
+
+
+def _unique_indices(numel, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(numel, generator=g)[:k].to(torch.int32)
+
+
+def _dense_reference(x, w, b, idx_list, val_list):
+    w_eff = w
+    for idx, val in zip(idx_list, val_list):
+        w_eff = w_eff.reshape(-1).scatter_add(0, idx.long(), val.to(w.dtype)).reshape(w.shape)
+    return nn.functional.linear(x, w_eff, b)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_forward_and_gradients_equal_a_dense_scatter_reference(dtype, atol):
+    """Outputs, grad_x, grad_bias and each values tensor's grad equal autograd through a dense scatter-built
+    weight; the hook sees the full dense dL/dW."""
+    torch.manual_seed(0)
+    m, n = 7, 5
+    w = torch.randn(m, n, dtype=dtype)
+    b = torch.randn(m, dtype=dtype, requires_grad=True)
+    idx1, idx2 = _unique_indices(m * n, 6, 1), _unique_indices(m * n, 4, 2)
+    v1 = torch.randn(6, dtype=dtype, requires_grad=True)
+    v2 = torch.randn(4, dtype=dtype, requires_grad=True)
+    x = torch.randn(3, 2, n, dtype=dtype, requires_grad=True)
+    seen = []
+    y = sparse_delta_linear(x, w, b, [idx1, idx2], [v1, v2], grad_hook=seen.append)
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, b, v1, v2), gy)
+
+    w_ref = w.clone().requires_grad_(True)
+    y_ref = _dense_reference(x, w_ref, b, [idx1, idx2], [v1, v2])
+    grads_ref = torch.autograd.grad(y_ref, (x, b, v1, v2, w_ref), gy)
+    torch.testing.assert_close(y, y_ref, atol=atol, rtol=atol)
+    for got, ref in zip(grads, grads_ref[:4]):
+        torch.testing.assert_close(got, ref, atol=atol, rtol=atol)
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0].to(dtype), grads_ref[4], atol=atol, rtol=atol)
+
+
+def test_values_grad_is_the_dense_gradient_gathered_at_the_indices():
+    """grad(values) == (dL/dW)[indices] for a frozen weight, computed by an explicit loop over entries."""
+    torch.manual_seed(1)
+    m, n, k = 6, 4, 5
+    w = torch.randn(m, n, dtype=torch.float64)
+    idx = _unique_indices(m * n, k, 3)
+    v = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(9, n, dtype=torch.float64)
+    gy = torch.randn(9, m, dtype=torch.float64)
+    (gv,) = torch.autograd.grad(sparse_delta_linear(x, w, None, [idx], [v]), v, gy)
+    for j in range(k):
+        r, c = divmod(int(idx[j]), n)
+        assert abs(float(gv[j]) - float((gy[:, r] * x[:, c]).sum())) < 1e-12
+
+
+def test_bf16_forward_matches_a_single_rounding_merged_weight_bit_for_bit():
+    """In bf16 the effective weight is W0 + v rounded once per entry, exactly what `add_sparse_` (merge) builds."""
+    torch.manual_seed(2)
+    w = torch.randn(16, 8, dtype=torch.bfloat16)
+    idx = _unique_indices(128, 20, 4)
+    v = torch.randn(20) * 1e-2
+    x = torch.randn(5, 8, dtype=torch.bfloat16)
+    merged = add_sparse_(w.clone(), idx, v)
+    ref_entries = (w.view(-1)[idx.long()].float() + v).to(torch.bfloat16)
+    assert torch.equal(merged.view(-1)[idx.long()], ref_entries)
+    assert torch.equal(sparse_delta_linear(x, w, None, [idx], [v]), nn.functional.linear(x, merged))
+
+
+def test_autocast_computes_in_the_autocast_dtype():
+    torch.manual_seed(3)
+    w = torch.randn(6, 4)
+    idx = _unique_indices(24, 5, 5)
+    v = torch.randn(5, requires_grad=True)
+    x = torch.randn(3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sparse_delta_linear(x, w, None, [idx], [v])
+        y_ref = nn.functional.linear(x, add_sparse_(w.clone(), idx, v.detach()))
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y_ref, atol=0, rtol=0)
+    y.float().sum().backward()
+    assert v.grad.dtype == torch.float32
+
+
+def _saved_bytes_beyond(fn, known):
+    """Bytes saved for backward by `fn()` in tensors that share no storage with `known` tensors."""
+    known_ptrs = {t.untyped_storage().data_ptr() for t in known}
+    extra = []
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in known_ptrs:
+            extra.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(extra)
+
+
+def test_nothing_dense_is_saved_for_backward():
+    """The autograd footprint is x and references only; the naive `F.linear(x, W + scatter)` saves a dense weight."""
+    torch.manual_seed(4)
+    m, n = 64, 32
+    w, x = torch.randn(m, n), torch.randn(4, n, requires_grad=True)
+    idx, v = _unique_indices(m * n, 50, 6), torch.zeros(50, requires_grad=True)
+    ours = _saved_bytes_beyond(lambda: sparse_delta_linear(x, w, None, [idx], [v]), [x, w, idx, v])
+    naive = _saved_bytes_beyond(lambda: _dense_reference(x, w, None, [idx], [v]), [x, w, idx, v])
+    assert ours == 0
+    assert naive >= m * n * 4
+
+
+def test_carry_map_and_optimizer_remap_match_an_explicit_loop():
+    """After an index change, Adam moments of entries that stay move with them, new entries start at 0, the
+    step counter is untouched (reference: a dict-based loop)."""
+    torch.manual_seed(5)
+    old = torch.tensor([9, 2, 7, 4, 11], dtype=torch.int32)
+    new = torch.tensor([4, 3, 9, 12, 2], dtype=torch.int32)
+    src, kept = carry_map(old, new)
+    pos = {int(p): i for i, p in enumerate(old)}
+    for j, p in enumerate(new.tolist()):
+        assert bool(kept[j]) == (p in pos)
+        if p in pos:
+            assert int(src[j]) == pos[p]
+
+    param = nn.Parameter(torch.randn(5))
+    opt = torch.optim.AdamW([param], lr=0.1)
+    param.grad = torch.randn(5)
+    opt.step()
+    state = opt.state[param]
+    before = {k: v.clone() for k, v in state.items()}
+    exp_avg_ref = torch.tensor([before["exp_avg"][pos[p]] if p in pos else 0.0 for p in new.tolist()])
+    exp_avg_sq_ref = torch.tensor([before["exp_avg_sq"][pos[p]] if p in pos else 0.0 for p in new.tolist()])
+    ptr = state["exp_avg"].data_ptr()
+
+    class Wrapped:  # accelerate's AcceleratedOptimizer keeps the torch optimizer in `.optimizer`
+        optimizer = opt
+
+    remap_optimizer_state_(Wrapped(), param, src, kept)
+    assert torch.equal(state["exp_avg"], exp_avg_ref)
+    assert torch.equal(state["exp_avg_sq"], exp_avg_sq_ref)
+    assert torch.equal(state["step"], before["step"])
+    assert state["exp_avg"].data_ptr() == ptr  # in place: the optimizer keeps its references
+
+
+def test_check_indices_names_the_module():
+    with pytest.raises(ValueError, match="layers.0.q_proj.*different shapes"):
+        check_indices(torch.tensor([3, 12], dtype=torch.int32), 12, "layers.0.q_proj")
+
+
+class ToyLayer(SparseDeltaLayer):
+    sparse_prefix = "toy_"
+    adapter_layer_names = ("toy_values",)
+    other_param_names = ("toy_indices", "toy_residual_indices", "toy_residual_values", "toy_ready")
+
+
+class ToyLinear(nn.Module, ToyLayer):
+    def __init__(self, base_layer, k):
+        super().__init__()
+        ToyLayer.__init__(self, base_layer)
+        self._active_adapter = "default"
+        self.add_sparse_adapter("default", k)
+
+    def forward(self, x, *args, **kwargs):
+        return self.sparse_forward(x, *args, **kwargs)
+
+
+def _toy(seed=0, k=6, dtype=torch.float32):
+    torch.manual_seed(seed)
+    layer = ToyLinear(nn.Linear(5, 4, dtype=dtype), k)
+    layer.set_sparse_state_("default", _unique_indices(20, k, seed), torch.randn(k))
+    layer.set_sparse_state_(
+        "default",
+        layer.toy_indices["default"],
+        layer.toy_values["default"].detach(),
+        residual_indices=torch.tensor([int(i) for i in range(20) if i not in layer.toy_indices["default"]][:3]),
+        residual_values=torch.randn(3),
+    )
+    return layer
+
+
+def test_layer_merge_unmerge_and_delta_weight():
+    """merged == unmerged outputs, unmerge restores W0 exactly in fp32, get_delta_weight == dense reference."""
+    layer = _toy()
+    w0 = layer.base_layer.weight.detach().clone()
+    x = torch.randn(3, 5)
+    y = layer(x)
+    s = layer.sparse_state("default")
+    ref = dense_delta((4, 5), s["indices"], s["values"]) + dense_delta(
+        (4, 5), s["residual_indices"], s["residual_values"]
+    )
+    torch.testing.assert_close(layer.get_delta_weight("default"), ref, atol=0, rtol=0)
+    torch.testing.assert_close(y, nn.functional.linear(x, w0 + ref, layer.base_layer.bias), atol=1e-6, rtol=1e-6)
+    layer.merge()
+    assert torch.equal(layer(x), y)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base_layer.weight, w0, atol=1e-7, rtol=0)
+
+
+def test_layer_load_resizes_the_residual_and_rejects_foreign_indices():
+    src = _toy(seed=0)
+    dst = ToyLinear(nn.Linear(5, 4), 6)
+    dst.base_layer.load_state_dict(src.base_layer.state_dict())
+    assert dst.toy_residual_indices["default"].numel() == 0
+    dst.load_state_dict(src.state_dict())
+    x = torch.randn(2, 5)
+    assert torch.equal(dst(x), src(x))
+    assert dst.is_ready("default")
+
+    big = src.state_dict()
+    big["toy_indices.default"] = big["toy_indices.default"].clone()
+    big["toy_indices.default"][0] = 20
+    with pytest.raises(ValueError, match="indexes entry 20"):
+        ToyLinear(nn.Linear(5, 4), 6).load_state_dict(big)
+    with pytest.raises(ValueError, match="expects 5"):
+        ToyLinear(nn.Linear(5, 4), 5).load_state_dict(src.state_dict())
