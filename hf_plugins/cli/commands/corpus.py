@@ -13,7 +13,7 @@ def register(sub) -> None:
         help="build the pre-training corpus from locally installable sources",
         description="Build or inspect the project's English pre-training corpus (see docs/corpus.md).",
     )
-    csub = p.add_subparsers(dest="corpus_command", metavar="ACTION")
+    csub = p.add_subparsers(dest="corpus_command", metavar="ACTION", help="build or show")
     b = csub.add_parser(
         "build",
         help="fetch, clean, split and tokenize the corpus into packed uint16 files",

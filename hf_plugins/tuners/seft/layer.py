@@ -1,0 +1,267 @@
+"""The SEFT tuner layer: LIFT's sparse-delta layer plus the re-pruned set R and the evolution state.
+
+W_eff = W0 ⊙ (1 - 1_R) + scatter(A, δ), where W0 is the pruned base, A the k active delta positions
+(`seft_indices`, int32) with values δ (`seft_values`, fp32), and R (`seft_pruned_indices`, int32, variable length)
+the base positions removed by re-pruning during fine-tuning. The forward goes through the shared
+`sparse_delta_linear` (hf_plugins/tuners/_sparse_delta.py), with R passed as a first delta of value -W0[R]
+(rounded to the compute dtype), so W0[R] cancels exactly before δ is added; nothing dense is stored.
+
+Structural support S = (supp(W0) \\ R) ∪ A. Its size equals the target Z (`seft_target_nnz`) after every cycle,
+which is what the merged model's non-zero count is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import check_adapters_to_merge
+from torch import nn
+
+from hf_plugins.tuners._sparse_delta import (
+    ResizableBufferDict,
+    SparseDeltaLayer,
+    _register_load_pre_hook,
+    add_sparse_,
+    check_indices,
+    gather_flat,
+    sparse_delta_linear,
+)
+
+
+__all__ = ["Linear", "SeftLayer"]
+
+_VARIABLE = ("pruned_indices", "grow_candidates", "grow_scores")
+
+
+class SeftLayer(SparseDeltaLayer):
+    sparse_prefix = "seft_"
+    adapter_layer_names = ("seft_values",)
+    other_param_names = (
+        "seft_indices",
+        "seft_residual_indices",
+        "seft_residual_values",
+        "seft_ready",
+        "seft_pruned_indices",
+        "seft_target_nnz",
+        "seft_cycles",
+        "seft_grow_candidates",
+        "seft_grow_scores",
+    )
+
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
+        super().__init__(base_layer, **kwargs)
+        # Persistent, so a checkpoint holds everything a resumed run needs (spec: resume exactly):
+        self.seft_pruned_indices = ResizableBufferDict()  # R, int32, variable length
+        self.seft_target_nnz = ResizableBufferDict()  # Z, 0-d int64
+        self.seft_cycles = ResizableBufferDict()  # completed cycles, 0-d int64 (the first one drops everything)
+        self.seft_grow_candidates = ResizableBufferDict()  # grow window: candidate positions (int32) ...
+        self.seft_grow_scores = ResizableBufferDict()  # ... and their summed gradients (fp32); empty between windows
+        # Transient state of the current step, set by SeftModel.seft_prepare_step (never saved):
+        self._seft_step: dict | None = None
+        self._seft_sens: dict | None = None
+        self._seft_merged_base: dict[str, torch.Tensor] = {}
+        _register_load_pre_hook(self, SeftLayer._seft_load_pre_hook)
+
+    # -- state --------------------------------------------------------------------------------------------------
+    def update_layer(self, adapter_name: str, k: int, indices: torch.Tensor, target_nnz: int) -> None:
+        self.add_sparse_adapter(adapter_name, k, indices)
+        dev = self.seft_indices[adapter_name].device
+        self.seft_pruned_indices[adapter_name] = torch.zeros(0, dtype=torch.int32, device=dev)
+        self.seft_target_nnz[adapter_name] = torch.tensor(int(target_nnz), dtype=torch.int64, device=dev)
+        self.seft_cycles[adapter_name] = torch.tensor(0, dtype=torch.int64, device=dev)
+        self.seft_grow_candidates[adapter_name] = torch.zeros(0, dtype=torch.int32, device=dev)
+        self.seft_grow_scores[adapter_name] = torch.zeros(0, dtype=torch.float32, device=dev)
+        self.set_adapter(self.active_adapters)
+
+    def support_mask(self, adapter_name: str) -> torch.Tensor:
+        """Dense bool S = (supp(W0) \\ R) ∪ A (transient, one byte per entry)."""
+        w = self.get_base_layer().weight
+        sup = (w != 0).view(-1).clone()
+        sup[self.seft_pruned_indices[adapter_name].long()] = False
+        sup[self.seft_indices[adapter_name].long()] = True
+        return sup.view_as(w)
+
+    def support_size(self, adapter_name: str) -> int:
+        return int(self.support_mask(adapter_name).sum())
+
+    # -- forward / merge ----------------------------------------------------------------------------------------
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        # The dtype sparse_delta_linear builds W_eff in (its autocast rule), so -W0[R] cancels W0[R] exactly.
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):
+            return torch.get_autocast_dtype(dev)
+        w = self.get_base_layer().weight
+        return w.dtype if w.dtype.is_floating_point else x.dtype
+
+    def _seft_deltas(self, adapter_name: str, dtype: torch.dtype):
+        w = self.get_base_layer().weight
+        R = self.seft_pruned_indices[adapter_name]
+        out = []
+        if R.numel():  # first: W0[R] -> exactly 0 (one rounding of 0); then δ is added on top
+            out.append((R, -gather_flat(w.detach(), R).to(dtype).float()))
+        out.append((self.seft_indices[adapter_name], self.seft_values[adapter_name]))
+        return out
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        active = self._active_sparse_adapters()
+        if self.disable_adapters or self.merged or not active:
+            return self.sparse_forward(x, *args, **kwargs)
+        base = self.get_base_layer()
+        dtype = self._compute_dtype(x)
+        indices, values = [], []
+        pruned = [a for a in active if self.seft_pruned_indices[a].numel()]
+        if len(pruned) > 1:
+            raise ValueError(
+                f"{len(pruned)} active SEFT adapters ({pruned}) have re-pruned base positions; activate one SEFT "
+                "adapter at a time (model.set_adapter(name))."
+            )
+        for name in active:
+            for idx, val in self._seft_deltas(name, dtype):
+                indices.append(idx)
+                values.append(val)
+        return sparse_delta_linear(x, base.weight, base.bias, indices, values, self.sparse_grad_hook)
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """Dense fp32 ΔW with W0 + ΔW = W_eff: scatter(A, δ) - W0 ⊙ 1_R."""
+        w = self.get_base_layer().weight
+        out = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        R = self.seft_pruned_indices[adapter_name].long()
+        out.view(-1)[R] = -w.detach().view(-1)[R].float()
+        out.view(-1).index_add_(
+            0, self.seft_indices[adapter_name].long(), self.seft_values[adapter_name].detach().float()
+        )
+        return out
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """W <- W ⊙ (1 - 1_R) + scatter(A, δ), with the same single rounding as the forward (bit-identical)."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        weight = self.get_base_layer().weight
+        for name in adapter_names:
+            if name not in self.seft_values:
+                continue
+            target = weight.data.clone() if safe_merge else weight.data
+            R = self.seft_pruned_indices[name]
+            self._seft_merged_base[name] = gather_flat(target, R).clone()
+            target.view(-1).index_fill_(0, R.long(), 0)
+            add_sparse_(target, self.seft_indices[name], self.seft_values[name])
+            if safe_merge:
+                if not torch.isfinite(target).all():
+                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+                weight.data.copy_(target)
+            self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract δ and restore W0 at R (exact in fp32; one extra rounding per delta entry in bf16/fp16)."""
+        if not self.merged:
+            return super().unmerge()  # warns "Already unmerged"
+        weight = self.get_base_layer().weight
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if name not in self.seft_values:
+                continue
+            add_sparse_(weight.data, self.seft_indices[name], self.seft_values[name], alpha=-1.0)
+            R = self.seft_pruned_indices[name].long()
+            weight.data.view(-1)[R] = self._seft_merged_base.pop(name).to(weight.dtype)
+
+    # -- the gradient hook (accumulation window and the cycle's last step) ----------------------------------------
+    def _seft_grad_hook(self, dense: torch.Tensor) -> None:
+        """Sees this layer's dense fp32 dL/dW_eff in backward; keeps only O(k) numbers (never the dense tensor)."""
+        st = self._seft_step
+        if st is None:
+            return
+        name = st["adapter"]
+        flat = dense.view(-1)
+        if st["grow"]:
+            if st["fresh"] or self.seft_grow_candidates[name].numel() == 0:
+                self._select_grow_candidates(name, flat, st)
+                st["fresh"] = False
+            else:
+                cand = self.seft_grow_candidates[name]
+                self.seft_grow_scores[name] += gather_flat(flat, cand)
+        if st["sensitivity"]:
+            self._accumulate_sensitivity(name, flat)
+
+    @torch.no_grad()
+    def _allowed_growth(self, name: str, st: dict) -> torch.Tensor | None:
+        """Dense bool of positions where growth may happen (None: everywhere except A)."""
+        if st["resurrection"] and not st["n_m"]:
+            return None
+        w = self.get_base_layer().weight
+        allowed = (w != 0).view(-1).clone()  # never grow at pruned positions
+        allowed[self.seft_pruned_indices[name].long()] = False
+        return allowed
+
+    @torch.no_grad()
+    def _select_grow_candidates(self, name: str, flat_grad: torch.Tensor, st: dict) -> None:
+        A = self.seft_indices[name].long()
+        k = A.numel()
+        score = flat_grad.abs()
+        score[A] = -1.0
+        allowed = self._allowed_growth(name, st)
+        if allowed is not None:
+            score.masked_fill_(~allowed, -1.0)
+        c = min(k, score.numel() - k)
+        if c <= 0:
+            cand = torch.zeros(0, dtype=torch.long, device=score.device)
+        else:
+            top = torch.topk(score, c, sorted=False)
+            cand = top.indices[top.values >= 0]
+        del score
+        self.seft_grow_candidates[name] = cand.to(torch.int32)
+        self.seft_grow_scores[name] = gather_flat(flat_grad, cand).clone()
+
+    @torch.no_grad()
+    def _accumulate_sensitivity(self, name: str, flat_grad: torch.Tensor) -> None:
+        """On the cycle's last step: the gradient at R (restore candidates) and at the 2k lowest-|W0·g| positions of
+        supp(W0) \\ R (re-prune candidates; 2k leaves enough after excluding the new A)."""
+        R = self.seft_pruned_indices[name].long()
+        if self._seft_sens is None:
+            w0 = self.get_base_layer().weight.detach().view(-1)
+            k = self.seft_indices[name].numel()
+            sens = (w0.float() * flat_grad).abs_()
+            sens.masked_fill_(w0 == 0, float("inf"))
+            sens[R] = float("inf")
+            c = min(2 * k, sens.numel())
+            bottom = torch.topk(sens, c, largest=False, sorted=False)
+            cand = bottom.indices[torch.isfinite(bottom.values)]
+            del sens
+            self._seft_sens = {"cand": cand, "cand_grad": flat_grad[cand].clone(), "r_grad": flat_grad[R].clone()}
+        else:
+            self._seft_sens["cand_grad"] += flat_grad[self._seft_sens["cand"]]
+            self._seft_sens["r_grad"] += flat_grad[R]
+
+    # -- loading ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _seft_load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        """Resize the variable-length containers (R, grow window) to the saved lengths before they load."""
+        where = prefix.rstrip(".").removeprefix("base_model.model.")
+        for attr in _VARIABLE:
+            container = getattr(module, "seft_" + attr)
+            for name in list(container.keys()):
+                key = f"{prefix}seft_{attr}.{name}"
+                if key not in state_dict:
+                    continue
+                saved, current = state_dict[key], container[name]
+                if attr.endswith(("indices", "candidates")):
+                    check_indices(saved, module.weight_numel, where)
+                if saved.shape != current.shape:
+                    container[name] = torch.empty(saved.shape, dtype=current.dtype, device=current.device)
+
+
+class Linear(nn.Module, SeftLayer):
+    """SEFT on a `torch.nn.Linear`."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, k: int, indices: torch.Tensor, target_nnz: int):
+        super().__init__()
+        SeftLayer.__init__(self, base_layer)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, k, indices, target_nnz)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return SeftLayer.forward(self, x, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return "seft." + super().__repr__()

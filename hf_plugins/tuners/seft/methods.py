@@ -1,0 +1,80 @@
+"""CLI entries: `--method seft`, `--method lora_star`, `--method sqft` (see docs/seft.md)."""
+
+from __future__ import annotations
+
+from hf_plugins.registry import register_method
+
+
+_LORA_DEFAULTS = {
+    "r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "target_modules": "all-linear",
+    "task_type": "CAUSAL_LM",
+}
+_LORA_STAR_KEYS = ("calib_text", "calib_nsamples", "calib_seqlen", "n_m")
+_SQFT_KEYS = ("mask_in_training",)
+
+
+def _seft(model, options: dict):
+    from .config import SeftConfig
+
+    return SeftConfig(**{"task_type": "CAUSAL_LM", **options})
+
+
+def _seft_callbacks(options: dict):
+    from .callback import SeftCallback
+
+    return [SeftCallback()]
+
+
+def _lora(options: dict, own_keys):
+    from peft import LoraConfig
+
+    kwargs = {**_LORA_DEFAULTS, **{k: v for k, v in options.items() if k not in own_keys}}
+    return LoraConfig(**kwargs)
+
+
+def _lora_star_callbacks(options: dict):
+    from .baselines import LoraStarCallback
+
+    return [
+        LoraStarCallback(
+            calib_text=options.get("calib_text"),
+            nsamples=int(options.get("calib_nsamples", 32)),
+            seqlen=int(options.get("calib_seqlen", 256)),
+            n_m=options.get("n_m"),
+        )
+    ]
+
+
+def _sqft_callbacks(options: dict):
+    from .baselines import SqftCallback
+
+    return [SqftCallback(mask_in_training=bool(options.get("mask_in_training", True)))]
+
+
+register_method(
+    "seft",
+    _seft,
+    "SEFT sparse-delta fine-tuning of a pruned model, keeping its sparsity (density=0.01, update_interval=20; "
+    "any SeftConfig field via --method-arg)",
+    callbacks=_seft_callbacks,
+    defaults={"learning_rate": 2e-4},
+)
+register_method(
+    "lora_star",
+    lambda model, options: _lora(options, _LORA_STAR_KEYS),
+    "LoRA* baseline: LoRA r=16 on the pruned model, merged and re-pruned with Wanda to the base's sparsity after "
+    "training (calib_text=, calib_nsamples=32, calib_seqlen=256, n_m=)",
+    callbacks=_lora_star_callbacks,
+    defaults={"learning_rate": 1e-3},
+)
+register_method(
+    "sqft",
+    lambda model, options: _lora(options, _SQFT_KEYS),
+    "SQFT-like baseline: LoRA r=16 whose delta is masked by the base's support in training and at merge "
+    "(mask_in_training=True)",
+    callbacks=_sqft_callbacks,
+    defaults={"learning_rate": 1e-3},
+)
