@@ -1,0 +1,326 @@
+"""AlphaDecay: module-wise weight decay from the heavy-tailedness of each weight matrix's spectrum.
+
+Paper: "AlphaDecay: Module-wise Weight Decay for Heavy-Tailed Balancing in LLMs", arXiv 2506.14562 (NeurIPS 2025);
+official code github.com/hed-ucas/AlphaDecay (`WeightDecayUnbalance.py`, class `modulewise_AlphaDecay`).
+
+Every `interval` optimizer updates (and once at construction) each analysed matrix gets its power-law exponent
+alpha (Hill estimator on the eigenvalues of its smaller Gram matrix, `hf_plugins.optim.esd`), and
+alpha is mapped linearly from [alpha_min, alpha_max] onto [s1 * wd, s2 * wd]: heavier tails (smaller alpha) get
+weaker decay. Each analysed matrix has its own parameter group; the refresh runs inside `step()`, so no callback
+is needed, and alphas, decays and the update counter live in the groups, so they survive `state_dict()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from typing import Any
+
+import torch
+from torch import nn
+
+from .esd import eligible_linears, esd_alphas
+from .param_groups import hf_param_groups, named_trainable_parameters
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AlphaDecay", "alphadecay_optimizer_class", "linear_decay_map"]
+
+WD_MIN_RATIO = 0.6666  # official argparse `--wd_min_ratio` (s1)
+_OTHER_PARAMS = ("hf", "official")
+
+
+def linear_decay_map(alphas: list[float], weight_decay: float, s1: float, s2: float) -> list[float | None]:
+    """`weight_decay * (s1 + (s2 - s1) * (alpha - alpha_min) / (alpha_max - alpha_min))` for each alpha (the
+    official `tb_linear_map`, `np.interp(alpha, [min, max], [s1 * wd, s2 * wd])`), min and max over the finite
+    alphas. If all finite alphas are equal every matrix gets `weight_decay`; a non-finite alpha maps to None
+    (the caller keeps that matrix's previous decay)."""
+    finite = [a for a in alphas if math.isfinite(a)]
+    if not finite:
+        return [None] * len(alphas)
+    lo, hi = min(finite), max(finite)
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        return [float(weight_decay) if math.isfinite(a) else None for a in alphas]
+    return [
+        float(weight_decay * (s1 + (s2 - s1) * (a - lo) / (hi - lo))) if math.isfinite(a) else None for a in alphas
+    ]
+
+
+def _is_analysed(group: dict) -> bool:
+    return "alphadecay_module" in group
+
+
+class _AlphaDecayMixin:
+    """Added in front of a base optimizer class by `alphadecay_optimizer_class`."""
+
+    def __init__(
+        self,
+        params,
+        *,
+        alphadecay_interval: int = 500,
+        alphadecay_wd_min_ratio: float = WD_MIN_RATIO,
+        alphadecay_wd_max_ratio: float = 3.0,
+        alphadecay_xmin_pos: float = 2.0,
+        alphadecay_esd_streams: int = 1,
+        **base_kwargs,
+    ):
+        super().__init__(params, **base_kwargs)
+        self.alphadecay_config = {
+            "interval": int(alphadecay_interval),
+            "s1": float(alphadecay_wd_min_ratio),
+            "s2": float(alphadecay_wd_max_ratio),
+            "xmin_pos": float(alphadecay_xmin_pos),
+            "esd_streams": int(alphadecay_esd_streams),
+        }
+        self._alphadecay_warned = False
+        self.refresh_decays()  # the first schedule comes from the initial weights, as in the official code
+
+    def _analysed_groups(self) -> list[dict]:
+        return [g for g in self.param_groups if _is_analysed(g)]
+
+    @torch.no_grad()
+    def refresh_decays(self) -> None:
+        """Recompute every analysed matrix's alpha and set its group's `weight_decay` from the linear map."""
+        groups = self._analysed_groups()
+        if not groups:
+            return
+        cfg = self.alphadecay_config
+        alphas = esd_alphas([g["params"][0] for g in groups], cfg["xmin_pos"], num_streams=cfg["esd_streams"])
+        base = groups[0]["alphadecay_base_wd"]
+        decays = linear_decay_map(alphas, base, cfg["s1"], cfg["s2"])
+        bad = []
+        for g, a, d in zip(groups, alphas, decays):
+            if d is None:
+                bad.append(g["alphadecay_module"])
+                continue
+            g["alphadecay_alpha"] = float(a)
+            g["weight_decay"] = float(d)
+        if bad and not self._alphadecay_warned:
+            self._alphadecay_warned = True
+            logger.warning(
+                "AlphaDecay: no finite alpha for %d matrices (e.g. %s; a zero or rank-deficient matrix); they keep "
+                "their previous weight decay.",
+                len(bad),
+                bad[0],
+            )
+
+    def step(self, closure=None):
+        groups = self._analysed_groups()
+        if groups:
+            count = groups[0]["alphadecay_updates"] + 1
+            for g in groups:
+                g["alphadecay_updates"] = count
+            # Refresh inside the update whose number is a multiple of `interval` (official: before the step
+            # when (update_step + 1) % every == 0), so the new decays apply to that update already.
+            if count % self.alphadecay_config["interval"] == 0:
+                self.refresh_decays()
+        return super().step(closure)
+
+    def alphadecay_table(self) -> dict[str, dict[str, float]]:
+        """`{module name: {"alpha": ..., "weight_decay": ...}}` for the analysed matrices."""
+        return {
+            g["alphadecay_module"]: {"alpha": g["alphadecay_alpha"], "weight_decay": g["weight_decay"]}
+            for g in self._analysed_groups()
+        }
+
+    def pop_stats(self) -> dict[str, float]:
+        """The base optimizer's stats (if any) plus `alphadecay/alpha_{min,median,max}`,
+        `alphadecay/wd_{min,max}` and the mean alpha per module type (`alphadecay/alpha/q_proj`, ...)."""
+        parent = getattr(super(), "pop_stats", None)
+        out: dict[str, Any] = dict(parent()) if parent is not None else {}
+        groups = self._analysed_groups()
+        alphas = [g["alphadecay_alpha"] for g in groups if math.isfinite(g["alphadecay_alpha"])]
+        if alphas:
+            out["alphadecay/alpha_min"] = min(alphas)
+            out["alphadecay/alpha_median"] = statistics.median(alphas)
+            out["alphadecay/alpha_max"] = max(alphas)
+            decays = [g["weight_decay"] for g in groups]
+            out["alphadecay/wd_min"], out["alphadecay/wd_max"] = min(decays), max(decays)
+            by_type: dict[str, list[float]] = {}
+            for g in groups:
+                if math.isfinite(g["alphadecay_alpha"]):
+                    by_type.setdefault(g["alphadecay_module"].rsplit(".", 1)[-1], []).append(g["alphadecay_alpha"])
+            for kind, values in sorted(by_type.items()):
+                out[f"alphadecay/alpha/{kind}"] = sum(values) / len(values)
+        return out
+
+
+_CLASS_CACHE: dict[type, type] = {}
+
+
+def alphadecay_optimizer_class(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """The subclass `AlphaDecay<Base>` of `base` whose `step()` counts updates and refreshes the analysed groups'
+    weight decay every `alphadecay_interval` updates before the base update (cached per base class)."""
+    if not (isinstance(base, type) and issubclass(base, torch.optim.Optimizer)):
+        raise TypeError(f"`base` must be a torch.optim.Optimizer subclass, got {base!r}.")
+    if base not in _CLASS_CACHE:
+        _CLASS_CACHE[base] = type(f"AlphaDecay{base.__name__}", (_AlphaDecayMixin, base), {"__module__": __name__})
+    return _CLASS_CACHE[base]
+
+
+def _resolve_base(base) -> type[torch.optim.Optimizer]:
+    if isinstance(base, str):
+        from .stable_spam import StableSPAM
+
+        names = {
+            "adamw": torch.optim.AdamW,
+            "adam": torch.optim.Adam,
+            "sgd": torch.optim.SGD,
+            "stable_spam": StableSPAM,
+        }
+        if base.lower() not in names:
+            raise ValueError(f"`base` must be an optimizer class or one of {sorted(names)}, got {base!r}.")
+        return names[base.lower()]
+    if isinstance(base, type) and issubclass(base, torch.optim.Optimizer):
+        return base
+    raise ValueError(f"`base` must be a torch.optim.Optimizer subclass or a name, got {base!r}.")
+
+
+class AlphaDecay:
+    """
+    AlphaDecay (arXiv 2506.14562) as an optimizer factory: `Trainer(optimizer_cls_and_kwargs=(AlphaDecay, {...}))`
+    (the Trainer instantiates the factory and calls it with `(model, **kwargs)`) or `AlphaDecay()(model, ...)` in a
+    plain loop. It returns an instance of `AlphaDecay<Base>`, a subclass of the base optimizer.
+
+    Args (of the call):
+        model (`nn.Module`): the model; its trainable parameters are optimised.
+        lr (`float`): learning rate (required: the Trainer does not pass `args.learning_rate` on this path).
+        weight_decay (`float`): the base decay wd that the alphas scale.
+        base (`type` or `str`, *optional*, defaults to `torch.optim.AdamW`):
+            Base optimizer class, or "adamw", "adam" (the paper's main table: coupled L2), "sgd", "stable_spam".
+        interval (`int`, *optional*, defaults to `500`): updates between refreshes (official default, all scripts).
+        wd_min_ratio (`float`, *optional*, defaults to `0.6666`): s1, the multiplier at alpha_min (official).
+        wd_max_ratio (`float` or `None`, *optional*, defaults to `None`):
+            s2, the multiplier at alpha_max; None picks 3 for `torch.optim.Adam` (argparse default and the Adam
+            table's scripts) and 5 otherwise (the AdamW table's scripts).
+        xmin_pos (`float`, *optional*, defaults to `2`): xmin = the int(N / xmin_pos)-th eigenvalue (the median).
+        min_eigs (`int`, *optional*, defaults to `50`): matrices with fewer eigenvalues are not analysed
+            (official `eigs_thresh`).
+        remove_first, remove_last (`bool`, *optional*, default `True`): leave the first / last `nn.Linear` out of
+            the analysis (official `remove_first_layer` / `remove_last_layer`).
+        esd_streams (`int`, *optional*, defaults to `1`):
+            CUDA streams over which the refresh's batched `eigvalsh` calls are spread (see the benchmark).
+        other_params (`str`, *optional*, defaults to `"hf"`):
+            Decay of the parameters not analysed: "hf" follows the Trainer (biases and norms 0, the rest wd);
+            "official" puts every one of them at wd, as the official code does.
+        **base_kwargs: passed to the base optimizer (betas, eps, fused, StableSPAM's gamma1, ...).
+
+    Example:
+
+        >>> from hf_plugins import AlphaDecay
+        >>> trainer = Trainer(model=model, args=args, optimizer_cls_and_kwargs=AlphaDecay.from_args(args))
+        >>> optimizer = AlphaDecay()(model, lr=1e-3, weight_decay=0.1)  # plain PyTorch loop
+    """
+
+    def __call__(
+        self,
+        model: nn.Module,
+        *,
+        lr: float,
+        weight_decay: float,
+        base: Any = torch.optim.AdamW,
+        interval: int = 500,
+        wd_min_ratio: float = WD_MIN_RATIO,
+        wd_max_ratio: float | None = None,
+        xmin_pos: float = 2.0,
+        min_eigs: int = 50,
+        remove_first: bool = True,
+        remove_last: bool = True,
+        other_params: str = "hf",
+        esd_streams: int = 1,
+        **base_kwargs,
+    ) -> torch.optim.Optimizer:
+        base_cls = _resolve_base(base)
+        if wd_max_ratio is None:
+            wd_max_ratio = 3.0 if base_cls is torch.optim.Adam else 5.0
+        if int(interval) != interval or interval < 1:
+            raise ValueError(f"`interval` must be a positive integer, got {interval}.")
+        if not weight_decay >= 0:
+            raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
+        if not 0 <= wd_min_ratio <= wd_max_ratio:
+            raise ValueError(
+                f"`wd_min_ratio` and `wd_max_ratio` must satisfy 0 <= min <= max, got {wd_min_ratio}, {wd_max_ratio}."
+            )
+        if not xmin_pos > 1:
+            raise ValueError(f"`xmin_pos` must be > 1 (xmin = the int(N / xmin_pos)-th eigenvalue), got {xmin_pos}.")
+        if int(min_eigs) != min_eigs or min_eigs < 2:
+            raise ValueError(f"`min_eigs` must be an integer >= 2, got {min_eigs}.")
+        if int(esd_streams) != esd_streams or esd_streams < 1:
+            raise ValueError(f"`esd_streams` must be a positive integer, got {esd_streams}.")
+        if other_params not in _OTHER_PARAMS:
+            raise ValueError(f"`other_params` must be one of {_OTHER_PARAMS}, got {other_params!r}.")
+
+        matrices = eligible_linears(model, min_eigs=min_eigs, remove_first=remove_first, remove_last=remove_last)
+        groups = [
+            {
+                "params": [w],
+                "weight_decay": float(weight_decay),
+                "alphadecay_module": name,
+                "alphadecay_alpha": math.nan,
+                "alphadecay_base_wd": float(weight_decay),
+                "alphadecay_updates": 0,
+            }
+            for name, w in matrices
+        ]
+        analysed = {id(w) for _, w in matrices}
+        if other_params == "hf":
+            groups += hf_param_groups(model, weight_decay, exclude=analysed)
+        else:
+            rest = [p for _, _, p in named_trainable_parameters(model) if id(p) not in analysed]
+            if rest:
+                groups.append({"params": rest, "weight_decay": float(weight_decay)})
+        if not matrices:
+            logger.warning(
+                "AlphaDecay: no matrix qualifies for the analysis (every trainable nn.Linear has fewer than "
+                "min_eigs=%d eigenvalues, or is the first/last one); training with uniform weight decay.",
+                min_eigs,
+            )
+        cls = alphadecay_optimizer_class(base_cls)
+        optimizer = cls(
+            groups,
+            lr=lr,
+            alphadecay_interval=interval,
+            alphadecay_wd_min_ratio=wd_min_ratio,
+            alphadecay_wd_max_ratio=wd_max_ratio,
+            alphadecay_xmin_pos=xmin_pos,
+            alphadecay_esd_streams=esd_streams,
+            **base_kwargs,
+        )
+        logger.info(
+            "AlphaDecay(%s): %d matrices in their own groups, %d other groups, refresh every %d updates",
+            base_cls.__name__,
+            len(matrices),
+            len(groups) - len(matrices),
+            interval,
+        )
+        return optimizer
+
+    @classmethod
+    def from_args(cls, args, **kwargs) -> tuple[type, dict]:
+        """`(AlphaDecay, kwargs)` for `Trainer(optimizer_cls_and_kwargs=...)` with `lr`, `weight_decay`, `betas` and
+        `eps` read from `TrainingArguments` (the Trainer ignores them with `optimizer_cls_and_kwargs`), and
+        StableSPAM's `total_T` from `max_steps` when `base="stable_spam"`. Explicit `kwargs` win."""
+        base = _resolve_base(kwargs.get("base", torch.optim.AdamW))
+        out: dict[str, Any] = {
+            "lr": args.learning_rate,
+            "weight_decay": args.weight_decay,
+            "base": base,
+        }
+        if base in (torch.optim.AdamW, torch.optim.Adam):
+            out.update(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+        else:
+            from .stable_spam import StableSPAM
+
+            if issubclass(base, StableSPAM):
+                _, spam = StableSPAM.from_args(args, **{k: v for k, v in kwargs.items() if k == "total_T"})
+                out.update({k: v for k, v in spam.items() if k not in ("lr", "weight_decay")})
+        if args.weight_decay == 0:
+            logger.warning(
+                "AlphaDecay with weight_decay=0 scales a zero decay: every matrix gets 0. Set --weight-decay "
+                "(the paper: 1e-5..1e-6 with Adam, 0.01..0.1 with AdamW)."
+            )
+        out.update(kwargs)
+        out["base"] = base
+        return cls, out

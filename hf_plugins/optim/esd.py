@@ -1,0 +1,218 @@
+"""Batched empirical spectral density (ESD) analysis of weight matrices: eigenvalues of each matrix's smaller Gram
+matrix and the power-law exponent alpha of their tail (Hill estimator, xmin at the median eigenvalue).
+
+This is the measurement AlphaDecay (arXiv 2506.14562) refreshes every few hundred steps, and a light
+WeightWatcher-like tool on its own (`hf-plugins esd MODEL`). Matrices of equal shape go through one batched Gram
+matmul and one batched `eigvalsh` on the device they live on, in fp32 with TF32 disabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from .param_groups import strip_wrapper_prefixes
+
+
+__all__ = ["eligible_linears", "esd_alphas", "gram_eigenvalues", "hill_alpha", "model_esd"]
+
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+
+
+@contextlib.contextmanager
+def _full_fp32_matmul():
+    # TF32 (10-bit mantissa) would make the Gram matrices, hence the small eigenvalues, ~1e-3 relative off.
+    old_cuda = torch.backends.cuda.matmul.allow_tf32
+    old_prec = torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_cuda
+        torch.set_float32_matmul_precision(old_prec)
+
+
+def _eigvalsh_chunks(grams: list[torch.Tensor], num_streams: int) -> list[torch.Tensor]:
+    """`eigvalsh` of each batched Gram chunk; on CUDA with `num_streams > 1` the chunks run concurrently on side
+    streams from a thread pool (cuSOLVER's per-matrix syevd is latency-bound at these sizes)."""
+    if grams and grams[0].device.type == "cpu":
+        # LAPACK decomposes one matrix at a time anyway, and torch's batched CPU call parallelises over the batch
+        # on top of a multithreaded LAPACK: oversubscribed, it was 50x slower than this loop on a busy 2-core box.
+        return [torch.stack([torch.linalg.eigvalsh(x) for x in g]) for g in grams]
+    if num_streams <= 1 or not grams or grams[0].device.type != "cuda":
+        return [torch.linalg.eigvalsh(g) for g in grams]
+    from concurrent.futures import ThreadPoolExecutor
+
+    device = grams[0].device
+    current = torch.cuda.current_stream(device)
+    streams = [torch.cuda.Stream(device) for _ in range(min(num_streams, len(grams)))]
+    for s in streams:
+        s.wait_stream(current)
+
+    def work(k: int) -> torch.Tensor:
+        stream = streams[k % len(streams)]
+        with torch.cuda.device(device), torch.cuda.stream(stream):
+            grams[k].record_stream(stream)
+            return torch.linalg.eigvalsh(grams[k])
+
+    with ThreadPoolExecutor(len(streams)) as pool:
+        out = list(pool.map(work, range(len(grams))))
+    for s in streams:
+        current.wait_stream(s)
+    for e in out:
+        e.record_stream(current)
+    return out
+
+
+@torch.no_grad()
+def gram_eigenvalues(
+    weights: list[torch.Tensor], max_batch_bytes: int = 2**31, num_streams: int = 1
+) -> list[torch.Tensor]:
+    """Ascending eigenvalues (fp32, on each matrix's device) of the smaller Gram matrix of each 2-D tensor,
+    i.e. the squared singular values, min(m, n) of them.
+
+    The smaller Gram is required: the larger one adds max - min exact zeros, which moves the median (the Hill
+    estimator's xmin) to ~0. Equal shapes on one device are stacked into one batched Gram matmul; Grams of equal
+    size (e.g. q_proj's W^T W and gate_proj's) go through one batched `eigvalsh`, in chunks of at most
+    `max_batch_bytes` of fp32 input. `num_streams > 1` runs the chunks concurrently on CUDA side streams."""
+    for i, w in enumerate(weights):
+        if w.dim() != 2:
+            raise ValueError(f"gram_eigenvalues expects 2-D weights, got shape {tuple(w.shape)} at index {i}.")
+    by_shape: dict[tuple, list[int]] = defaultdict(list)
+    for i, w in enumerate(weights):
+        by_shape[(tuple(w.shape), w.device)].append(i)
+    by_size: dict[tuple, list[tuple[int, torch.Tensor]]] = defaultdict(list)  # (k, device) -> [(index, gram)]
+    with _full_fp32_matmul():
+        for (shape, device), idx in by_shape.items():
+            m, n = shape
+            per = max(1, max_batch_bytes // max(4 * m * n, 1))
+            for start in range(0, len(idx), per):
+                chunk = idx[start : start + per]
+                w = torch.stack([weights[i].detach().float() for i in chunk])
+                gram = w.mT @ w if m >= n else w @ w.mT
+                del w
+                by_size[(min(m, n), device)].extend(zip(chunk, gram.unbind(0)))
+    order: list[list[int]] = []
+    batches: list[torch.Tensor] = []
+    for (k, _), items in by_size.items():
+        per = max(1, max_batch_bytes // max(4 * k * k, 1))
+        if num_streams > 1:  # at least one chunk per stream
+            per = min(per, max(1, -(-len(items) // num_streams)))
+        for start in range(0, len(items), per):
+            chunk = items[start : start + per]
+            order.append([i for i, _ in chunk])
+            batches.append(torch.stack([g for _, g in chunk]))
+    out: list[torch.Tensor | None] = [None] * len(weights)
+    for idx, eigs in zip(order, _eigvalsh_chunks(batches, num_streams)):
+        for j, i in enumerate(idx):
+            out[i] = eigs[j]
+    return out  # type: ignore[return-value]
+
+
+def hill_alpha(eigs: torch.Tensor, xmin_pos: float = 2.0) -> torch.Tensor:
+    """Power-law exponent of the tail of ascending eigenvalues `eigs` (`[..., N]`): the continuous MLE
+    alpha = 1 + n / sum_{j >= i} ln(lambda_j / lambda_i) with i = int(N / xmin_pos), n = N - i ("PL_Alpha_Hill" of
+    the AlphaDecay / TempBalance code; `xmin_pos=2` puts xmin at the median). NaN where lambda_i <= 0."""
+    N = eigs.shape[-1]
+    i = int(N / xmin_pos)
+    if not 0 <= i < N:
+        raise ValueError(f"`xmin_pos` must be > 1 so that the tail is non-empty, got {xmin_pos} for N={N}.")
+    n = N - i
+    lam = eigs.double()
+    xmin = lam[..., i]
+    safe = xmin.clamp_min(torch.finfo(torch.float64).tiny)
+    log_sum = torch.log(lam[..., i:].clamp_min(torch.finfo(torch.float64).tiny) / safe.unsqueeze(-1)).sum(-1)
+    alpha = 1.0 + n / log_sum
+    return torch.where(xmin > 0, alpha, torch.full_like(alpha, math.nan))
+
+
+def esd_alphas(
+    weights: list[torch.Tensor], xmin_pos: float = 2.0, max_batch_bytes: int = 2**31, num_streams: int = 1
+) -> list[float]:
+    """Hill alpha of each 2-D weight (Python floats; one host synchronisation per eigenvalue-count bucket)."""
+    eigs = gram_eigenvalues(weights, max_batch_bytes, num_streams)
+    by_shape: dict[tuple, list[int]] = defaultdict(list)
+    for i, e in enumerate(eigs):
+        by_shape[(e.shape[-1], e.device)].append(i)
+    alphas = [math.nan] * len(weights)
+    for idx in by_shape.values():
+        values = hill_alpha(torch.stack([eigs[i] for i in idx]), xmin_pos).cpu().tolist()
+        for i, a in zip(idx, values):
+            alphas[i] = float(a)
+    return alphas
+
+
+def eligible_linears(
+    model: nn.Module,
+    min_eigs: int = 50,
+    remove_first: bool = True,
+    remove_last: bool = True,
+    trainable_only: bool = True,
+) -> list[tuple[str, torch.Tensor]]:
+    """`(name, weight)` of the matrices AlphaDecay analyses: every `nn.Linear` in `named_modules()` order (its
+    weight trainable if `trainable_only`), without the first and the last one (official `remove_first_layer` /
+    `remove_last_layer`; for an HF Llama `layers.0.self_attn.q_proj` and `lm_head`) and without matrices with
+    fewer than `min_eigs` eigenvalues (official `eigs_thresh=50`). Shared weights are listed once."""
+    linears = []
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        w = module.weight
+        if (trainable_only and not w.requires_grad) or id(w) in seen:
+            continue
+        seen.add(id(w))
+        linears.append((strip_wrapper_prefixes(name), w))
+    if remove_first:
+        linears = linears[1:]
+    if remove_last:
+        linears = linears[:-1]
+    return [(n, w) for n, w in linears if min(w.shape) >= min_eigs]
+
+
+def _module_type(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _layer_index(name: str) -> int | None:
+    m = _LAYER_RE.search("." + name + ".")
+    return int(m.group(1)) if m else None
+
+
+@torch.no_grad()
+def model_esd(model: nn.Module, min_eigs: int = 50, xmin_pos: float = 2.0) -> list[dict]:
+    """One row per `nn.Linear` weight with at least `min_eigs` eigenvalues (all of them, first and last included):
+    `name`, `module_type` (last name part), `layer` (decoder index or None), `shape`, `n_eigs`, `alpha`,
+    `lambda_max`, `xmin` (the median eigenvalue) and `alphadecay` (whether AlphaDecay's defaults analyse it)."""
+    rows = eligible_linears(model, min_eigs=min_eigs, remove_first=False, remove_last=False, trainable_only=False)
+    analysed = {
+        n
+        for n, _ in eligible_linears(
+            model, min_eigs=min_eigs, remove_first=True, remove_last=True, trainable_only=False
+        )
+    }
+    weights = [w for _, w in rows]
+    eigs = gram_eigenvalues(weights)
+    out = []
+    for (name, w), e in zip(rows, eigs):
+        N = e.shape[-1]
+        out.append(
+            {
+                "name": name,
+                "module_type": _module_type(name),
+                "layer": _layer_index(name),
+                "shape": list(w.shape),
+                "n_eigs": N,
+                "alpha": float(hill_alpha(e, xmin_pos)),
+                "lambda_max": float(e[-1]),
+                "xmin": float(e[int(N / xmin_pos)]),
+                "alphadecay": name in analysed,
+            }
+        )
+    return out

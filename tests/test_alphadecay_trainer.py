@@ -1,0 +1,92 @@
+"""AlphaDecay under the stock Trainer (as an optimizer factory): exact resume, learning rate and decay taken from
+TrainingArguments, alphas in the logs, and `hf-plugins train --optim alphadecay:stable_spam`."""
+
+import json
+
+import pytest
+import torch
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+from hf_plugins import AlphaDecay, OptimizerStatsCallback, StableSPAM, registry
+from hf_plugins.testing import tiny_model, tiny_text_dataset
+
+
+def _args(out, **kw):
+    base = {
+        "output_dir": str(out),
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 3e-3,
+        "weight_decay": 0.1,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "report_to": "none",
+        "use_cpu": True,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": False,
+        "seed": 0,
+        "disable_tqdm": True,
+    }
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _trainer(args, tok, spec):
+    model = tiny_model("llama", seed=0)
+    model.train()
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=tiny_text_dataset(tok, n=24),
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        optimizer_cls_and_kwargs=spec,
+        callbacks=[OptimizerStatsCallback()],
+    )
+
+
+def test_trainer_resume_with_refresh_in_between(tmp_path, tiny_tok):
+    """Interval 3, checkpoint at 2: the resumed run refreshes at update 3 exactly like the uninterrupted one."""
+    args = _args(tmp_path / "a")
+    spec = AlphaDecay.from_args(args, min_eigs=8, interval=3)
+    full = _trainer(args, tiny_tok, spec)
+    full.train()
+    resumed = _trainer(_args(tmp_path / "b"), tiny_tok, spec)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    for (name, pa), pb in zip(full.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(pa, pb), name
+    opt_a, opt_b = full.optimizer.optimizer, resumed.optimizer.optimizer
+    assert opt_b.alphadecay_table() == opt_a.alphadecay_table()
+    assert all(g["lr"] == 3e-3 for g in opt_b.param_groups)
+    logged = [h for h in full.state.log_history if "loss" in h]
+    assert all("alphadecay/alpha_median" in h and "alphadecay/wd_max" in h for h in logged)
+    assert logged[-1]["alphadecay/wd_max"] == pytest.approx(0.5)  # 5 x the base decay 0.1
+
+
+def test_registry_entries_read_training_arguments(tmp_path):
+    args = _args(tmp_path, learning_rate=7e-4, weight_decay=0.05, adam_beta2=0.95, max_steps=50)
+    cls, kw = registry.OPTIMIZERS["alphadecay"].build(args, {"interval": 100})
+    assert cls is AlphaDecay
+    assert kw["lr"] == 7e-4 and kw["weight_decay"] == 0.05 and kw["betas"] == (0.9, 0.95) and kw["interval"] == 100
+    assert kw["base"] is torch.optim.AdamW
+    cls, kw = registry.OPTIMIZERS["alphadecay:stable_spam"].build(args, {"gamma1": 0.85, "min_eigs": 8})
+    assert kw["base"] is StableSPAM and kw["total_T"] == 50 and kw["gamma1"] == 0.85 and kw["lr"] == 7e-4
+    with pytest.raises(ValueError, match="interval_steps"):
+        registry.OPTIMIZERS["alphadecay"].build(args, {"interval_steps": 3})
+    with pytest.raises(ValueError, match="fixes the base"):
+        registry.OPTIMIZERS["alphadecay:stable_spam"].build(args, {"base": "adam"})
+
+
+def test_cli_train_with_alphadecay_on_stable_spam(tmp_path):
+    from hf_plugins.cli.main import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--model", "tiny", "--method", "full", "--optim", "alphadecay:stable_spam"]
+    argv += ["--optim-arg", "min_eigs=8", "--optim-arg", "interval=1", "--weight-decay", "0.1"]
+    argv += ["--max-steps", "2", "--logging-steps", "1", "--train-size", "16", "--eval-size", "4"]
+    argv += ["--max-new-tokens", "4", "--no-eval-before", "--output-dir", str(out)]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    logged = [h for h in metrics["log_history"] if "loss" in h]
+    assert logged and all("alphadecay/alpha_min" in h and "stable_spam/beta1" in h for h in logged)
