@@ -211,7 +211,7 @@ def main():
     stamp = datetime.date.today().isoformat()
     lines = [
         f"| {stamp} | stable_spam_bench.py | {dev_name} | {torch.__version__} / {transformers.__version__} | {c} | {m} "
-        f"| {o:.3f} | {b:.3f} | {o / b:.2f} |"
+        f"| {o:.3f} | {b:.3f} | {(o / b if b else float('nan')):.2f} |"
         for c, m, o, b in rows
     ]
     print("\n".join(lines))

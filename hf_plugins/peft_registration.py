@@ -63,6 +63,9 @@ def _add_enum_member(key: str) -> PeftType:
     PeftType._member_map_[key] = member
     PeftType._value2member_map_[key] = member
     PeftType._member_names_.append(key)
+    # Python >= 3.12 looks members up as class attributes (3.11 went through EnumType.__getattr__ and
+    # _member_map_); set it with type.__setattr__, since EnumType.__setattr__ refuses to touch members.
+    type.__setattr__(PeftType, key, member)
     return member
 
 

@@ -291,7 +291,9 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 @pytest.mark.gpu
 @requires_cuda
-@pytest.mark.parametrize("dtype, steps, tol", [(torch.float32, 60, 1e-6), (torch.bfloat16, 1, 8e-3)])
+# fp32: the two paths order their reductions differently; over 60 steps with two resets that is a few ulps of the
+# moments (measured on an H200: 1.4e-6 absolute, 7.5e-6 relative), far below any effect of the algorithm.
+@pytest.mark.parametrize("dtype, steps, tol", [(torch.float32, 60, 2e-5), (torch.bfloat16, 1, 8e-3)])
 def test_fused_triton_path_equals_foreach(dtype, steps, tol):
     """The fused kernels re-apply the clip and the AdaGN factor inside the AdamW update; they must give the foreach
     path's parameters (fp32: to rounding over 60 steps with two resets; bf16: within one ulp after a step) and the
