@@ -1,0 +1,409 @@
+"""Chain-of-Experts (CoE) decoder, arXiv 2506.18945, built from transformers' Llama pieces.
+
+A CoE layer runs C iterations over one pool of experts; iteration t has its own router, reads the previous
+iteration's output and adds its experts' weighted output to it (the paper's equation, `report.MD`):
+
+    x(0) = LN(h);   x(t) = x(t-1) + sum_{i in TopK(s_t, K)} g_{t,i} FFN_i(x(t-1)),   s_t = softmax(U_t x(t-1))
+
+and the decoder layer returns h + (x(C) - x(0)), i.e. h + sum_t (routed + shared experts of iteration t). With
+C = 1 this is the standard pre-LN MoE block h + MoE(LN(h)).
+
+Differences from the official code (github.com/ZihanWang314/CoE, `CoeDecoderLayer`): with its published flags
+(`inner_residual=true`, `outer_residual=false`) the official layer returns LN(h) + sum_t MoE_t, dropping the
+un-normalised residual stream h at every layer (for its MoE baseline too). We implement the paper's equation
+inside a standard pre-LN block instead. Attention is Llama's GQA with RoPE (the paper's base is DeepSeek-V2-Lite
+MLA; attention is not the paper's point). Experts are fused 3-D tensors run through transformers' experts
+interface (`grouped_mm` by default) instead of the official Python loop over experts.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.generation import GenerationMixin
+from transformers.integrations.moe import use_experts_implementation
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaDecoderLayer,
+    LlamaMLP,
+    LlamaModel,
+    LlamaPreTrainedModel,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+)
+from transformers.utils import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder
+
+from .configuration_coe import CoEConfig
+
+
+__all__ = [
+    "CoECausalLMOutputWithPast",
+    "CoEExperts",
+    "CoEForCausalLM",
+    "CoEModel",
+    "CoEPreTrainedModel",
+    "CoERouter",
+    "CoERouterLogits",
+    "CoESparseMoeBlock",
+    "coe_router_aux_loss",
+]
+
+# transformers 5.17-5.23 call the KV cache `past_key_values`, 5.24 calls it `cache` (argument and output field).
+# The in-tree Llama model and decoder layer we inherit from use their own version's name; we look it up once.
+_CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+_CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(MoeCausalLMOutputWithPast)} else "past_key_values"
+
+
+class CoERMSNorm(nn.Module):
+    """RMSNorm with an optional fixed output scale (LayerNorm Scaling, arXiv 2502.05795).
+
+    Same computation and parameter name as `LlamaRMSNorm` (fp32 normalisation, `weight` in the input dtype). Not
+    a subclass of it: that class is tagged for hub-kernel replacement, which would silently drop the scale.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, scale: float = 1.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+        # A Python float, not a buffer: transformers v5 builds models on the meta device and only `_init_weights`
+        # re-initialises tensors, so a buffer filled here would come back empty (allenai/OLMo-core PR #698).
+        self.scale = float(scale)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        weight = self.weight if self.scale == 1.0 else self.weight * self.scale
+        return weight * hidden_states.to(input_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, scale={self.scale:.4g}"
+
+
+class _Fp32Linear(torch.autograd.Function):
+    """`x.float() @ w.float().T`, saving x in its own dtype: plain autograd would keep the fp32 copy of every
+    router input for the backward pass (N x H x 4 bytes per layer and iteration, ~1 GiB at the benchmark size)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.linear(x.float(), weight.float())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = None
+        with torch.autocast(device_type=grad.device.type, enabled=False):
+            grad = grad.float()
+            if ctx.needs_input_grad[0]:
+                grad_x = (grad @ weight.float()).to(x.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_w = (grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1]).float()).to(weight.dtype)
+        return grad_x, grad_w
+
+
+class CoERouter(nn.Linear):
+    """Router of one iteration: fp32 logits `x @ W.T` with W [num_experts, hidden], no bias (official `MoEGate`).
+
+    An `nn.Linear` so PEFT can target it by name (`routers.0`, ...). The logits are computed in fp32 whatever the
+    weight and activation dtypes, with autocast off (autocast would run the matmul in bf16).
+    """
+
+    def __init__(self, hidden_size: int, num_experts: int):
+        # Created in fp32 even under a bf16 default dtype; `_keep_in_fp32_modules_strict` keeps it so on loading.
+        super().__init__(hidden_size, num_experts, bias=False, dtype=torch.float32)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=hidden_states.device.type, enabled=False):
+            return _Fp32Linear.apply(hidden_states, self.weight)
+
+
+class CoERouterLogits(nn.Identity):
+    """Passes the routing logits through unchanged; transformers' output capture records them here.
+
+    Recording at the router itself would miss adapters: PEFT replaces the router by a wrapper (LoRA calls the
+    original router and adds its own term, LIFT does not call it at all), while this module sees the logits that
+    actually route, whatever wraps the router.
+    """
+
+
+@use_experts_implementation
+class CoEExperts(nn.Module):
+    """The routed experts of one layer as 3-D tensors: `gate_up_proj` [E, 2I, H], `down_proj` [E, H, I] (SwiGLU).
+
+    Decorated with transformers' `use_experts_implementation`, so `config._experts_implementation` picks the
+    backend at call time: `grouped_mm` (default), `batched_mm`, or `eager` (the loop below). Called once per
+    iteration with that iteration's routing.
+    """
+
+    def __init__(self, config: CoEConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.hidden_dim = config.hidden_size
+        self.intermediate_dim = config.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, 2 * self.intermediate_dim, self.hidden_dim))
+        self.down_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim, self.intermediate_dim))
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """`hidden_states` [T, H], `top_k_index` / `top_k_weights` [T, K] -> sum_k w_k FFN_{i_k}(x) [T, H]."""
+        out = torch.zeros_like(hidden_states)
+        with torch.no_grad():
+            hit = torch.unique(top_k_index).tolist()
+        for expert in hit:
+            token_idx, slot = torch.where(top_k_index == expert)
+            x = hidden_states[token_idx]
+            gate, up = F.linear(x, self.gate_up_proj[expert]).chunk(2, dim=-1)
+            y = F.linear(self.act_fn(gate) * up, self.down_proj[expert])
+            out.index_add_(0, token_idx, (y * top_k_weights[token_idx, slot, None]).to(out.dtype))
+        return out
+
+
+class CoESharedExpert(LlamaMLP):
+    """Always-active SwiGLU expert(s), width `n_shared_experts * moe_intermediate_size` (official `shared_experts`)."""
+
+    def __init__(self, config: CoEConfig):
+        nn.Module.__init__(self)
+        self.config = config
+        self.hidden_size = config.hidden_size
+        self.intermediate_size = config.n_shared_experts * config.moe_intermediate_size
+        self.gate_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(self.intermediate_size, self.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+
+class CoESparseMoeBlock(nn.Module):
+    """The CoE layer: C iterations of (route, run experts, add) over one expert pool.
+
+    Input is the normalised hidden state u0 = LN(h) [B, T, H]; output is what the decoder layer adds to h:
+    sum_t d_t with the inner residual (so the layer returns h + x(C) - x(0)), or x(C) = d_C without it, where
+    d_t = sum_k g_{t,k} FFN_{i_{t,k}}(x(t-1)) (+ shared experts of x(t-1)).
+    """
+
+    def __init__(self, config: CoEConfig):
+        super().__init__()
+        self.num_iterations = config.num_iterations
+        self.top_k = config.num_experts_per_tok
+        self.norm_topk_prob = config.norm_topk_prob
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.inner_residual = config.inner_residual
+        self.shared_every_iteration = config.shared_experts_every_iteration
+        self.experts = CoEExperts(config)
+        num_routers = config.num_iterations if config.router_per_iteration else 1
+        self.routers = nn.ModuleList([CoERouter(config.hidden_size, config.num_experts) for _ in range(num_routers)])
+        self.shared_experts = CoESharedExpert(config) if config.n_shared_experts > 0 else None
+        self.router_logits = CoERouterLogits()
+
+    def route(self, t: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-K expert indices and gate weights of iteration `t` (0-based) for x [N, H]."""
+        router = self.routers[t if len(self.routers) > 1 else 0]
+        probs = self.router_logits(router(x).float()).softmax(dim=-1)  # [N, E]; .float() for wrapped routers
+        # sorted=True (official: sorted=False) selects the same set; it fixes the summation order across batches.
+        weights, index = torch.topk(probs, self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        if self.routed_scaling_factor != 1.0:
+            weights = weights * self.routed_scaling_factor
+        return index, weights.to(x.dtype)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shape = hidden_states.shape
+        x0 = hidden_states.reshape(-1, shape[-1])
+        x, total = x0, None
+        for t in range(self.num_iterations):
+            index, weights = self.route(t, x)
+            d = self.experts(x, index, weights)
+            if self.shared_experts is not None and self.shared_every_iteration:
+                d = d + self.shared_experts(x)
+            # Accumulate the deltas instead of returning x(C) - x(0): same value, no cancellation in bf16.
+            total = d if total is None or not self.inner_residual else total + d
+            x = x + d if self.inner_residual else d
+        if self.shared_experts is not None and not self.shared_every_iteration:
+            total = total + self.shared_experts(x0)
+        return total.reshape(shape)
+
+
+class CoEDecoderLayer(LlamaDecoderLayer):
+    """Llama decoder layer (attention, norms, residuals and the version-specific `forward` are inherited) with a
+    CoE block, or a dense MLP for the first `first_k_dense_replace` layers, in place of the MLP.
+
+    With `layernorm_scaling` both block-input norms are scaled by 1/sqrt(layer_idx + 1).
+    """
+
+    def __init__(self, config: CoEConfig, layer_idx: int):
+        nn.Module.__init__(self)  # skip LlamaDecoderLayer.__init__: it would allocate a dense MLP we then discard
+        self.hidden_size = config.hidden_size
+        self.self_attn = LlamaAttention(config=config, layer_idx=layer_idx)
+        self.mlp = LlamaMLP(config) if layer_idx < config.first_k_dense_replace else CoESparseMoeBlock(config)
+        scale = 1.0 / math.sqrt(layer_idx + 1) if config.layernorm_scaling else 1.0
+        self.input_layernorm = CoERMSNorm(config.hidden_size, eps=config.rms_norm_eps, scale=scale)
+        self.post_attention_layernorm = CoERMSNorm(config.hidden_size, eps=config.rms_norm_eps, scale=scale)
+
+
+class CoEPreTrainedModel(LlamaPreTrainedModel):
+    config: CoEConfig
+    config_class = CoEConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["CoEDecoderLayer"]  # noqa: RUF012  (transformers reads plain class attributes)
+    _keep_in_fp32_modules_strict = ["routers"]  # noqa: RUF012
+    # Data-dependent routing (sort, histc, variable group sizes): not a full-graph compile target.
+    _can_compile_fullgraph = False
+    _can_record_outputs = {  # noqa: RUF012
+        "router_logits": OutputRecorder(CoERouterLogits, index=0),
+        "hidden_states": CoEDecoderLayer,
+        "attentions": LlamaAttention,
+    }
+
+    def _init_weights(self, module):
+        super()._init_weights(module)  # Normal(0, initializer_range) for linears (routers too) and embeddings
+        if isinstance(module, CoEExperts):
+            std = self.config.initializer_range
+            init.normal_(module.gate_up_proj, mean=0.0, std=std)
+            init.normal_(module.down_proj, mean=0.0, std=std)
+
+
+class CoEModel(CoEPreTrainedModel, LlamaModel):
+    """The CoE decoder stack. `forward` is `LlamaModel.forward` (cache keyword, masks, RoPE, output capture)."""
+
+    def __init__(self, config: CoEConfig):
+        CoEPreTrainedModel.__init__(self, config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList([CoEDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)  # final norm: never scaled
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+
+def coe_router_aux_loss(
+    router_logits: torch.Tensor, top_k: int, batch_size: int, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sequence-level load-balancing loss of one router call (DeepSeek-V2 form, official `seq_aux=true`).
+
+    For each sequence b over its non-padding tokens: f_i = count_i * E / (T_b * K) (count_i = how often expert i
+    is among the top-K), P_i = mean_t softmax(logits)_{t,i}; loss = mean_b sum_i f_i * P_i. Equals 1 for
+    perfectly uniform routing. `router_logits` [B*T, E]; `attention_mask` [B, T] (1 = token) or None.
+    Padding is excluded (the official code counts it).
+    """
+    num_experts = router_logits.shape[-1]
+    probs = router_logits.float().softmax(dim=-1).view(batch_size, -1, num_experts)  # [B, T, E]
+    seq_len = probs.shape[1]
+    if attention_mask is None or attention_mask.dim() != 2:
+        mask = probs.new_ones(batch_size, seq_len)
+    else:
+        mask = attention_mask[:, -seq_len:].to(device=probs.device, dtype=probs.dtype)
+    index = torch.topk(probs, top_k, dim=-1).indices  # [B, T, K], the selection the forward pass made
+    counts = probs.new_zeros(batch_size, num_experts).scatter_add_(
+        1, index.reshape(batch_size, -1), mask.repeat_interleave(top_k, dim=1)
+    )
+    tokens = mask.sum(dim=1)  # T_b
+    valid = tokens > 0
+    tokens = tokens.clamp(min=1)
+    f = counts * num_experts / (tokens[:, None] * top_k)
+    p = (probs * mask[..., None]).sum(dim=1) / tokens[:, None]
+    per_seq = (f * p).sum(dim=-1)
+    return (per_seq * valid).sum() / valid.sum().clamp(min=1)
+
+
+@dataclass
+class CoECausalLMOutputWithPast(MoeCausalLMOutputWithPast):
+    """`MoeCausalLMOutputWithPast` plus `aux_losses` [num_moe_layers, num_iterations]: the unweighted
+    load-balancing loss of every router call; `aux_loss` is their sum (the loss adds `router_aux_loss_coef` times
+    it in training)."""
+
+    aux_losses: torch.Tensor | None = None
+
+
+class CoEForCausalLM(CoEPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}  # noqa: RUF012
+
+    def __init__(self, config: CoEConfig):
+        super().__init__(config)
+        self.model = CoEModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_router_logits: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        cache=None,
+        **kwargs,
+    ) -> CoECausalLMOutputWithPast:
+        """Causal-LM forward. The KV cache may be passed as `cache` (transformers >= 5.24) or `past_key_values`
+        (<= 5.23); generation passes whichever its version uses.
+
+        The load-balancing loss is computed from the recorded router logits when `output_router_logits` (argument
+        or config) is set, or when training with labels and `router_aux_loss_coef > 0`; it is added to `loss`
+        (times the coefficient) only in training mode, so evaluation losses stay pure cross-entropy as in the
+        official logs (Mixtral adds it whenever `output_router_logits`).
+        """
+        cache = cache if cache is not None else past_key_values
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        add_aux = self.training and labels is not None and self.config.router_aux_loss_coef > 0
+        record = bool(output_router_logits or add_aux) and self.config.num_moe_layers > 0
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_router_logits=record,
+            **{_CACHE_ARG: cache},
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+
+        aux_loss = aux_losses = router_logits = None
+        if record:
+            router_logits = outputs["router_logits"]
+            batch_size = hidden_states.shape[0]
+            aux_losses = torch.stack(
+                [
+                    coe_router_aux_loss(r, self.config.num_experts_per_tok, batch_size, attention_mask)
+                    for r in router_logits
+                ]
+            ).view(self.config.num_moe_layers, self.config.num_iterations)
+            aux_loss = aux_losses.sum()
+            if add_aux:
+                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+
+        return CoECausalLMOutputWithPast(
+            loss=loss,
+            aux_loss=aux_loss,
+            aux_losses=aux_losses,
+            logits=logits,
+            hidden_states=outputs.get("hidden_states"),
+            attentions=outputs.get("attentions"),
+            router_logits=router_logits if output_router_logits else None,
+            **{_CACHE_FIELD: outputs.get(_CACHE_FIELD)},
+        )
