@@ -1,0 +1,165 @@
+"""Evaluate any causal LM on SoS items: greedy answers, accuracy on valid answers and on all items, the invalid
+rate, tokens and seconds per answer (spec, "hf_plugins metric"). No retries; prompts longer than the model's
+context are reported as "too long", never truncated silently.
+
+Items are dicts with `polynomial` (text) and `label` (the released or generated label), optionally
+`proved_label` (the checker's, None if undecided) and `class` / `subset` for per-class accuracy.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+from .polynomial import PolynomialParseError, parse_polynomial
+from .prompts import build_prompt, parse_boxed_answer
+
+
+__all__ = ["evaluate_sos_model", "score_answers", "surface_rule"]
+
+
+def surface_rule(text: str) -> int:
+    """The spec's surface-cue baseline (defect 6): 0 if the degree is odd or the constant term is <= 0, else 1.
+    Rejected (truncated) text is guessed 1."""
+    try:
+        p = parse_polynomial(text)
+    except PolynomialParseError:
+        return 1
+    return 0 if p.degree % 2 or p.constant_term() <= 0 else 1
+
+
+def _acc(records: list[dict], key: str) -> dict:
+    scored = [r for r in records if r.get(key) is not None]
+    valid = [r for r in scored if r["answer"] is not None]
+    correct = sum(r["answer"] == r[key] for r in valid)
+    n = len(scored)
+    return {
+        "n": n,
+        "valid": len(valid),
+        "correct": correct,
+        "acc_valid": correct / len(valid) if valid else 0.0,
+        "acc_total": correct / n if n else 0.0,
+        "invalid_rate": (n - len(valid)) / n if n else 0.0,
+    }
+
+
+def score_answers(records: list[dict]) -> dict:
+    """Metrics from records with `answer` (0, 1 or None), `label`, optional `proved_label`, `class`, `tokens`,
+    `seconds`. Accuracy is reported against the released labels and against the proved labels."""
+    out = {"released": _acc(records, "label"), "proved": _acc(records, "proved_label")}
+    by_class = defaultdict(list)
+    for r in records:
+        by_class[r.get("class") or "all"].append(r)
+    out["per_class"] = {
+        k: {"released": _acc(v, "label"), "proved": _acc(v, "proved_label")} for k, v in sorted(by_class.items())
+    }
+    toks = [r["tokens"] for r in records if r.get("tokens") is not None]
+    secs = [r["seconds"] for r in records if r.get("seconds") is not None]
+    out["too_long"] = sum(bool(r.get("too_long")) for r in records)
+    out["tokens_mean"] = statistics.fmean(toks) if toks else 0.0
+    out["tokens_median"] = statistics.median(toks) if toks else 0.0
+    out["seconds_mean"] = statistics.fmean(secs) if secs else 0.0
+    out["seconds_median"] = statistics.median(secs) if secs else 0.0
+    return out
+
+
+def evaluate_sos_model(
+    model,
+    tokenizer,
+    items: Sequence[dict],
+    *,
+    style: str = "reasoning",
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+    max_prompt_tokens: int | None = None,
+    use_chat_template: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Greedy answers of `model` on `items`; returns `{"metrics": score_answers(...), "records": [...]}`.
+
+    Seconds per answer is the wall time of its generation batch divided by the batch size (model latency, not an
+    API round trip as in the paper's harness). `max_prompt_tokens` defaults to the model's context length minus
+    `max_new_tokens`.
+    """
+    import torch
+
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token; set `tokenizer.pad_token = tokenizer.eos_token` first")
+    if max_prompt_tokens is None:
+        ctx = getattr(model.config, "max_position_embeddings", None) or 4096
+        max_prompt_tokens = max(1, ctx - max_new_tokens)
+    prompts = []
+    for it in items:
+        user = build_prompt(it["polynomial"], style)
+        if use_chat_template and getattr(tokenizer, "chat_template", None):
+            prompts.append(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+                )
+            )
+        else:
+            prompts.append(user + "\n")
+    records = []
+    for it, prompt in zip(items, prompts):
+        n_tok = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        records.append(
+            {
+                "label": it.get("label"),
+                "proved_label": it.get("proved_label"),
+                "class": it.get("class") or it.get("subset"),
+                "prompt_tokens": n_tok,
+                "too_long": n_tok > max_prompt_tokens,
+                "answer": None,
+                "completion": None,
+                "tokens": None,
+                "seconds": None,
+            }
+        )
+    todo = [i for i, r in enumerate(records) if not r["too_long"]]
+    todo.sort(key=lambda i: records[i]["prompt_tokens"])  # similar lengths per batch: less padding
+    was_training = model.training
+    model.eval()
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    batches = range(0, len(todo), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="sos eval", unit="batch")
+    try:
+        for start in batches:
+            idx = todo[start : start + batch_size]
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(
+                device
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = (time.perf_counter() - t0) / len(idx)
+            new = out[:, enc["input_ids"].shape[1] :]
+            for row, i in zip(new, idx):
+                ids = row.tolist()
+                n_new = len(ids)
+                for k, t in enumerate(ids):
+                    if t == tokenizer.eos_token_id or t == tokenizer.pad_token_id:
+                        n_new = k
+                        break
+                text = tokenizer.decode(ids[:n_new], skip_special_tokens=True)
+                records[i].update(completion=text, answer=parse_boxed_answer(text), tokens=n_new, seconds=dt)
+    finally:
+        tokenizer.padding_side = old_side
+        model.train(was_training)
+    return {"metrics": score_answers(records), "records": records}

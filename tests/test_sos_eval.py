@@ -1,0 +1,122 @@
+"""LM evaluation on SoS items and the `hf-plugins sos` command line."""
+
+import json
+
+import pytest
+import torch
+
+from hf_plugins.cli.main import main
+from hf_plugins.sos import evaluate_sos_model, score_answers, surface_rule
+from hf_plugins.testing import tiny_model, tiny_tokenizer
+
+
+def test_scores_by_hand():
+    records = [
+        {"answer": 1, "label": 1, "proved_label": 1, "class": "a", "tokens": 4, "seconds": 1.0},
+        {"answer": 0, "label": 1, "proved_label": 0, "class": "a", "tokens": 6, "seconds": 3.0},  # mislabelled row
+        {"answer": None, "label": 0, "proved_label": 0, "class": "b", "tokens": 8, "seconds": 2.0},
+        {"answer": 0, "label": 0, "proved_label": None, "class": "b", "tokens": 2, "seconds": 2.0},
+    ]
+    m = score_answers(records)
+    assert m["released"] == {
+        "n": 4,
+        "valid": 3,
+        "correct": 2,
+        "acc_valid": 2 / 3,
+        "acc_total": 0.5,
+        "invalid_rate": 0.25,
+    }
+    assert m["proved"]["n"] == 3 and m["proved"]["correct"] == 2 and m["proved"]["acc_total"] == 2 / 3
+    assert m["per_class"]["a"]["released"]["correct"] == 1
+    assert m["tokens_median"] == 5 and m["seconds_mean"] == 2.0
+
+
+def test_surface_rule_baseline():
+    assert surface_rule("x1^3 + 1") == 0 and surface_rule("x1^2 - 1") == 0 and surface_rule("x1^2 + 1") == 1
+    assert surface_rule("x1 + 2 - 7.0*x") == 1  # rejected text is guessed 1
+
+
+def test_evaluate_tiny_model_matches_direct_generation():
+    """Answers equal those of model.generate called directly (greedy), one prompt at a time without padding."""
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", seed=0)
+    items = [
+        {"polynomial": "x1^2 + 1", "label": 1, "class": "q"},
+        {"polynomial": "x1^3 - 2", "label": 0, "class": "odd"},
+        {"polynomial": "2 + 3", "label": 1, "class": "q"},
+    ]
+    out = evaluate_sos_model(model, tok, items, style="plain", max_new_tokens=6, batch_size=2, max_prompt_tokens=400)
+    assert out["metrics"]["released"]["n"] == 3
+    from hf_plugins.sos.prompts import build_prompt
+
+    for item, rec in zip(items, out["records"]):
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": build_prompt(item["polynomial"], "plain")}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            ids = model.generate(
+                **enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+            )
+        new = ids[0, enc["input_ids"].shape[1] :].tolist()
+        if tok.eos_token_id in new:
+            new = new[: new.index(tok.eos_token_id)]
+        assert rec["completion"] == tok.decode(new, skip_special_tokens=True)
+        assert rec["tokens"] == len(new)
+
+
+def test_too_long_prompts_are_reported_not_truncated():
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", seed=0)
+    items = [{"polynomial": " + ".join(f"{i}*x1^2" for i in range(1, 200)), "label": 1}]
+    out = evaluate_sos_model(model, tok, items, style="plain", max_new_tokens=4, max_prompt_tokens=50)
+    assert out["records"][0]["too_long"] and out["records"][0]["answer"] is None
+    assert out["metrics"]["too_long"] == 1 and out["metrics"]["released"]["acc_total"] == 0.0
+
+
+def test_cli_generate_check_and_eval(tmp_path, capsys):
+    pytest.importorskip("cvxpy")
+    path = tmp_path / "items.jsonl"
+    assert (
+        main(
+            [
+                "sos",
+                "generate",
+                "--classes",
+                "quadratic,odd_degree,nonneg_not_sos",
+                "--per-class",
+                "2",
+                "--out",
+                str(path),
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 6 and {r["class"] for r in rows} == {"quadratic", "odd_degree", "nonneg_not_sos"}
+    out_json = tmp_path / "check.json"
+    assert main(["sos", "check", "--file", str(path), "--output", str(out_json)]) == 0
+    summary = json.loads(out_json.read_text())
+    assert summary["totals"] == {"consistent": 6}
+    assert main(["sos", "check", "x1^4*x2^2 + x1^2*x2^4 + 1 - 3*x1^2*x2^2"]) == 0
+    assert "not_sos" in capsys.readouterr().out
+    eval_json = tmp_path / "eval.json"
+    args = [
+        "sos",
+        "eval",
+        "--model",
+        "tiny",
+        "--file",
+        str(path),
+        "--style",
+        "plain",
+        "--max-new-tokens",
+        "4",
+        "--output",
+        str(eval_json),
+    ]
+    assert main(args) == 0
+    assert json.loads(eval_json.read_text())["metrics"]["released"]["n"] == 6
+    assert main(["sos", "generate", "--classes", "nope", "--out", str(path)]) == 2  # clear error, exit code 2
