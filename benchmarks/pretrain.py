@@ -30,9 +30,9 @@ import torch
 # (hidden, layers, heads, kv heads, intermediate): ~20M and ~60M parameters with the 49,152-token
 # SmolLM2 vocabulary and tied embeddings (embeddings are 12.6M / 25.2M of them).
 SIZES = {
-    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64),
-    "20m": dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=4, intermediate_size=688),
-    "60m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8, intermediate_size=1376),
+    "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64},
+    "20m": {"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 688},
+    "60m": {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8, "intermediate_size": 1376},
 }  # fmt: skip
 
 
@@ -75,13 +75,23 @@ def build_model(args, tokenizer):
     fields.update(
         vocab_size=len(tokenizer),
         max_position_embeddings=max(args.seq_len, 128),
-        tie_word_embeddings=True,
+        tie_word_embeddings=args.model != "neurotrails",  # each NeuroTrails trail has its own output layer
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    if args.model == "qwen3_moe":  # transformers' MoE as the CoE baseline: experts as wide as a quarter MLP
+    # MoE baselines and CoE at equal active compute: 16 experts a quarter of the dense MLP wide; the MoE routes
+    # each token to 4 experts once, CoE to 2 experts in each of 2 iterations (paper: CoE C=2 K=4 ~ MoE K=8).
+    if args.model == "qwen3_moe":
         fields.update(num_experts=16, num_experts_per_tok=4, moe_intermediate_size=fields["intermediate_size"] // 4)
+    if args.model == "coe":
+        fields.update(
+            num_experts=16,
+            num_experts_per_tok=2,
+            num_iterations=2,
+            n_shared_experts=0,
+            moe_intermediate_size=fields["intermediate_size"] // 4,
+        )
     fields.update(_options(args.model_arg, "--model-arg"))
     config = AutoConfig.for_model(args.model, **fields)
     torch.manual_seed(args.seed)
@@ -168,7 +178,11 @@ def evaluate(model, blocks, batch_size, device, bf16):
         batch = _Collate()([blocks[i] for i in range(start, min(start + batch_size, len(blocks)))])
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            losses.append(model(**batch).loss.float().item())
+            logits = model(input_ids=batch["input_ids"]).logits
+        # Cross-entropy of the (averaged) logits for every model type: NeuroTrails' `.loss` sums its trails' losses
+        # and CoE adds a balance term in training mode, so `.loss` is not comparable across types.
+        labels = batch["labels"][:, 1:]
+        losses.append(torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten()).item())
     model.train()
     return sum(losses) / len(losses)
 

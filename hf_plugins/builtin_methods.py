@@ -8,7 +8,6 @@ from .registry import register_method, register_optimizer
 def _full(model, options: dict):
     if options:
         raise ValueError(f"--method full takes no --method-arg, got {sorted(options)}")
-    return None
 
 
 def _lora(model, options: dict):
@@ -25,7 +24,6 @@ def _adamw(training_args, options: dict):
             "--optim adamw is the Trainer's own fused AdamW; set its hyperparameters with --adam-beta1/--adam-beta2/"
             f"--adam-epsilon/--weight-decay, not --optim-arg (got {sorted(options)})"
         )
-    return None
 
 
 register_method("full", _full, "full fine-tuning (every parameter trains)", defaults={"learning_rate": 5e-5})

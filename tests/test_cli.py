@@ -21,7 +21,9 @@ def test_help_describes_every_flag():
 
 
 def test_console_script_help_runs():
-    out = subprocess.run([sys.executable, "-m", "hf_plugins.cli.main", "train", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "hf_plugins.cli.main", "train", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "--method" in out.stdout and "--optim" in out.stdout
 
 

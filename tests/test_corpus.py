@@ -11,7 +11,7 @@ from hf_plugins.data.corpus import PackedBlocks, Source, build_corpus, split_of,
 from hf_plugins.data.corpus.sources import SOURCES, _read_r_character_vectors
 
 
-WORDS = "the a of and to is in question text Ava Ben has apples books more".split()
+WORDS = ["the", "a", "of", "and", "to", "is", "in", "question", "text", "Ava", "Ben", "has", "apples", "books", "more"]
 
 
 def _fake_source(n=400, dup_every=50):
@@ -40,7 +40,7 @@ def tiny_corpus(tmp_path_factory):
 
 
 def test_validation_and_test_never_share_documents_with_training(tiny_corpus):
-    out, manifest = tiny_corpus
+    out, _manifest = tiny_corpus
     rows = [line.split("\t") for line in (out / "documents.tsv").read_text().splitlines()[1:]]
     by_split = {s: {r[2] for r in rows if r[0] == s} for s in ("train", "validation", "test")}
     assert by_split["validation"] and by_split["test"] and by_split["train"]
@@ -59,7 +59,7 @@ def test_duplicates_are_dropped_and_counts_add_up(tiny_corpus):
     assert stats["duplicates_dropped"] == 7  # 8 copies of the same text (i % 50 == 1 for i < 400), one kept
     assert stats["documents"] == 400 - 7
     assert sum(s["documents"] for s in manifest["splits"].values()) == 393
-    for split, st in manifest["splits"].items():
+    for st in manifest["splits"].values():
         tokens = np.fromfile(out / st["file"], dtype=np.uint16)
         assert len(tokens) == st["tokens"]
         assert (tokens == manifest["eos_token_id"]).sum() == st["documents"]  # one EOS after each document

@@ -62,7 +62,12 @@ def add_plugin_args(p: argparse.ArgumentParser) -> None:
     from hf_plugins import registry
 
     g = p.add_argument_group("plugins")
-    g.add_argument("--method", default="lora", help="tuning method. Known: " + _registry_help(registry.METHODS))
+    g.add_argument(
+        "--method",
+        default=None,
+        help="tuning method (default: lora when fine-tuning, full with --model-config). Known: "
+        + _registry_help(registry.METHODS),
+    )
     g.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="option of --method (repeatable)")
     g.add_argument("--optim", default="adamw", help="optimizer. Known: " + _registry_help(registry.OPTIMIZERS))
     g.add_argument("--optim-arg", action="append", metavar="KEY=VALUE", help="option of --optim (repeatable)")
@@ -110,8 +115,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def load_tokenizer(name: str | None):
     if name in (None, "smollm2"):
-        from hf_plugins.models.smollm2 import SMOLLM2_GGUF, smollm2_path
         from transformers import AutoTokenizer
+
+        from hf_plugins.models.smollm2 import SMOLLM2_GGUF, smollm2_path
 
         tok = AutoTokenizer.from_pretrained(smollm2_path(), gguf_file=SMOLLM2_GGUF)
     elif name == "tiny":

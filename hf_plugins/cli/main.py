@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
         import hf_plugins
 
-        print(f"hf_plugins {hf_plugins.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
+        print(
+            f"hf_plugins {hf_plugins.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}"
+        )
         return 0
     if not getattr(args, "func", None):
         parser.print_help()

@@ -101,13 +101,15 @@ def run_training(args) -> dict:
 
     import hf_plugins  # noqa: F401  (fills the registries)
 
+    pretrain = args.model_config is not None
+    if args.method is None:  # from scratch every weight trains; fine-tuning defaults to LoRA
+        args.method = "full" if pretrain else "lora"
     method = registry.lookup(registry.METHODS, "--method", args.method)
     optim = registry.lookup(registry.OPTIMIZERS, "--optim", args.optim)
     collator = None if args.collator == "default" else registry.lookup(registry.COLLATORS, "--collator", args.collator)
     method_opts = registry.parse_options(args.method_arg, "--method-arg")
     optim_opts = registry.parse_options(args.optim_arg, "--optim-arg")
     collator_opts = registry.parse_options(args.collator_arg, "--collator-arg")
-    pretrain = args.model_config is not None
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     output_dir = Path(args.output_dir or f"runs/{args.method}-{args.optim}-{stamp}")
@@ -149,6 +151,9 @@ def run_training(args) -> dict:
     for entry, opts in ((method, method_opts), (optim, optim_opts), (collator, collator_opts)):
         if entry is not None and entry.callbacks is not None:
             callbacks.extend(entry.callbacks(opts))
+    model_callbacks = getattr(model, "training_callbacks", None)  # model types with training-time state (NeuroTrails)
+    if callable(model_callbacks):
+        callbacks.extend(model_callbacks())
     trainer_kwargs = {"callbacks": callbacks or None}
     if opt_spec is not None:
         trainer_kwargs["optimizer_cls_and_kwargs"] = opt_spec
@@ -183,7 +188,9 @@ def run_training(args) -> dict:
     if collator is not None:
         # Set after construction: SFTTrainer refuses custom collators in padding-free mode, and wrapping the
         # trainer's own collator keeps TRL's padding / completion masks (spec hf_integration.md section 5).
-        trainer.data_collator = collator.build(tokenizer, trainer.model, {**collator_opts, "base": trainer.data_collator})
+        trainer.data_collator = collator.build(
+            tokenizer, trainer.model, {**collator_opts, "base": trainer.data_collator}
+        )
 
     t0 = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)

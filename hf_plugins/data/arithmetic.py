@@ -99,7 +99,12 @@ class Problem:
 
     def view(self, name: str) -> dict:
         if name == "conversational":
-            return {"messages": [{"role": "user", "content": self.question}, {"role": "assistant", "content": self.solution}]}
+            return {
+                "messages": [
+                    {"role": "user", "content": self.question},
+                    {"role": "assistant", "content": self.solution},
+                ]
+            }
         if name == "prompt_completion":
             return {
                 "prompt": [{"role": "user", "content": self.question}],

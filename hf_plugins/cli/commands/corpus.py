@@ -37,7 +37,9 @@ def _print(manifest: dict) -> None:
     print(f"{'source':<11} {'docs':>7} {'train tokens':>13} {'share':>6}  licence")
     for name, st in manifest["sources"].items():
         tokens = st.get("tokens", {}).get("train", 0)
-        print(f"{name:<11} {st['documents']:>7} {tokens:>13,} {st.get('train_share', 0):>6.1%}  {st.get('licence', '')}")
+        print(
+            f"{name:<11} {st['documents']:>7} {tokens:>13,} {st.get('train_share', 0):>6.1%}  {st.get('licence', '')}"
+        )
     for split, st in manifest["splits"].items():
         print(f"{split:<11} {st['documents']:>7} docs {st['tokens']:>12,} tokens  sha256 {st['sha256'][:16]}")
 

@@ -5,4 +5,13 @@ from .packed import PackedBlocks, read_manifest
 from .sources import SOURCES, Source
 
 
-__all__ = ["SOURCES", "SPLITS", "PackedBlocks", "Source", "build_corpus", "read_manifest", "split_of", "verify_against"]
+__all__ = [
+    "SOURCES",
+    "SPLITS",
+    "PackedBlocks",
+    "Source",
+    "build_corpus",
+    "read_manifest",
+    "split_of",
+    "verify_against",
+]

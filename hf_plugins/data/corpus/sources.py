@@ -42,11 +42,16 @@ def _bible(root: Path) -> Iterator[Document]:
     binary, data = root / "usr/bin/bible", root / "usr/lib/bible.data"
     # The program keeps the data path in a short fixed buffer: run it next to the file with a relative name.
     res = subprocess.run(
-        [str(binary.resolve()), "-f", "-d", data.name, "Gen1:1-Rev22:21"], capture_output=True, text=True, cwd=data.parent
+        [str(binary.resolve()), "-f", "-d", data.name, "Gen1:1-Rev22:21"],
+        capture_output=True,
+        text=True,
+        cwd=data.parent,
     )
     out = res.stdout
     if "Rev22:21" not in out:
-        raise RuntimeError(f"the `bible` program did not dump the whole text (exit {res.returncode}): {res.stderr[-300:]}")
+        raise RuntimeError(
+            f"the `bible` program did not dump the whole text (exit {res.returncode}): {res.stderr[-300:]}"
+        )
     chapters: dict[str, list[str]] = {}
     for line in out.splitlines():
         m = re.match(r"^(\w+?\d*?)(\d+):(\d+) (.*)$", line)
@@ -136,7 +141,7 @@ def _python_doc(root: Path) -> Iterator[Document]:
     folder = root / "usr/share/doc/python3.11/html/_sources"
     for path in sorted(folder.rglob("*.rst.txt")):
         text = path.read_text(encoding="utf-8", errors="replace")
-        text = re.sub(r"^\.\. (index|highlight|currentmodule|module|sectionauthor)::.*$", "", text, flags=re.M)
+        text = re.sub(r"^\.\. (index|highlight|currentmodule|module|sectionauthor)::.*$", "", text, flags=re.MULTILINE)
         yield f"python/{path.relative_to(folder)}", _norm_space(text)
 
 
@@ -149,7 +154,7 @@ def _linux_doc(root: Path) -> Iterator[Document]:
             text = path.read_text(encoding="utf-8", errors="replace")
         else:
             continue
-        text = re.sub(r"^\.\. SPDX-License-Identifier:.*$", "", text, flags=re.M)
+        text = re.sub(r"^\.\. SPDX-License-Identifier:.*$", "", text, flags=re.MULTILINE)
         yield f"linux/{path.relative_to(folder)}", _norm_space(text)
 
 
