@@ -1,8 +1,10 @@
-"""AlphaDecay cost on a Qwen2-0.5B-shaped model: one ESD refresh of all 168 linear weights (ours, batched by shape,
-vs a per-matrix Gram-eigvalsh loop and a per-matrix svdvals loop), and the training-step overhead of AlphaDecay
-(one group per matrix + a refresh every 500 updates) over fused AdamW with the Trainer's two groups.
+"""AlphaDecay cost on a Qwen2-0.5B-shaped model: one ESD refresh of all 168 linear weights (ours with its default
+backend and each backend side by side: batched cuSOLVER, cuSOLVER on 4 streams, LAPACK in a CPU thread pool with
+all / half the threads, hybrid = LAPACK threads + the GPU on one queue; vs a per-matrix Gram-eigvalsh loop and a
+per-matrix svdvals loop), and the training-step overhead of AlphaDecay (one group per matrix + a refresh every 500 updates) over fused AdamW with the Trainer's two
+groups. The refresh inside AlphaDecay uses the default backend (`auto`).
 
-    python benchmarks/alphadecay_bench.py               # GPU (~60 s on an H200)
+    python benchmarks/alphadecay_bench.py               # GPU (~45 s on an H200)
     python benchmarks/alphadecay_bench.py --smoke       # tiny shapes, CPU ok
     python benchmarks/alphadecay_bench.py --append --out alphadecay_bench.json
 
@@ -74,33 +76,42 @@ def per_matrix_svdvals(weights):
 
 
 def refresh_benchmark(cfg, device, repeats):
+    """One ESD refresh: ours with `backend="auto"` and every backend side by side, vs per-matrix loops."""
     from hf_plugins import esd_alphas
+    from hf_plugins.optim.esd import default_cpu_threads, resolve_backend
 
     weights = linear_weights(cfg, device)
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # same fp32 Gram for every contender
-    res = {}
-    esd_alphas(weights[:7])  # warm-up (cuSOLVER handles, kernels) on one layer
+    threads = default_cpu_threads()
+    auto = resolve_backend("auto", threads, device.type)
+    res = {"cpu_threads": threads, "auto_backend": auto, "backends": {}}
+    esd_alphas(weights[:7], backend="cuda")  # warm-up (cuSOLVER handles, kernels) on one layer
+    esd_alphas(weights[:7], backend="cpu_threads")
     per_matrix_eigvalsh(weights[:7])
     per_matrix_svdvals(weights[:7])
     res["ours_s"], alphas = timed(lambda: esd_alphas(weights), device, repeats)
     res["eigvalsh_loop_s"], a_eig = timed(lambda: per_matrix_eigvalsh(weights), device, repeats)
     res["svdvals_loop_s"], a_svd = timed(lambda: per_matrix_svdvals(weights), device, 1)
+    variants = {
+        "cuda": {"backend": "cuda"},
+        f"cpu_threads ({threads} threads)": {"backend": "cpu_threads", "cpu_threads": threads},
+    }
+    if threads >= 4:
+        variants[f"cpu_threads ({threads // 2} threads)"] = {"backend": "cpu_threads", "cpu_threads": threads // 2}
     if device.type == "cuda":
+        variants["cuda, 4 streams"] = {"backend": "cuda", "num_streams": 4}
+        variants[f"hybrid ({max(1, threads - 1)} LAPACK threads + GPU)"] = {
+            "backend": "hybrid",
+            "cpu_threads": threads,
+        }
+    for name, kw in variants.items():
         try:
-            esd_alphas(weights[:7], num_streams=4)
-            res["ours_4streams_s"], a4 = timed(lambda: esd_alphas(weights, num_streams=4), device, repeats)
-            res["max_alpha_diff_4streams"] = max(abs(a - b) for a, b in zip(alphas, a4))
+            secs, a = timed(lambda kw=kw: esd_alphas(weights, **kw), device, repeats)
         except RuntimeError as exc:
-            res["ours_4streams_note"] = str(exc)
-        try:
-            torch.backends.cuda.preferred_linalg_library("magma")
-            esd_alphas(weights[:7])
-            res["ours_magma_s"], _ = timed(lambda: esd_alphas(weights), device, repeats)
-        except RuntimeError as exc:
-            res["ours_magma_note"] = str(exc)
-        finally:
-            torch.backends.cuda.preferred_linalg_library("default")
+            res["backends"][name] = {"note": str(exc)}
+            continue
+        res["backends"][name] = {"s": secs, "max_alpha_diff_vs_auto": max(abs(x - y) for x, y in zip(alphas, a))}
     torch.backends.cuda.matmul.allow_tf32 = old_tf32
     res["n_matrices"] = len(weights)
     res["max_alpha_diff_vs_svdvals"] = max(abs(a - b) for a, b in zip(alphas, a_svd))
@@ -180,11 +191,15 @@ def main():
     t0 = time.perf_counter()
     ref = refresh_benchmark(cfg, device, repeats=2 if args.smoke else 3)
     print(
-        f"ESD refresh of {ref['n_matrices']} matrices: ours {ref['ours_s']:.3f} s, per-matrix eigvalsh "
-        f"{ref['eigvalsh_loop_s']:.3f} s, per-matrix svdvals {ref['svdvals_loop_s']:.3f} s"
-        + (f", ours with magma {ref['ours_magma_s']:.3f} s" if "ours_magma_s" in ref else "")
-        + (f", ours on 4 streams {ref['ours_4streams_s']:.3f} s" if "ours_4streams_s" in ref else "")
+        f"ESD refresh of {ref['n_matrices']} matrices: ours (auto -> {ref['auto_backend']}, {ref['cpu_threads']} CPU "
+        f"threads available) {ref['ours_s']:.3f} s, per-matrix eigvalsh {ref['eigvalsh_loop_s']:.3f} s, per-matrix "
+        f"svdvals {ref['svdvals_loop_s']:.3f} s"
     )
+    for name, r in ref["backends"].items():
+        if "s" in r:
+            print(f"  backend {name:28s} {r['s']:.3f} s   max |alpha diff| vs auto {r['max_alpha_diff_vs_auto']:.2e}")
+        else:
+            print(f"  backend {name:28s} failed: {r['note']}")
     print(
         f"max |alpha diff| ours vs svdvals {ref['max_alpha_diff_vs_svdvals']:.2e}, vs eigvalsh loop "
         f"{ref['max_alpha_diff_vs_eigvalsh_loop']:.2e}; alpha range {ref['alpha_range']}"
@@ -205,18 +220,14 @@ def main():
     tag = "smoke " if args.smoke else ""
     case_esd = f"{tag}Qwen2-0.5B-shaped {ref['n_matrices']} linear weights, fp32"
     case_tr = f"{tag}Qwen2-0.5B-shaped model, B={cfg['B']} T={cfg['T']}, bf16 autocast, fp32 weights"
+    auto = f"ours (auto = {ref['auto_backend']}, {ref['cpu_threads']} CPU threads)"
     rows = [
-        (
-            case_esd,
-            "ESD refresh s, ours (batched by shape) vs per-matrix Gram eigvalsh",
-            ref["ours_s"],
-            ref["eigvalsh_loop_s"],
-        ),
-        (
-            case_esd,
-            "ESD refresh s, ours (batched by shape) vs per-matrix svdvals",
-            ref["ours_s"],
-            ref["svdvals_loop_s"],
+        (case_esd, f"ESD refresh s, {auto} vs per-matrix Gram eigvalsh", ref["ours_s"], ref["eigvalsh_loop_s"]),
+        (case_esd, f"ESD refresh s, {auto} vs per-matrix svdvals", ref["ours_s"], ref["svdvals_loop_s"]),
+        *(
+            (case_esd, f"ESD refresh s, backend {name} vs per-matrix Gram eigvalsh", r["s"], ref["eigvalsh_loop_s"])
+            for name, r in ref["backends"].items()
+            if "s" in r
         ),
         (
             case_tr,
@@ -231,24 +242,6 @@ def main():
             tr["step_adamw_s"],
         ),
     ]
-    if "ours_4streams_s" in ref:
-        rows.append(
-            (
-                case_esd,
-                "ESD refresh s, ours on 4 CUDA streams vs per-matrix Gram eigvalsh",
-                ref["ours_4streams_s"],
-                ref["eigvalsh_loop_s"],
-            )
-        )
-    if "ours_magma_s" in ref:
-        rows.append(
-            (
-                case_esd,
-                "ESD refresh s, ours with magma vs per-matrix Gram eigvalsh",
-                ref["ours_magma_s"],
-                ref["eigvalsh_loop_s"],
-            )
-        )
     stamp = datetime.date.today().isoformat()
     lines = [
         f"| {stamp} | alphadecay_bench.py | {dev_name} | {torch.__version__} / {transformers.__version__} | {c} | {m} "

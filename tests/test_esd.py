@@ -79,3 +79,49 @@ def test_model_esd_rows_and_cli(tmp_path):
         csv_rows = list(csv.DictReader(f))
     assert float(csv_rows[3]["alpha"]) == pytest.approx(rows[3]["alpha"], rel=1e-6)
     assert (tmp_path / "esd.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("max_batch_bytes", [2**31, 1])
+def test_cpu_threads_backend_equals_per_matrix_eigvalsh(max_batch_bytes):
+    """The `cpu_threads` backend (Grams on the weights' device, LAPACK per matrix in a thread pool) against fp64
+    per-matrix eigvalsh, and the same alphas as the `cuda` (device-native batched) backend."""
+    ws = _matrices()
+    ours = gram_eigenvalues(ws, max_batch_bytes=max_batch_bytes, backend="cpu_threads", cpu_threads=2)
+    for w, e in zip(ws, ours):
+        w64 = w.double()
+        gram = w64.T @ w64 if w.shape[0] >= w.shape[1] else w64 @ w64.T
+        assert e.dtype == torch.float32 and e.shape == (min(w.shape),) and e.device == w.device
+        torch.testing.assert_close(e.double(), torch.linalg.eigvalsh(gram), atol=1e-5, rtol=1e-4)
+    a_threads = esd_alphas(ws, backend="cpu_threads", cpu_threads=2)
+    a_device = esd_alphas(ws, backend="cuda")
+    assert a_threads == pytest.approx(a_device, abs=1e-4)
+    assert torch.get_num_threads() >= 1  # the pool's single-threaded setting was restored
+
+
+def test_backend_resolution_and_bad_backend():
+    from hf_plugins.optim.esd import resolve_backend
+
+    assert resolve_backend("auto", cpu_threads=16, device_type="cuda") == "hybrid"
+    assert resolve_backend("auto", cpu_threads=16, device_type="cpu") == "cpu_threads"
+    assert resolve_backend("auto", cpu_threads=2, device_type="cuda") == "cuda"
+    assert resolve_backend("hybrid", cpu_threads=16, device_type="cpu") == "cpu_threads"
+    assert resolve_backend("cuda") == "cuda"
+    with pytest.raises(ValueError, match="`backend`"):
+        esd_alphas(_matrices(), backend="magma")
+
+
+def test_hybrid_queue_decomposes_every_matrix_once_in_order():
+    """The hybrid backend's shared queue (LAPACK threads + the calling thread on the device copies; here both on
+    CPU): every matrix of every chunk comes back in its place, equal to a per-matrix fp64 eigvalsh."""
+    from hf_plugins.optim.esd import _eigvalsh_host_pool
+
+    g = torch.Generator().manual_seed(0)
+    chunks = []
+    for b, k in ((5, 24), (3, 40), (1, 8)):
+        w = torch.randn(b, 2 * k, k, generator=g)
+        gram = w.mT @ w
+        chunks.append((gram.clone(), None, gram))
+    out = _eigvalsh_host_pool(chunks, cpu_threads=2, use_device=True)
+    for (host, _, _), eigs in zip(chunks, out):
+        assert eigs.shape == host.shape[:2]
+        torch.testing.assert_close(eigs.double(), torch.linalg.eigvalsh(host.double()), atol=1e-4, rtol=1e-4)

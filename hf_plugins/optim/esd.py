@@ -3,13 +3,16 @@ matrix and the power-law exponent alpha of their tail (Hill estimator, xmin at t
 
 This is the measurement AlphaDecay (arXiv 2506.14562) refreshes every few hundred steps, and a light
 WeightWatcher-like tool on its own (`hf-plugins esd MODEL`). Matrices of equal shape go through one batched Gram
-matmul and one batched `eigvalsh` on the device they live on, in fp32 with TF32 disabled.
+matmul on the device they live on, in fp32 with TF32 disabled; the eigenvalues come either from LAPACK in a pool of
+CPU threads (default with >= 4 cores: cuSOLVER decomposes the k > 32 Grams one at a time) or from a batched
+`eigvalsh` on the device (`backend="cuda"`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 from collections import defaultdict
 
@@ -19,7 +22,7 @@ from torch import nn
 from .param_groups import strip_wrapper_prefixes
 
 
-__all__ = ["eligible_linears", "esd_alphas", "gram_eigenvalues", "hill_alpha", "model_esd"]
+__all__ = ["default_cpu_threads", "eligible_linears", "esd_alphas", "gram_eigenvalues", "hill_alpha", "model_esd"]
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -70,24 +73,106 @@ def _eigvalsh_chunks(grams: list[torch.Tensor], num_streams: int) -> list[torch.
     return out
 
 
-@torch.no_grad()
-def gram_eigenvalues(
-    weights: list[torch.Tensor], max_batch_bytes: int = 2**31, num_streams: int = 1
-) -> list[torch.Tensor]:
-    """Ascending eigenvalues (fp32, on each matrix's device) of the smaller Gram matrix of each 2-D tensor,
-    i.e. the squared singular values, min(m, n) of them.
+_BACKENDS = ("auto", "cuda", "cpu_threads", "hybrid")
 
-    The smaller Gram is required: the larger one adds max - min exact zeros, which moves the median (the Hill
-    estimator's xmin) to ~0. Equal shapes on one device are stacked into one batched Gram matmul; Grams of equal
-    size (e.g. q_proj's W^T W and gate_proj's) go through one batched `eigvalsh`, in chunks of at most
-    `max_batch_bytes` of fp32 input. `num_streams > 1` runs the chunks concurrently on CUDA side streams."""
+
+def default_cpu_threads() -> int:
+    """CPU threads of the `cpu_threads` backend: the cores this process may use, at most 16."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        n = os.cpu_count() or 1
+    return max(1, min(n, 16))
+
+
+def resolve_backend(backend: str, cpu_threads: int | None = None, device_type: str = "cuda") -> str:
+    """`auto` -> with at least 4 CPU threads: `hybrid` for CUDA weights (LAPACK on one core per matrix plus the GPU,
+    both pulling matrices from one queue; cuSOLVER alone decomposes these Grams one at a time), `cpu_threads` for
+    CPU weights; with fewer threads `cuda` (eigvalsh on the weights' device)."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"`backend` must be one of {_BACKENDS}, got {backend!r}.")
+    if backend == "hybrid" and device_type != "cuda":
+        return "cpu_threads"
+    if backend != "auto":
+        return backend
+    if (cpu_threads or default_cpu_threads()) < 4:
+        return "cuda"
+    return "hybrid" if device_type == "cuda" else "cpu_threads"
+
+
+@contextlib.contextmanager
+def _single_threaded_torch():
+    # One LAPACK call per pool thread: intra-op / MKL threads on top would oversubscribe the cores.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _eigvalsh_host_pool(chunks, cpu_threads: int, use_device: bool = False) -> list[torch.Tensor]:
+    """`chunks`: list of (host fp32 [b, k, k] tensor, CUDA event or None, device tensor or None). Per-matrix
+    `torch.linalg.eigvalsh` on the host in a pool of `cpu_threads` threads (torch releases the GIL in LAPACK), each
+    task waiting only for its own chunk's device-to-host copy, so LAPACK starts on the first chunk while the GPU still
+    computes later Grams. With `use_device`, the calling thread takes matrices from the same queue and decomposes
+    them on the GPU from the device copy: whichever side is free takes the next matrix (no split to tune)."""
+    import itertools
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = [(c, j) for c, (host, _, _) in enumerate(chunks) for j in range(host.shape[0])]
+    results: list[torch.Tensor | None] = [None] * len(items)
+    counter = itertools.count()
+    lock = threading.Lock()
+
+    def take() -> int | None:
+        with lock:
+            k = next(counter)
+        return k if k < len(items) else None
+
+    def cpu_worker():
+        torch.set_num_threads(1)  # this worker thread's OpenMP setting
+        while (k := take()) is not None:
+            c, j = items[k]
+            host, event, _ = chunks[c]
+            if event is not None:
+                event.synchronize()
+            results[k] = torch.linalg.eigvalsh(host[j])
+
+    def device_worker():
+        while (k := take()) is not None:
+            c, j = items[k]
+            results[k] = torch.linalg.eigvalsh(chunks[c][2][j]).cpu()
+
+    with _single_threaded_torch(), ThreadPoolExecutor(max(1, cpu_threads)) as pool:
+        futures = [pool.submit(cpu_worker) for _ in range(max(1, cpu_threads))]
+        if use_device:
+            device_worker()
+        for fut in futures:
+            fut.result()
+    out, pos = [], 0
+    for host, _, _ in chunks:
+        out.append(torch.stack(results[pos : pos + host.shape[0]]))
+        pos += host.shape[0]
+    return out
+
+
+def _gram_eigenvalues(weights, max_batch_bytes, num_streams, backend, cpu_threads):
+    """(eigenvalues per weight, on the host for `cpu_threads` and on the weights' devices for `cuda`)."""
     for i, w in enumerate(weights):
         if w.dim() != 2:
             raise ValueError(f"gram_eigenvalues expects 2-D weights, got shape {tuple(w.shape)} at index {i}.")
+    threads = cpu_threads or default_cpu_threads()
+    on_cuda = any(w.device.type == "cuda" for w in weights)
+    backend = resolve_backend(backend, threads, "cuda" if on_cuda else "cpu")
+    host_side = backend in ("cpu_threads", "hybrid")
     by_shape: dict[tuple, list[int]] = defaultdict(list)
     for i, w in enumerate(weights):
         by_shape[(tuple(w.shape), w.device)].append(i)
     by_size: dict[tuple, list[tuple[int, torch.Tensor]]] = defaultdict(list)  # (k, device) -> [(index, gram)]
+    host_chunks: list[tuple[torch.Tensor, object, torch.Tensor | None]] = []
+    host_order: list[list[int]] = []
     with _full_fp32_matmul():
         for (shape, device), idx in by_shape.items():
             m, n = shape
@@ -97,7 +182,27 @@ def gram_eigenvalues(
                 w = torch.stack([weights[i].detach().float() for i in chunk])
                 gram = w.mT @ w if m >= n else w @ w.mT
                 del w
-                by_size[(min(m, n), device)].extend(zip(chunk, gram.unbind(0)))
+                if host_side:
+                    # One transfer per chunk, queued right after its matmul; LAPACK threads wait on its event.
+                    if gram.device.type == "cuda":
+                        host = torch.empty(gram.shape, dtype=gram.dtype, pin_memory=True)
+                        host.copy_(gram, non_blocking=True)
+                        event = torch.cuda.Event()
+                        event.record()
+                    else:
+                        host, event = gram, None
+                    host_chunks.append((host, event, gram if backend == "hybrid" else None))
+                    host_order.append(chunk)
+                else:
+                    by_size[(min(m, n), device)].extend(zip(chunk, gram.unbind(0)))
+    out: list[torch.Tensor | None] = [None] * len(weights)
+    if host_side:
+        # hybrid: one core drives the GPU (its synchronisations spin), the others run LAPACK
+        workers = max(1, threads - 1) if backend == "hybrid" else threads
+        for idx, eigs in zip(host_order, _eigvalsh_host_pool(host_chunks, workers, backend == "hybrid")):
+            for j, i in enumerate(idx):
+                out[i] = eigs[j]
+        return out
     order: list[list[int]] = []
     batches: list[torch.Tensor] = []
     for (k, _), items in by_size.items():
@@ -108,11 +213,47 @@ def gram_eigenvalues(
             chunk = items[start : start + per]
             order.append([i for i, _ in chunk])
             batches.append(torch.stack([g for _, g in chunk]))
-    out: list[torch.Tensor | None] = [None] * len(weights)
     for idx, eigs in zip(order, _eigvalsh_chunks(batches, num_streams)):
         for j, i in enumerate(idx):
             out[i] = eigs[j]
-    return out  # type: ignore[return-value]
+    return out
+
+
+@torch.no_grad()
+def gram_eigenvalues(
+    weights: list[torch.Tensor],
+    max_batch_bytes: int = 2**31,
+    num_streams: int = 1,
+    backend: str = "auto",
+    cpu_threads: int | None = None,
+) -> list[torch.Tensor]:
+    """Ascending eigenvalues (fp32, on each matrix's device) of the smaller Gram matrix of each 2-D tensor,
+    i.e. the squared singular values, min(m, n) of them.
+
+    The smaller Gram is required: the larger one adds max - min exact zeros, which moves the median (the Hill
+    estimator's xmin) to ~0. Equal shapes on one device are stacked into one batched Gram matmul (fp32, TF32 off)
+    on the weights' device, in chunks of at most `max_batch_bytes` of fp32 input. Then, by `backend`:
+
+    - `"cuda"`: Grams of equal size go through one batched `eigvalsh` on the weights' device (cuSOLVER decomposes
+      them one by one for k > 32; on CPU weights a per-matrix loop). `num_streams > 1` runs the chunks
+      concurrently on CUDA side streams.
+    - `"cpu_threads"`: each chunk of Grams is copied to pinned host memory right after its matmul (one transfer
+      per chunk) and LAPACK `eigvalsh` runs per matrix in a pool of `cpu_threads` threads (default: the usable
+      cores, at most 16), one core each, overlapping with the GPU's remaining Grams.
+    - `"hybrid"` (CUDA weights; `cpu_threads` otherwise): as `cpu_threads` with `cpu_threads - 1` LAPACK threads,
+      and the calling thread decomposes matrices from the same queue on the GPU, so the faster side takes more.
+    - `"auto"` (default): with at least 4 CPU threads `hybrid` on CUDA and `cpu_threads` on CPU, else `cuda`."""
+    eigs = _gram_eigenvalues(weights, max_batch_bytes, num_streams, backend, cpu_threads)
+    # Back to each weight's device, one transfer per device.
+    by_dev: dict[torch.device, list[int]] = defaultdict(list)
+    for i, (w, e) in enumerate(zip(weights, eigs)):
+        if e.device != w.device:
+            by_dev[w.device].append(i)
+    for device, idx in by_dev.items():
+        flat = torch.cat([eigs[i] for i in idx]).to(device)
+        for i, part in zip(idx, flat.split([eigs[i].numel() for i in idx])):
+            eigs[i] = part
+    return eigs
 
 
 def hill_alpha(eigs: torch.Tensor, xmin_pos: float = 2.0) -> torch.Tensor:
@@ -133,10 +274,17 @@ def hill_alpha(eigs: torch.Tensor, xmin_pos: float = 2.0) -> torch.Tensor:
 
 
 def esd_alphas(
-    weights: list[torch.Tensor], xmin_pos: float = 2.0, max_batch_bytes: int = 2**31, num_streams: int = 1
+    weights: list[torch.Tensor],
+    xmin_pos: float = 2.0,
+    max_batch_bytes: int = 2**31,
+    num_streams: int = 1,
+    backend: str = "auto",
+    cpu_threads: int | None = None,
 ) -> list[float]:
-    """Hill alpha of each 2-D weight (Python floats; one host synchronisation per eigenvalue-count bucket)."""
-    eigs = gram_eigenvalues(weights, max_batch_bytes, num_streams)
+    """Hill alpha of each 2-D weight (Python floats; one host synchronisation per eigenvalue-count bucket with the
+    `cuda` backend, none beyond the transfers with `cpu_threads`). See `gram_eigenvalues` for the backends."""
+    with torch.no_grad():
+        eigs = _gram_eigenvalues(weights, max_batch_bytes, num_streams, backend, cpu_threads)
     by_shape: dict[tuple, list[int]] = defaultdict(list)
     for i, e in enumerate(eigs):
         by_shape[(e.shape[-1], e.device)].append(i)

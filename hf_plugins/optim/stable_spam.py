@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -89,13 +90,19 @@ class StableSPAM(torch.optim.Optimizer):
         nonfinite (`str`, *optional*, defaults to `"skip"`):
             What a step does when any gradient holds a NaN or an infinity: `"skip"` leaves parameters, moments,
             statistics and counters untouched and adds one to each group's `skipped_steps`; `"raise"` raises
-            `FloatingPointError`. The check costs one host synchronisation per step (not per parameter).
+            `FloatingPointError`. On the fused path with `"skip"` the check runs on the device (the kernels write
+            nothing on such a step) and reaches the host counters at the next `step()`, `state_dict()` or
+            `pop_stats()`: no host synchronisation at all. Otherwise it costs one per step (not per parameter).
         foreach (`bool` or `None`, *optional*, defaults to `None`):
             Multi-tensor path (`torch._foreach_*`, no host synchronisation per parameter). `None` uses it unless
             a parameter is sparse; `False` runs a per-parameter loop with the same math.
-        fused (`bool`, *optional*, defaults to `False`):
-            Fused Triton kernels (CUDA, fp32 or bf16 parameters): two multi-tensor launches per group and step, about
-            1.3x the memory traffic of fused AdamW. Numerically equal to the foreach path up to fp32 rounding.
+        fused (`bool` or `None`, *optional*, defaults to `None`):
+            Fused multi-tensor Triton kernels (`_stable_spam_triton.py`): one pass reading g for the per-tensor
+            max|g| and sum g^2, a pass re-reading only the blocks that hold clipped entries, and one AdamW-style
+            update pass; ~32 bytes of traffic per fp32 parameter against fused AdamW's 28. `None` uses them for a
+            group whose tensors are on CUDA, contiguous, of one dtype (fp32 or bf16), with triton importable and
+            `maximize=False`, and the foreach path otherwise (e.g. on CPU); `True` requires them (error otherwise);
+            `False` never. Equal to the foreach path up to fp32 rounding.
         maximize (`bool`, *optional*, defaults to `False`):
             Maximise the objective.
 
@@ -124,7 +131,7 @@ class StableSPAM(torch.optim.Optimizer):
         adagn: bool = True,
         nonfinite: str = "skip",
         foreach: bool | None = None,
-        fused: bool = False,
+        fused: bool | None = None,
         maximize: bool = False,
     ):
         if not lr >= 0.0:
@@ -160,7 +167,7 @@ class StableSPAM(torch.optim.Optimizer):
             "adaclip": bool(adaclip),
             "adagn": bool(adagn),
             "foreach": foreach,
-            "fused": bool(fused),
+            "fused": None if fused is None else bool(fused),
             "maximize": bool(maximize),
             # Counters are Python ints in the group: they round-trip through `state_dict()` (saved group values
             # win on load), which the official `total_steps` attribute does not.
@@ -171,6 +178,8 @@ class StableSPAM(torch.optim.Optimizer):
         self.nonfinite = nonfinite
         self._stats: dict[str, Any] = {}
         self._layouts: dict[int, Any] = {}  # fused path: block tables per group, rebuilt when the sizes change
+        self._packs: dict[int, Any] = {}  # per group: packed scalar statistics (see `_packed_stats`)
+        self._pending = None  # fused path: the last step's on-device finiteness flag, not yet read by the host
         if fused:
             from . import _stable_spam_triton
 
@@ -256,6 +265,7 @@ class StableSPAM(torch.optim.Optimizer):
         `norm_scale_{min,mean,max}` (the AdaGN factor m_hat / ((sqrt(v_hat) + eps) * ||g||) over the tensors
         of the last update), `skipped_steps` (total, non-finite gradients) and the current `beta1`; every key is
         prefixed with `stable_spam/`. `OptimizerStatsCallback` adds them to the Trainer's logs."""
+        self._resolve_pending()
         out: dict[str, float] = {}
         prefix = "stable_spam/"
         groups, self._stats = self._stats.get("groups", {}), {}
@@ -280,8 +290,32 @@ class StableSPAM(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ step
 
+    def _resolve_pending(self) -> None:
+        """Apply the host-side outcome of the last fused step's on-device finiteness check (see `step`)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        flag, event, stepped = pending
+        if event is not None:
+            event.synchronize()  # the flag's copy was queued right after the step's kernels: normally long done
+        if int(flag[0]) == 0:
+            for index in stepped:
+                self.param_groups[index]["T"] -= 1
+            for group in self.param_groups:
+                group["skipped_steps"] += 1
+            logger.warning("StableSPAM: non-finite gradient, step skipped (parameters and state untouched).")
+
+    def state_dict(self) -> dict:
+        self._resolve_pending()
+        return super().state_dict()
+
     @torch.no_grad()
     def step(self, closure=None):
+        """One update. Non-finite gradients: with every group on the fused path and `nonfinite="skip"`, the check
+        runs on the device (the kernels write nothing on such a step) and its outcome reaches the host counters
+        (`T`, `skipped_steps`) at the next `step()`, `state_dict()` or `pop_stats()`, so `step()` never waits for
+        the GPU; otherwise one host synchronisation per step decides before anything is written."""
+        self._resolve_pending()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -295,30 +329,50 @@ class StableSPAM(torch.optim.Optimizer):
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("StableSPAM does not support sparse gradients.")
             grads = [p.grad.neg() if group["maximize"] else p.grad for p in params]
-            # max|g| per tensor: AdaClip needs it, and it doubles as the finiteness check (NaN propagates).
-            gmax = torch._foreach_norm(grads, float("inf"))
-            work.append((index, group, params, grads, gmax))
+            if self._use_fused(group, params, grads):
+                fused = self._fused_pass1(index, params, grads)
+                gmax = fused["gmax"]
+            else:
+                fused = None
+                # max|g| per tensor: AdaClip needs it, and it doubles as the finiteness check (NaN propagates).
+                gmax = torch.stack(torch._foreach_norm(grads, float("inf")))
+            work.append((index, group, params, grads, gmax, fused))
         if not work:
             return loss
 
-        all_gmax = [g for *_, gm in work for g in gm]
-        devices = {g.device for g in all_gmax}
-        finite = all(
-            bool(torch.stack([g.float() for g in all_gmax if g.device == d]).isfinite().all()) for d in devices
-        )
-        if not finite:
-            if self.nonfinite == "raise":
-                raise FloatingPointError(
-                    "StableSPAM: a gradient holds NaN or inf. Lower the learning rate, check the loss scaling, or "
-                    "pass nonfinite='skip' to skip such steps."
-                )
-            for group in self.param_groups:
-                group["skipped_steps"] += 1
-            logger.warning("StableSPAM: non-finite gradient, step skipped (parameters and state untouched).")
-            return loss
+        devices = {gm.device for *_, gm, _ in work}
+        deferred = self.nonfinite == "skip" and all(f is not None for *_, f in work)
+        if deferred:
+            dev0 = work[0][4].device
+            ok = torch.stack([gm.float().to(dev0).isfinite().all() for *_, gm, _ in work]).all()
+            oks = {d: ok.to(d) for d in devices}
+        else:
+            finite = all(
+                bool(torch.cat([gm.float() for *_, gm, _ in work if gm.device == d]).isfinite().all()) for d in devices
+            )
+            if not finite:
+                if self.nonfinite == "raise":
+                    raise FloatingPointError(
+                        "StableSPAM: a gradient holds NaN or inf. Lower the learning rate, check the loss scaling, "
+                        "or pass nonfinite='skip' to skip such steps."
+                    )
+                for group in self.param_groups:
+                    group["skipped_steps"] += 1
+                logger.warning("StableSPAM: non-finite gradient, step skipped (parameters and state untouched).")
+                return loss
+            oks = {}
 
-        for index, group, params, grads, gmax in work:
-            self._step_group(index, group, params, grads, gmax)
+        for index, group, params, grads, gmax, fused in work:
+            self._step_group(index, group, params, grads, gmax, fused, oks.get(gmax.device))
+        if deferred:
+            if ok.device.type == "cuda":
+                flag = torch.empty(1, dtype=torch.int32, pin_memory=True)
+                flag.copy_(ok.to(torch.int32).reshape(1), non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(ok.device))
+            else:  # Triton's CPU interpreter (tests)
+                flag, event = ok.reshape(1).to(torch.int32), None
+            self._pending = (flag, event, [index for index, *_ in work])
         return loss
 
     def _hyper(self, group: dict) -> tuple:
@@ -327,12 +381,12 @@ class StableSPAM(torch.optim.Optimizer):
         scale = cosine_scale(T, group["total_T"], group["eta_min"])
         return beta1 * scale, beta2, group["gamma1"] * scale
 
-    def _adagn(self, group: dict, states: list, n: torch.Tensor, t: torch.Tensor, new_stats: dict) -> torch.Tensor:
+    def _adagn(self, group: dict, packed: dict, n: torch.Tensor, t: torch.Tensor, new_stats: dict) -> torch.Tensor:
         """AdaGN statistics from the clipped norms `n`; returns the per-tensor factor m_hat / ((sqrt(v_hat)+eps) n)."""
         _, _, gamma1_t = self._hyper(group)
         gamma2, eps = group["gamma2"], group["eps"]
-        m_norm = gamma1_t * torch.stack([s["m_norm"] for s in states]).to(n.dtype) + (1.0 - gamma1_t) * n
-        v_norm = gamma2 * torch.stack([s["v_norm"] for s in states]).to(n.dtype) + (1.0 - gamma2) * n * n
+        m_norm = gamma1_t * packed["m_norm"].to(n.dtype) + (1.0 - gamma1_t) * n
+        v_norm = gamma2 * packed["v_norm"].to(n.dtype) + (1.0 - gamma2) * n * n
         m_hat = m_norm / (1.0 - gamma1_t**t)
         v_hat = v_norm / (1.0 - gamma2**t)
         new_stats.update(m_norm=m_norm, v_norm=v_norm)
@@ -349,7 +403,6 @@ class StableSPAM(torch.optim.Optimizer):
     ):
         beta1_t, beta2, _ = self._hyper(group)
         eps, lr, wd = group["eps"], group["lr"], group["weight_decay"]
-        states = [self.state[p] for p in params]
         vdt = thr.dtype
         # Everything elementwise runs in fp32 (bf16/fp16 parameters are upcast into temporaries).
         g32 = [g if g.dtype == torch.float32 else g.float() for g in grads]
@@ -380,7 +433,7 @@ class StableSPAM(torch.optim.Optimizer):
         norm_scale = None
         if group["adagn"]:
             n = torch.stack(torch._foreach_norm(gc, 2)).to(vdt)
-            norm_scale = self._adagn(group, states, n, t, new_stats)
+            norm_scale = self._adagn(group, new_stats["_packed"], n, t, new_stats)
             if use_foreach:
                 torch._foreach_mul_(gc, list(norm_scale.float().unbind(0)))
             else:
@@ -424,58 +477,101 @@ class StableSPAM(torch.optim.Optimizer):
         return clipped, norm_scale
 
     def _use_fused(self, group: dict, params: list, grads: list) -> bool:
-        if not group["fused"]:
+        """`fused=True`: the Triton path or an error; `None` (default): the Triton path where it applies (CUDA with
+        triton, fp32/bf16 contiguous tensors of one dtype, no `maximize`), else foreach; `False`: never."""
+        if group["fused"] is False:
             return False
+        from . import _stable_spam_triton as kernels
+
         dtype = params[0].dtype
+        device_ok = params[0].device.type == "cuda" or (
+            params[0].device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter
+        )
         ok = (
-            params[0].device.type == "cuda"
+            kernels.available()
+            and device_ok
             and dtype in (torch.float32, torch.bfloat16)
             and all(p.dtype == dtype and p.is_contiguous() and p.numel() > 0 for p in params)
             and all(g.dtype == dtype and g.is_contiguous() for g in grads)
         )
+        if group["fused"] is None:
+            return ok and params[0].device.type == "cuda" and not group["maximize"]
         if not ok:
             raise RuntimeError(
-                "StableSPAM(fused=True) needs contiguous CUDA parameters and gradients of one dtype per group "
-                "(float32 or bfloat16); use fused=False (the foreach path) for this model."
+                "StableSPAM(fused=True) needs triton and contiguous CUDA parameters and gradients of one dtype per "
+                "group (float32 or bfloat16); use fused=False (the foreach path) for this model."
             )
         return True
 
-    def _fused_elementwise(
-        self, index, group, params, grads, exp_avgs, exp_avg_sqs, thr, clip_factor, t, s_, reset, new_stats
-    ):
+    def _fused_pass1(self, index: int, params: list, grads: list) -> dict:
+        """Pass 1 of the fused path: block tables (cached while the sizes are unchanged), pointer table (cached while
+        the addresses are), per-block max|g| and sum g^2, and the per-tensor max|g|."""
         from . import _stable_spam_triton as kernels
 
-        beta1_t, beta2, _ = self._hyper(group)
+        states = [self._init_state(p) for p in params]
         numels = tuple(p.numel() for p in params)
         layout = self._layouts.get(index)
         if layout is None or layout.key != numels:
             layout = kernels.FusedLayout(list(numels), params[0].device)
-            layout.key = numels
             self._layouts[index] = layout
-        if reset:
-            torch._foreach_zero_(exp_avgs)
-            torch._foreach_zero_(exp_avg_sqs)
-        ptrs = layout.upload_pointers(params, grads, exp_avgs, exp_avg_sqs)
+        exp_avgs = [st["exp_avg"] for st in states]
+        exp_avg_sqs = [st["exp_avg_sq"] for st in states]
+        ptrs = layout.pointers(params, grads, exp_avgs, exp_avg_sqs)
         is_bf16 = params[0].dtype == torch.bfloat16
+        bmax, bsq, gmax = kernels.max_and_sq(layout, ptrs, is_bf16)
+        return {"layout": layout, "ptrs": ptrs, "is_bf16": is_bf16, "bmax": bmax, "bsq": bsq, "gmax": gmax}
+
+    def _fused_elementwise(self, group, params, fused, ok, thr, clip_factor, t, s_, reset, new_stats):
+        from . import _stable_spam_triton as kernels
+
+        beta1_t, beta2, _ = self._hyper(group)
+        layout, ptrs, is_bf16 = fused["layout"], fused["ptrs"], fused["is_bf16"]
         if not group["adaclip"]:
             thr, clip_factor = torch.full_like(thr, math.inf), torch.ones_like(clip_factor)
         ones = torch.ones_like(thr)
         clipped, norm_scale = None, None
         if group["adaclip"] or group["adagn"]:
             scalars = torch.stack([thr, clip_factor, ones, ones, ones], dim=1).float().contiguous()
-            sq, cnt = kernels.clip_sq_norms(layout, ptrs, is_bf16, scalars)
+            sq, cnt = kernels.clipped_sq_norms(layout, ptrs, is_bf16, fused["bmax"], fused["bsq"], scalars)
             if group["adaclip"]:
                 clipped = cnt.to(thr.dtype)
             if group["adagn"]:
-                norm_scale = self._adagn(group, [self.state[p] for p in params], sq.to(thr.dtype).sqrt(), t, new_stats)
+                norm_scale = self._adagn(group, new_stats["_packed"], sq.to(thr.dtype).sqrt(), t, new_stats)
         bc2_sqrt, neg_step = self._bias_corrections(group, s_)
         k = ones if norm_scale is None else norm_scale
         scalars = torch.stack([thr, clip_factor, k, bc2_sqrt, neg_step.to(thr.dtype)], dim=1).float().contiguous()
         decay = 1.0 - group["lr"] * group["weight_decay"]
-        kernels.update(layout, ptrs, is_bf16, scalars, beta1_t, beta2, group["eps"], decay)
+        if ok is None:
+            ok = torch.ones((), dtype=torch.bool, device=thr.device)
+        ok32 = ok.to(torch.int32).reshape(1)
+        kernels.update(layout, ptrs, is_bf16, scalars, ok32, beta1_t, beta2, group["eps"], decay, reset)
         return clipped, norm_scale
 
-    def _step_group(self, index: int, group: dict, params: list, grads: list, gmax: list) -> None:
+    def _packed_stats(self, index: int, params: list, states: list) -> dict[str, torch.Tensor]:
+        """Per-group vectors [n_params] of the scalar statistics and counters, with each parameter's 0-d state entry
+        a view of its slot: one op reads or writes a statistic of all tensors instead of stacking / copying ~100
+        0-d tensors (thousands of small host-side ops per step). Rebuilt (values copied) whenever a state entry is no
+        longer the cached view, e.g. after `load_state_dict` or when the set of parameters with gradients changes."""
+        cache = self._packs.get(index)
+        if (
+            cache is not None
+            and len(cache["states"]) == len(states)
+            and all(a is b for a, b in zip(cache["states"], states))
+            and all(st[k] is v for k in _EXACT_STATE_KEYS for st, v in zip(states, cache["views"][k]))
+        ):
+            return cache["packed"]
+        packed = {k: torch.stack([st[k] for st in states]) for k in _EXACT_STATE_KEYS}
+        views = {k: list(packed[k].unbind(0)) for k in _EXACT_STATE_KEYS}
+        for k in _EXACT_STATE_KEYS:
+            for st, v in zip(states, views[k]):
+                st[k] = v
+        self._packs[index] = {"states": list(states), "views": views, "packed": packed}
+        return packed
+
+    def _step_group(
+        self, index: int, group: dict, params: list, grads: list, gmax: torch.Tensor, fused: dict | None, ok
+    ) -> None:
+        """`ok`: None (the step is known to be finite) or a device bool; where False, nothing is written."""
         group["T"] += 1
         theta = group["theta"]
         reset = group["reset_interval"] > 0 and group["T"] % group["reset_interval"] == 0
@@ -486,13 +582,15 @@ class StableSPAM(torch.optim.Optimizer):
             raise RuntimeError("StableSPAM: all parameters of a group must live on one device.")
         vdt = _stat_dtype(device)
 
+        packed = self._packed_stats(index, params, states)
+
         def vec(key):
-            return torch.stack([s[key] for s in states]).to(vdt)
+            return packed[key].to(vdt)
 
         t = vec("step") + 1
         s_ = vec("moment_step")
         s_ = (torch.zeros_like(s_) if reset else s_) + 1
-        gmax_v = torch.stack(gmax).to(vdt)
+        gmax_v = gmax.to(vdt)
 
         # AdaClip threshold: bias-corrected EMA of max|g| with the never-reset t.
         m_max = theta * vec("m_max") + (1.0 - theta) * gmax_v
@@ -501,10 +599,10 @@ class StableSPAM(torch.optim.Optimizer):
 
         exp_avgs = [st["exp_avg"] for st in states]
         exp_avg_sqs = [st["exp_avg_sq"] for st in states]
-        new_stats = {"step": t, "moment_step": s_, "m_max": m_max}
-        if self._use_fused(group, params, grads):
+        new_stats = {"step": t, "moment_step": s_, "m_max": m_max, "_packed": packed}
+        if fused is not None:
             clipped, norm_scale = self._fused_elementwise(
-                index, group, params, grads, exp_avgs, exp_avg_sqs, thr, clip_factor, t, s_, reset, new_stats
+                group, params, fused, ok, thr, clip_factor, t, s_, reset, new_stats
             )
         else:
             use_foreach = group["foreach"] is not False
@@ -512,7 +610,13 @@ class StableSPAM(torch.optim.Optimizer):
                 group, use_foreach, params, grads, exp_avgs, exp_avg_sqs, thr, clip_factor, t, s_, reset, new_stats
             )
 
+        del new_stats["_packed"]
         for key, value in new_stats.items():
-            torch._foreach_copy_([st[key] for st in states], list(value.unbind(0)))
+            dst = packed[key]  # the per-parameter 0-d state tensors are views of it: one copy updates them all
+            if ok is not None:  # keep the old values on a (device-detected) non-finite step
+                value = torch.where(ok, value, dst.to(value.dtype))
+            dst.copy_(value)
         n_el = sum(p.numel() for p in params)
+        if ok is not None and clipped is not None:
+            clipped = clipped * ok
         self._record(index, None if clipped is None else clipped.sum(), norm_scale, n_el)
