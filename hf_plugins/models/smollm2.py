@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 
-__all__ = ["SMOLLM2_GGUF", "load_smollm2", "smollm2_path"]
+__all__ = ["SMOLLM2_GGUF", "drop_gguf_quantizer", "load_smollm2", "smollm2_path"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "smollm2"  # the `--model` value that selects this model in the CLI
@@ -40,6 +40,25 @@ def smollm2_path() -> Path:
     return path
 
 
+def drop_gguf_quantizer(model):
+    """A model loaded from a GGUF file (the embedded SmolLM2) holds dequantized float weights but keeps
+    transformers' GGUF quantizer attached, so the Trainer refuses full fine-tuning ("purely quantized models")
+    and `save_pretrained` refuses to save. Detach it when every parameter is a float tensor."""
+    from transformers import PreTrainedModel
+
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = str(getattr(getattr(quantizer, "quantization_config", None), "quant_method", "")).lower()
+    if quantizer is None or "gguf" not in method:
+        return model
+    if not all(p.is_floating_point() for p in model.parameters()):
+        return model
+    quantizer.remove_quantization_config(model)
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.config._is_quantized = False
+    return model
+
+
 def load_smollm2(dtype=None, device: str | None = None):
     """Load SmolLM2-135M-Instruct (dequantized to `dtype`, default fp32) and its tokenizer.
 
@@ -55,6 +74,7 @@ def load_smollm2(dtype=None, device: str | None = None):
     model = AutoModelForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype=dtype or torch.float32)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    drop_gguf_quantizer(model)  # the weights are plain floats now; keep the Trainer and save_pretrained working
     if device is not None:
         model = model.to(device)
     return model, tokenizer

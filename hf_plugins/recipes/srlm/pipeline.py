@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from hf_plugins.data.arithmetic import ArithmeticConfig, generate_problems
+from hf_plugins.models.smollm2 import drop_gguf_quantizer
 
 from .config import SrlmConfig
 from .kd import check_same_vocabulary
@@ -59,25 +60,6 @@ def _jsonable(obj):
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return getattr(obj, "__name__", None) or f"<{type(obj).__name__}>"
-
-
-def drop_gguf_quantizer(model):
-    """A model loaded from a GGUF file (the embedded SmolLM2) holds dequantized float weights but keeps
-    transformers' GGUF quantizer attached, so the Trainer refuses full fine-tuning ("purely quantized models")
-    and `save_pretrained` refuses to save. Detach it when every parameter is a float tensor."""
-    from transformers import PreTrainedModel
-
-    quantizer = getattr(model, "hf_quantizer", None)
-    method = str(getattr(getattr(quantizer, "quantization_config", None), "quant_method", "")).lower()
-    if quantizer is None or "gguf" not in method:
-        return model
-    if not all(p.is_floating_point() for p in model.parameters()):
-        return model
-    quantizer.remove_quantization_config(model)
-    for module in model.modules():
-        if isinstance(module, PreTrainedModel):
-            module.config._is_quantized = False
-    return model
 
 
 def run_srlm(
