@@ -37,6 +37,7 @@ for queue in "$@"; do
     gpu=$((gpu + 1))
 done
 for p in "${pids[@]}"; do wait "$p"; done
+cp benchmarks/RESULTS.md "$OUT/logs/RESULTS.remote.md"  # rows that scripts appended with --append
 tar -czf "$OUT/results.tar.gz" -C "$OUT" logs
 grep -h "^### exit" "$OUT"/logs/*.log | sort | uniq -c
 grep -h "^| 20" "$OUT"/logs/*.log

@@ -1,0 +1,417 @@
+"""`DataCollatorForMEAP`: Mask-Enhanced Autoregressive Prediction (arXiv 2502.07490) as a wrapping data collator."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
+
+import torch
+from transformers.data.data_collator import DataCollatorMixin
+
+from .masking import group_ids_from_starts, random_keys, select_in_groups, select_smallest_per_row, stochastic_round
+from .tokens import check_mask_token_id
+
+
+MODES = ("pretrain", "sft")
+SFT_MODES = ("separate_rows", "concat")
+CONCAT_ORDERS = ("original_first", "masked_first")
+DEFAULT_MASK_RATIO = {"pretrain": 0.15, "sft": 0.1}  # official pre-training configs / official MEAP-SFT.py default
+_SFT_KEYS = {"input_ids", "labels", "attention_mask", "seq_lengths"}
+
+
+@dataclass
+class MaskRatioSchedule:
+    """
+    A mask-ratio schedule: `start` -> `end` over the first `num_batches` collated batches, then `end`.
+
+    The official runs use a constant ratio; the schedule is an extension. It is a function of the number of
+    batches the collator has produced (micro-batches, so gradient accumulation counts each one).
+
+    Args:
+        start (`float`, *optional*, defaults to `0.0`): ratio of the first batch.
+        end (`float`, *optional*, defaults to `0.15`): ratio from batch `num_batches` on (paper's main value).
+        num_batches (`int`, *optional*, defaults to `1000`): length of the ramp, in collated batches.
+        kind (`str`, *optional*, defaults to `"linear"`): `"linear"` or `"cosine"` ramp.
+    """
+
+    start: float = 0.0
+    end: float = 0.15
+    num_batches: int = 1000
+    kind: str = "linear"
+
+    def __post_init__(self):
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1], got {value}.")
+        if self.num_batches < 1:
+            raise ValueError(f"`num_batches` must be >= 1, got {self.num_batches}.")
+        if self.kind not in ("linear", "cosine"):
+            raise ValueError(f"`kind` must be 'linear' or 'cosine', got {self.kind!r}.")
+
+    def __call__(self, batch_index: int) -> float:
+        t = min(max(batch_index, 0) / self.num_batches, 1.0)
+        if self.kind == "cosine":
+            t = 0.5 * (1.0 - math.cos(math.pi * t))
+        return self.start + (self.end - self.start) * t
+
+
+def _process_rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def _is_transformers_lm_collator(base) -> bool:
+    cls = type(base)
+    return cls.__name__ == "DataCollatorForLanguageModeling" and cls.__module__.startswith("transformers")
+
+
+def _flat_tensor(lists: list[list[int]]) -> torch.Tensor:
+    # array('q') packs Python ints in one C loop; several times faster than torch.tensor(list) on long inputs.
+    buffer = array("q", chain.from_iterable(lists))
+    return torch.frombuffer(buffer, dtype=torch.int64) if len(buffer) else torch.zeros(0, dtype=torch.int64)
+
+
+def _to_list(x) -> list:
+    return x.tolist() if isinstance(x, torch.Tensor) else list(x)
+
+
+@dataclass
+class DataCollatorForMEAP(DataCollatorMixin):
+    """
+    MEAP data collator (arXiv 2502.07490, ICML 2025): replace a small random fraction of the *input* tokens by a
+    mask token and keep next-token prediction on the original tokens, in an unchanged causal decoder.
+
+    It wraps a base collator (transformers' `DataCollatorForLanguageModeling(mlm=False)` for pre-training, TRL's
+    `DataCollatorForLanguageModeling` for SFT, with or without padding-free / packing) instead of re-implementing
+    padding, and never adds keys to the batch.
+
+    - `mode="pretrain"` (official `meap_1b.py`): the base collates, then in every sequence (row, or packed segment
+      where `position_ids == 0` starts a new one) `k = floor(mask_ratio * n + u)` of the `n` eligible input
+      positions are replaced, fresh per example and per batch. Eligible: real tokens (not padding), not special
+      tokens, not the last token of the sequence (the official code samples from `range(T - 1)`). Labels, the
+      attention mask and position ids are the base's, untouched: labels are the original tokens.
+    - `mode="sft"` (official `MEAP-SFT.py`): examples whose labels mark the answer (label != -100; TRL's
+      completion-only / assistant-only preparation) are transformed *before* the base collates them. For every
+      contiguous supervised span with more than `min_answer_length` non-special tokens, `max(1, int(n *
+      mask_ratio))` of its tokens are chosen, and
+      - `sft_mode="separate_rows"` (default; the released code): one extra example is appended: the masked
+        input, labels -100 except at the chosen positions (the original tokens there). The original is kept.
+      - `sft_mode="concat"` (the paper as summarised; unverified): the example becomes original + masked copy in
+        one sequence; labels are the original's, then -100 over the copy except at its masked positions.
+      Shorter spans get plain next-token prediction.
+
+    Args:
+        base (`Callable`, *optional*):
+            The collator to wrap. Default: transformers' `DataCollatorForLanguageModeling(tokenizer, mlm=False)`
+            in pre-training mode, `DataCollatorForSeq2Seq(tokenizer)` in SFT mode.
+        tokenizer (`PreTrainedTokenizerBase`, *optional*):
+            Gives the mask token (`tokenizer.mask_token_id`) and the special tokens that are never masked
+            (`tokenizer.all_special_ids`, spec meap.md). Use `hf_plugins.add_mask_token` if it has no mask token.
+        mode (`str`, *optional*, defaults to `"pretrain"`): `"pretrain"` or `"sft"`.
+        mask_ratio (`float` or `Callable[[int], float]`, *optional*):
+            Fraction of eligible tokens to mask, or a function of the number of batches produced so far (e.g.
+            `MaskRatioSchedule`). Default 0.15 in pre-training (paper's main setting; ablations 0.05-0.2) and
+            0.1 in SFT (official `MEAP-SFT.py` default).
+        sft_mode (`str`, *optional*, defaults to `"separate_rows"`): `"separate_rows"` or `"concat"`, see above.
+        concat_order (`str`, *optional*, defaults to `"original_first"`):
+            In `"concat"`, `"original_first"` (the order of the summary's notation; the copy can attend to the
+            unmasked original) or `"masked_first"`.
+        min_answer_length (`int`, *optional*, defaults to `50`):
+            SFT spans need more than this many tokens to get a masked copy (official: `len(tgt) > 50`).
+        max_length (`int`, *optional*):
+            In `"concat"`, truncate each concatenated unpacked example to this many tokens (the copy's tail goes).
+        mask_token_id (`int`, *optional*): overrides the tokenizer's mask token.
+        special_token_ids (`Sequence[int]`, *optional*): overrides `tokenizer.all_special_ids`. The padding and
+            mask ids are always excluded.
+        seed (`int`, *optional*):
+            Masks of batch `b` come from a generator seeded with (seed, process rank, dataloader worker, b), so
+            runs are reproducible and ranks / workers differ. Default: `torch.initial_seed()` at construction
+            (the Trainer's `set_seed(args.seed)` sets it when the collator is built after the Trainer).
+        enabled (`bool`, *optional*, defaults to `True`):
+            When False the base collator's batch is returned unchanged (evaluation; see `MEAPCallback`).
+
+    Counters (exact with `dataloader_num_workers=0`; worker copies keep their own): `num_batches` (masked batches
+    produced, the schedule's argument), `num_masked_tokens`, `num_eligible_tokens`, `num_extra_rows`, and for the
+    last batch `last_num_masked`, `last_num_eligible`, `last_mask_ratio`.
+
+    Example:
+
+        >>> from transformers import Trainer
+        >>> from hf_plugins import DataCollatorForMEAP, add_mask_token
+        >>> add_mask_token(tokenizer, model)
+        >>> trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorForMEAP(tokenizer=tokenizer))
+    """
+
+    base: Callable | None = None
+    tokenizer: Any = None
+    mode: str = "pretrain"
+    mask_ratio: float | Callable[[int], float] | None = None
+    sft_mode: str = "separate_rows"
+    concat_order: str = "original_first"
+    min_answer_length: int = 50
+    max_length: int | None = None
+    mask_token_id: int | None = None
+    special_token_ids: Sequence[int] | None = None
+    seed: int | None = None
+    enabled: bool = True
+    return_tensors: str = "pt"
+
+    num_batches: int = field(default=0, init=False)
+    num_masked_tokens: int = field(default=0, init=False)
+    num_eligible_tokens: int = field(default=0, init=False)
+    num_extra_rows: int = field(default=0, init=False)
+    last_num_masked: int = field(default=0, init=False)
+    last_num_eligible: int = field(default=0, init=False)
+    last_mask_ratio: float = field(default=0.0, init=False)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}.")
+        if self.sft_mode not in SFT_MODES:
+            raise ValueError(f"`sft_mode` must be one of {SFT_MODES}, got {self.sft_mode!r}.")
+        if self.concat_order not in CONCAT_ORDERS:
+            raise ValueError(f"`concat_order` must be one of {CONCAT_ORDERS}, got {self.concat_order!r}.")
+        if self.min_answer_length < 0:
+            raise ValueError(f"`min_answer_length` must be >= 0, got {self.min_answer_length}.")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"`max_length` must be >= 1 or None, got {self.max_length}.")
+        if self.return_tensors != "pt":
+            raise ValueError(f"`return_tensors` must be 'pt', got {self.return_tensors!r}.")
+        if self.mask_ratio is None:
+            self.mask_ratio = DEFAULT_MASK_RATIO[self.mode]
+        if not callable(self.mask_ratio):
+            self.mask_ratio = self._check_ratio(self.mask_ratio)
+        self.mask_token_id = check_mask_token_id(self.mask_token_id, self.tokenizer)
+        if self.base is None:
+            self.base = self._default_base()
+        elif self.mode == "sft" and _is_transformers_lm_collator(self.base):
+            raise ValueError(
+                "mode='sft' needs a base collator that keeps the examples' labels; transformers' "
+                "DataCollatorForLanguageModeling rebuilds them from input_ids. Use TRL's "
+                "DataCollatorForLanguageModeling (what SFTTrainer builds) or DataCollatorForSeq2Seq."
+            )
+        if self.seed is None:
+            self.seed = torch.initial_seed()
+        special = set(self.special_token_ids if self.special_token_ids is not None else [])
+        if self.special_token_ids is None and self.tokenizer is not None:
+            special.update(self.tokenizer.all_special_ids)
+        pad_id = getattr(self.tokenizer, "pad_token_id", None)
+        if pad_id is None:
+            pad_id = getattr(self.base, "pad_token_id", None)
+        special.update(i for i in (pad_id, self.mask_token_id) if i is not None)
+        size = max(max(special, default=0) + 1, len(self.tokenizer) if self.tokenizer is not None else 0)
+        self._special_lut = torch.zeros(size, dtype=torch.bool)
+        self._special_lut[sorted(special)] = True
+
+    def _default_base(self):
+        if self.tokenizer is None:
+            raise ValueError("Pass `base` (the collator to wrap) or `tokenizer` (to build a default one).")
+        if self.mode == "pretrain":
+            from transformers import DataCollatorForLanguageModeling
+
+            return DataCollatorForLanguageModeling(self.tokenizer, mlm=False)
+        from transformers import DataCollatorForSeq2Seq
+
+        return DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100)
+
+    @staticmethod
+    def _check_ratio(value) -> float:
+        value = float(value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"`mask_ratio` must be in [0, 1], got {value}.")
+        return value
+
+    def current_mask_ratio(self) -> float:
+        """The ratio the next batch will use."""
+        if callable(self.mask_ratio):
+            return self._check_ratio(self.mask_ratio(self.num_batches))
+        return self.mask_ratio
+
+    def unmasked(self):
+        """Context manager that turns masking off, e.g. around a manual `trainer.evaluate()`."""
+        return _Unmasked(self)
+
+    def _generator(self) -> torch.Generator:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else -1
+        key = f"meap:{self.seed}:{_process_rank()}:{worker}:{self.num_batches}".encode()
+        return torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest()) >> 1)
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        if not self.enabled:
+            return self.base(examples)
+        ratio = self.current_mask_ratio()
+        generator = self._generator()
+        self.last_num_masked = self.last_num_eligible = 0
+        self.last_mask_ratio = ratio
+        if self.mode == "pretrain":
+            batch = self.base(examples)
+            if ratio > 0:
+                self._mask_batch(batch, ratio, generator)
+        else:
+            if ratio > 0:
+                examples = self._sft_examples(examples, ratio, generator)
+            batch = self.base(examples)
+        self.num_batches += 1
+        self.num_masked_tokens += self.last_num_masked
+        self.num_eligible_tokens += self.last_num_eligible
+        return batch
+
+    # ------------------------------------------------------------------ pre-training mode
+    def _is_special(self, ids: torch.Tensor) -> torch.Tensor:
+        # A lookup table is several times cheaper than torch.isin on the CPU; it covers the tokenizer's vocabulary,
+        # ids beyond it (no tokenizer given) take the slower clamped path.
+        lut = self._special_lut
+        try:
+            return lut[ids]
+        except IndexError:
+            return lut[ids.clamp(min=0, max=lut.numel() - 1)] & (ids < lut.numel()) & (ids >= 0)
+
+    def _mask_batch(self, batch, ratio: float, generator: torch.Generator) -> None:
+        ids = batch["input_ids"]
+        if ids.numel() == 0:
+            return
+        grid = ids.view(-1, ids.shape[-1])
+        real = batch["attention_mask"].view_as(grid).bool() if "attention_mask" in batch else None
+        # Eligible: not special, real, and followed by a real token of the same sequence (so never the last one).
+        eligible = ~self._is_special(grid)
+        eligible[:, -1] = False
+        if real is not None:
+            eligible &= real
+            eligible[:, :-1] &= real[:, 1:]
+        if "position_ids" in batch:  # padding-free / packed: every position_ids == 0 starts a new sequence
+            starts = batch["position_ids"].view_as(grid) == 0
+            starts[:, 0] = True
+            eligible[:, :-1] &= ~starts[:, 1:]
+            group = group_ids_from_starts(starts.view(-1))
+            counts = torch.bincount(group[eligible.view(-1)], minlength=int(group[-1]) + 1)
+            k = stochastic_round(counts.double() * ratio, generator)
+            mask = select_in_groups(group, eligible.view(-1), k, generator).view_as(grid)
+        else:  # one sequence per row: the batch itself is the selection grid
+            counts = eligible.sum(1)
+            k = stochastic_round(counts.double() * ratio, generator)
+            mask = select_smallest_per_row(random_keys(eligible, generator), k) & eligible
+        batch["input_ids"] = grid.masked_fill(mask, self.mask_token_id).view_as(ids)
+        self.last_num_masked = int(mask.sum())
+        self.last_num_eligible = int(counts.sum())
+
+    # ------------------------------------------------------------------ SFT modes
+    def _sft_examples(self, examples: list[dict], ratio: float, generator: torch.Generator) -> list[dict]:
+        unknown = set(examples[0]) - _SFT_KEYS
+        if unknown:
+            raise ValueError(
+                f"DataCollatorForMEAP(mode='sft') can only rebuild examples with the keys {sorted(_SFT_KEYS)}; got "
+                f"also {sorted(unknown)}. Remove those columns (e.g. `remove_unused_columns=True`)."
+            )
+        ids_lists = [_to_list(ex["input_ids"]) for ex in examples]
+        label_lists = [_to_list(ex["labels"]) if "labels" in ex else ids for ex, ids in zip(examples, ids_lists)]
+        lengths = [len(x) for x in ids_lists]
+        seg_lists = [_to_list(ex["seq_lengths"]) if "seq_lengths" in ex else [n] for ex, n in zip(examples, lengths)]
+        for i, (segs, n) in enumerate(zip(seg_lists, lengths)):
+            if sum(segs) != n or len(label_lists[i]) != n:
+                raise ValueError(
+                    f"Example {i}: input_ids ({n}), labels ({len(label_lists[i])}) and sum(seq_lengths) "
+                    f"({sum(segs)}) must agree."
+                )
+        flat_ids, flat_labels = _flat_tensor(ids_lists), _flat_tensor(label_lists)
+        n = flat_ids.numel()
+        if n == 0:
+            return examples
+        seg_len = torch.tensor(list(chain.from_iterable(seg_lists)), dtype=torch.long)
+        seg_start = torch.cumsum(seg_len, 0) - seg_len
+        starts = torch.zeros(n, dtype=torch.bool)
+        starts[seg_start[seg_len > 0]] = True
+        supervised = flat_labels != -100
+        starts[1:] |= supervised[1:] != supervised[:-1]  # spans: runs of supervised tokens inside one segment
+        eligible = supervised & ~self._is_special(flat_ids)
+        group = group_ids_from_starts(starts)
+        counts = torch.bincount(group[eligible], minlength=int(group[-1]) + 1)
+        long_span = counts > self.min_answer_length
+        # Official: k = max(1, int(len(answer) * mask_ratio)) for answers longer than 50 tokens.
+        k = torch.where(long_span, torch.clamp(torch.floor(counts.double() * ratio).long(), min=1), 0)
+        mask = select_in_groups(group, eligible, k, generator)
+        self.last_num_masked = int(mask.sum())
+        self.last_num_eligible = int(counts[long_span].sum())
+        if self.last_num_masked == 0:
+            return examples
+
+        masked_ids = flat_ids.masked_fill(mask, self.mask_token_id)
+        copy_labels = torch.where(mask, flat_ids, -100)
+        seg_id = torch.repeat_interleave(torch.arange(seg_len.numel()), seg_len)
+        seg_masked = torch.bincount(seg_id[mask], minlength=seg_len.numel()).tolist()
+        out, extra = [], []
+        offset, seg_index = 0, 0
+        for ex, segs in zip(examples, seg_lists):
+            pieces, new_segs, any_masked = [], [], False
+            pos = offset
+            for length in segs:
+                lo, hi = pos, pos + length
+                if seg_masked[seg_index]:
+                    any_masked = True
+                    pieces.append((lo, hi))
+                new_segs.append((lo, hi, bool(seg_masked[seg_index])))
+                pos, seg_index = hi, seg_index + 1
+            if not any_masked:
+                out.append(ex)
+            elif self.sft_mode == "separate_rows":
+                out.append(ex)
+                extra.append(self._extra_row(ex, masked_ids, copy_labels, pieces))
+            else:
+                out.append(self._concat_row(ex, flat_ids, flat_labels, masked_ids, copy_labels, new_segs))
+            offset = pos
+        self.num_extra_rows += len(extra)
+        return out + extra
+
+    def _extra_row(self, ex, masked_ids, copy_labels, pieces) -> dict:
+        ids = torch.cat([masked_ids[lo:hi] for lo, hi in pieces])
+        row = {"input_ids": ids.tolist(), "labels": torch.cat([copy_labels[lo:hi] for lo, hi in pieces]).tolist()}
+        if "seq_lengths" in ex:
+            row["seq_lengths"] = [hi - lo for lo, hi in pieces]
+        if "attention_mask" in ex:
+            row["attention_mask"] = [1] * ids.numel()
+        return row
+
+    def _concat_row(self, ex, flat_ids, flat_labels, masked_ids, copy_labels, segments) -> dict:
+        ids, labels, seg_lengths = [], [], []
+        for lo, hi, has_mask in segments:
+            if not has_mask:
+                ids.append(flat_ids[lo:hi])
+                labels.append(flat_labels[lo:hi])
+                seg_lengths.append(hi - lo)
+                continue
+            first, second = (flat_ids[lo:hi], flat_labels[lo:hi]), (masked_ids[lo:hi], copy_labels[lo:hi])
+            if self.concat_order == "masked_first":
+                first, second = second, first
+            ids += [first[0], second[0]]
+            labels += [first[1], second[1]]
+            seg_lengths.append(2 * (hi - lo))
+        ids, labels = torch.cat(ids), torch.cat(labels)
+        if self.max_length is not None and "seq_lengths" not in ex:
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+        row = {"input_ids": ids.tolist(), "labels": labels.tolist()}
+        if "seq_lengths" in ex:
+            row["seq_lengths"] = seg_lengths
+        if "attention_mask" in ex:
+            row["attention_mask"] = [1] * ids.numel()
+        return row
+
+
+class _Unmasked:
+    def __init__(self, collator: DataCollatorForMEAP):
+        self.collator = collator
+
+    def __enter__(self):
+        self.previous, self.collator.enabled = self.collator.enabled, False
+        return self.collator
+
+    def __exit__(self, *exc):
+        self.collator.enabled = self.previous
+        return False

@@ -1,0 +1,347 @@
+"""DataCollatorForMEAP on its own: every check compares with a reference computed another way (an explicit
+loop, the base collator's batch, hand-derived layouts, binomial bounds)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from transformers import DataCollatorForLanguageModeling as HFLMCollator
+
+from hf_plugins import DataCollatorForMEAP, MaskRatioSchedule, add_mask_token
+from hf_plugins.collators.meap import masking
+from hf_plugins.collators.meap.masking import _select_by_sort, group_ids_from_starts, random_keys, select_in_groups
+from hf_plugins.testing import tiny_llama, tiny_tokenizer
+
+
+trl_sft = pytest.importorskip("trl.trainer.sft_trainer")
+TRLCollator = trl_sft.DataCollatorForLanguageModeling
+
+
+@pytest.fixture
+def tok():
+    t = tiny_tokenizer()
+    add_mask_token(t)
+    return t
+
+
+def _random_examples(tok, n, lo=3, hi=40, seed=0, with_specials=True):
+    g = torch.Generator().manual_seed(seed)
+    special = set(tok.all_special_ids)
+    words = [i for i in range(len(tok)) if i not in special]
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(lo, hi, (1,), generator=g))
+        ids = [words[int(j)] for j in torch.randint(0, len(words), (length,), generator=g)]
+        if with_specials:
+            ids = [tok.bos_token_id, *ids, tok.eos_token_id]
+        out.append({"input_ids": ids})
+    return out
+
+
+# ----------------------------------------------------------------------------- the selection kernel
+@pytest.mark.parametrize("rows_for_loop", [128, 0])  # per-group quickselect / top-k grid
+def test_select_in_groups_equals_an_explicit_loop(rows_for_loop, monkeypatch):
+    """The quickselect loop, the top-k grid and the full-sort fallback all pick, in each group, the k eligible
+    positions with the smallest random keys: recompute that per group with a Python loop from the same draws."""
+    monkeypatch.setattr(masking, "_ROWS_FOR_LOOP", rows_for_loop)
+    g = torch.Generator().manual_seed(3)
+    starts = torch.rand(300, generator=g) < 0.05
+    group = group_ids_from_starts(starts)
+    eligible = torch.rand(300, generator=g) < 0.7
+    n_groups = int(group[-1]) + 1
+    k = torch.randint(0, 12, (n_groups,), generator=g)
+    keys = torch.rand(300, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    expected = torch.zeros(300, dtype=torch.bool)
+    for gid in range(n_groups):
+        pos = [p for p in range(300) if int(group[p]) == gid and bool(eligible[p])]
+        pos.sort(key=lambda p: float(keys[p]))
+        expected[pos[: int(k[gid])]] = True
+    mask = select_in_groups(group, eligible, k, torch.Generator().manual_seed(11))
+    assert torch.equal(mask, expected)
+    first = torch.ones(300, dtype=torch.bool)
+    first[1:] = group[1:] != group[:-1]
+    group_start = torch.nonzero(first).flatten()
+    by_sort = _select_by_sort(group, random_keys(eligible, torch.Generator().manual_seed(11)), k, group_start)
+    assert torch.equal(by_sort, expected)
+
+
+# ----------------------------------------------------------------------------- pre-training mode
+@pytest.mark.parametrize("rows_for_loop", [128, 0])
+def test_pretrain_batch_equals_base_except_masked_inputs(tok, rows_for_loop, monkeypatch):
+    """Labels, attention mask and every unmasked input equal the base collator's batch; masked inputs hold the
+    mask id; padding, special tokens and the last real token of each row are never masked; each row masks
+    floor or ceil of ratio * (eligible tokens)."""
+    monkeypatch.setattr(masking, "_ROWS_FOR_LOOP", rows_for_loop)
+    examples = _random_examples(tok, 16)
+    base = HFLMCollator(tok, mlm=False)
+    ref = base(examples)
+    batch = DataCollatorForMEAP(base=base, tokenizer=tok, seed=0)(examples)
+    assert set(batch) == set(ref)
+    assert torch.equal(batch["labels"], ref["labels"]) and torch.equal(batch["attention_mask"], ref["attention_mask"])
+    masked = batch["input_ids"] != ref["input_ids"]
+    assert torch.all(batch["input_ids"][masked] == tok.mask_token_id)
+    for row, ex in enumerate(examples):
+        n = len(ex["input_ids"])
+        # eligible by hand: not special, not padding, not the last real token
+        eligible = [j for j in range(n - 1) if ex["input_ids"][j] not in tok.all_special_ids]
+        chosen = masked[row].nonzero().flatten().tolist()
+        assert set(chosen) <= set(eligible)
+        assert len(chosen) in (math.floor(0.15 * len(eligible)), math.ceil(0.15 * len(eligible)))
+
+
+def test_pretrain_mask_fraction_within_binomial_tolerance(tok):
+    """Over many batches the masked fraction of eligible tokens is 0.15 within 4 binomial standard deviations,
+    and every eligible position of a fixed batch is masked with frequency 0.15 (fresh positions per batch)."""
+    examples = _random_examples(tok, 8, lo=2, hi=30)
+    collator = DataCollatorForMEAP(base=HFLMCollator(tok, mlm=False), tokenizer=tok, seed=1)
+    ref = collator.base(examples)["input_ids"]
+    hits = torch.zeros_like(ref, dtype=torch.float64)
+    batches = 400
+    for _ in range(batches):
+        hits += (collator(examples)["input_ids"] != ref).double()
+    n = collator.num_eligible_tokens
+    assert n == batches * collator.last_num_eligible
+    p = 0.15
+    assert abs(collator.num_masked_tokens - p * n) <= 4 * math.sqrt(n * p * (1 - p))
+    eligible = hits > 0
+    freq = hits[eligible] / batches
+    assert torch.all((freq - p).abs() <= 4 * math.sqrt(p * (1 - p) / batches) + 1.0 / batches)
+    assert collator.num_batches == batches
+
+
+def test_padding_free_keeps_sequence_boundaries(tok):
+    """TRL padding-free with packed `seq_lengths`: position ids, cu_seq_lens, seq_idx and labels (-100 at every
+    position_ids == 0) equal the base's; each segment masks its own share, never its last token."""
+    examples = _random_examples(tok, 6, lo=10, hi=40, with_specials=False)
+    for ex in examples:
+        n = len(ex["input_ids"])
+        ex["seq_lengths"] = [n // 3, n - n // 3]
+    base = TRLCollator(pad_token_id=tok.pad_token_id, padding_free=True, pad_to_multiple_of=8)
+    ref = base(examples)
+    batch = DataCollatorForMEAP(base=base, tokenizer=tok, seed=2, mask_ratio=0.3)(examples)
+    for key in ("labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "seq_idx"):
+        assert torch.equal(batch[key], ref[key]), key
+    assert batch["max_length_q"] == ref["max_length_q"]
+    assert torch.all(batch["labels"][batch["position_ids"] == 0] == -100)
+    masked = (batch["input_ids"] != ref["input_ids"])[0]
+    cu = ref["cu_seq_lens_q"].tolist()
+    real_end = sum(len(ex["input_ids"]) for ex in examples)
+    for lo, hi in itertools.pairwise(cu):
+        if lo >= real_end:  # the base's padding tail: single-token "segments", never masked
+            assert not masked[lo:hi].any()
+            continue
+        eligible = hi - lo - 1
+        assert not masked[hi - 1]
+        assert int(masked[lo:hi].sum()) in (math.floor(0.3 * eligible), math.ceil(0.3 * eligible))
+
+
+def test_ratio_zero_gives_exactly_the_base_batch(tok):
+    examples = _random_examples(tok, 5)
+    for base, mode, exs in [
+        (HFLMCollator(tok, mlm=False), "pretrain", examples),
+        (TRLCollator(pad_token_id=0, padding_free=True), "pretrain", examples),
+        (TRLCollator(pad_token_id=0), "sft", [{**e, "labels": e["input_ids"]} for e in examples]),
+    ]:
+        ref = base(exs)
+        batch = DataCollatorForMEAP(base=base, tokenizer=tok, mode=mode, mask_ratio=0.0, min_answer_length=0)(exs)
+        assert set(batch) == set(ref)
+        for key, value in ref.items():
+            assert torch.equal(batch[key], value) if isinstance(value, torch.Tensor) else batch[key] == value
+
+
+def test_seeded_reproducible_and_fresh_per_batch_rank_and_worker(tok, monkeypatch):
+    examples = _random_examples(tok, 8, lo=20, hi=40)
+
+    def masks(seed, n=3):
+        c = DataCollatorForMEAP(base=HFLMCollator(tok, mlm=False), tokenizer=tok, seed=seed)
+        return [c(examples)["input_ids"] for _ in range(n)]
+
+    a, b = masks(0), masks(0)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], a[1])  # fresh positions every batch
+    assert not torch.equal(a[0], masks(1)[0])
+    monkeypatch.setenv("RANK", "1")
+    assert not torch.equal(a[0], masks(0)[0])  # another rank draws other positions
+
+
+def test_mask_ratio_schedule(tok):
+    sched = MaskRatioSchedule(start=0.0, end=0.2, num_batches=4)
+    assert [sched(i) for i in range(6)] == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2, 0.2])
+    cos = MaskRatioSchedule(start=0.1, end=0.3, num_batches=2, kind="cosine")
+    assert cos(1) == pytest.approx(0.2) and cos(2) == pytest.approx(0.3)
+    examples = _random_examples(tok, 8, lo=20, hi=40)
+    c = DataCollatorForMEAP(base=HFLMCollator(tok, mlm=False), tokenizer=tok, mask_ratio=sched)
+    seen = []
+    for _ in range(5):
+        c(examples)
+        seen.append(c.last_mask_ratio)
+    assert seen == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+    with pytest.raises(ValueError, match="kind"):
+        MaskRatioSchedule(kind="step")
+    with pytest.raises(ValueError, match="mask_ratio"):
+        DataCollatorForMEAP(tokenizer=tok, mask_ratio=lambda b: 1.5)(examples)
+
+
+def test_disabled_and_unmasked_return_the_base_batch(tok):
+    examples = _random_examples(tok, 4, lo=20, hi=40)
+    c = DataCollatorForMEAP(tokenizer=tok, mask_ratio=0.5)
+    ref = c.base(examples)
+    with c.unmasked():
+        assert torch.equal(c(examples)["input_ids"], ref["input_ids"])
+    assert c.enabled and c.num_batches == 0
+    assert not torch.equal(c(examples)["input_ids"], ref["input_ids"])
+
+
+# ----------------------------------------------------------------------------- SFT modes
+def _sft_examples():
+    # prompt (-100) then an answer span; ids >= 10 are ordinary tokens of the tiny vocabulary, 5 is eos
+    long_answer = list(range(10, 70))  # 60 tokens > 50
+    short_answer = list(range(10, 40))  # 30 tokens: plain NTP
+    return [
+        {"input_ids": [1, 80, 81, 82, *long_answer, 5], "labels": [-100] * 4 + [*long_answer, 5]},
+        {"input_ids": [1, 83, 84, *short_answer, 5], "labels": [-100] * 3 + [*short_answer, 5]},
+    ]
+
+
+def test_sft_separate_rows_layout(tok):
+    """Official MEAP-SFT.py: originals unchanged; one extra row per long answer, appended, with max(1, int(60 *
+    0.1)) = 6 masked answer tokens, labels -100 except those positions (original tokens there)."""
+    examples = _sft_examples()
+    base = TRLCollator(pad_token_id=tok.pad_token_id)
+    collator = DataCollatorForMEAP(base=base, tokenizer=tok, mode="sft", seed=0)
+    batch = collator(examples)
+    ref = base(examples)
+    assert batch["input_ids"].shape[0] == 3
+    for key in ref:
+        assert torch.equal(batch[key][:2], ref[key])
+    ids, labels = batch["input_ids"][2], batch["labels"][2]
+    original = torch.tensor(examples[0]["input_ids"])
+    masked = ids != original
+    assert int(masked.sum()) == 6 and collator.last_num_masked == 6 and collator.last_num_eligible == 60
+    assert torch.all(ids[masked] == tok.mask_token_id)
+    assert not masked[:4].any() and not masked[-1]  # prompt and eos never masked
+    assert torch.equal(labels[masked], original[masked]) and torch.all(labels[~masked] == -100)
+    assert collator.num_extra_rows == 1
+
+
+@pytest.mark.parametrize("order", ["original_first", "masked_first"])
+def test_sft_concat_layout(tok, order):
+    """Concatenated variant: original + masked copy in one row (or the reverse); the original keeps its answer
+    labels, the copy is -100 except its masked positions; the short example is left as is."""
+    examples = _sft_examples()
+    base = TRLCollator(pad_token_id=tok.pad_token_id)
+    batch = DataCollatorForMEAP(base=base, tokenizer=tok, mode="sft", sft_mode="concat", concat_order=order, seed=0)(
+        examples
+    )
+    assert batch["input_ids"].shape == (2, 2 * len(examples[0]["input_ids"]))
+    n = len(examples[0]["input_ids"])
+    orig_ids, orig_labels = torch.tensor(examples[0]["input_ids"]), torch.tensor(examples[0]["labels"])
+    first, second = batch["input_ids"][0, :n], batch["input_ids"][0, n:]
+    lab_first, lab_second = batch["labels"][0, :n], batch["labels"][0, n:]
+    if order == "masked_first":
+        first, second, lab_first, lab_second = second, first, lab_second, lab_first
+    assert torch.equal(first, orig_ids) and torch.equal(lab_first, orig_labels)
+    masked = second != orig_ids
+    assert int(masked.sum()) == 6 and torch.all(second[masked] == tok.mask_token_id)
+    assert torch.equal(lab_second[masked], orig_ids[masked]) and torch.all(lab_second[~masked] == -100)
+    short = examples[1]["input_ids"]
+    assert batch["input_ids"][1, : len(short)].tolist() == short
+    assert batch["attention_mask"][1].sum() == len(short)
+
+
+def test_sft_concat_max_length_truncates_the_copy(tok):
+    examples = _sft_examples()[:1]
+    c = DataCollatorForMEAP(
+        base=TRLCollator(pad_token_id=0), tokenizer=tok, mode="sft", sft_mode="concat", max_length=80
+    )
+    batch = c(examples)
+    assert batch["input_ids"].shape == (1, 80)
+    assert batch["input_ids"][0, :65].tolist() == examples[0]["input_ids"]
+
+
+def test_sft_packed_padding_free_rows(tok):
+    """Packed rows with `seq_lengths`: the extra row holds only the segments that got masks, with their
+    lengths, so the base recomputes position ids / cu_seq_lens; prompt tokens are never masked."""
+    a, b = _sft_examples()
+    packed = {
+        "input_ids": a["input_ids"] + b["input_ids"],
+        "labels": a["labels"] + b["labels"],
+        "seq_lengths": [len(a["input_ids"]), len(b["input_ids"])],
+    }
+    base = TRLCollator(pad_token_id=0, padding_free=True)
+    batch = DataCollatorForMEAP(base=base, tokenizer=tok, mode="sft", seed=4)([packed])
+    n_a, n = len(a["input_ids"]), len(packed["input_ids"])
+    assert batch["cu_seq_lens_q"].tolist() == [0, n_a, n, n + n_a]
+    assert batch["position_ids"][0, n:].tolist() == list(range(n_a))
+    extra_ids, extra_labels = batch["input_ids"][0, n:], batch["labels"][0, n:]
+    masked = extra_ids == tok.mask_token_id
+    assert int(masked.sum()) == 6 and not masked[:4].any()
+    assert torch.equal(extra_labels[masked], torch.tensor(a["input_ids"])[masked])
+    assert torch.all(extra_labels[~masked] == -100)
+    assert torch.all(batch["labels"][batch["position_ids"] == 0] == -100)
+
+
+def test_sft_mask_fraction_over_random_answers(tok):
+    """k = max(1, int(n * ratio)) per long answer, summed over many random answers, equals the count."""
+    g = torch.Generator().manual_seed(0)
+    examples, expected = [], 0
+    for _ in range(30):
+        p, a = int(torch.randint(1, 20, (1,), generator=g)), int(torch.randint(5, 120, (1,), generator=g))
+        ans = torch.randint(10, 100, (a,), generator=g).tolist()
+        examples.append({"input_ids": [1] * p + ans, "labels": [-100] * p + ans})
+        expected += max(1, int(a * 0.1)) if a > 50 else 0
+    c = DataCollatorForMEAP(base=TRLCollator(pad_token_id=0), tokenizer=tok, mode="sft")
+    c(examples)
+    assert c.last_num_masked == expected
+
+
+# ----------------------------------------------------------------------------- mask token and validation
+def test_missing_mask_token_raises_a_clear_error():
+    tok = tiny_tokenizer()
+    with pytest.raises(ValueError, match="add_mask_token"):
+        DataCollatorForMEAP(tokenizer=tok)
+
+
+def test_add_mask_token_resizes_and_keeps_old_logits():
+    tok, model = tiny_tokenizer(), tiny_llama()
+    ids = torch.tensor([[1, 20, 30, 40, 5]])
+    before = model(ids).logits
+    mask_id = add_mask_token(tok, model)
+    assert mask_id == len(tok) - 1 == 115 and tok.mask_token == "[MASK]"
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    torch.testing.assert_close(model(ids).logits[..., :115], before)
+    assert add_mask_token(tok, model) == mask_id  # idempotent
+    tok2, model2 = tiny_tokenizer(), tiny_llama()
+    assert add_mask_token(tok2, model2, mask_token="</s>") == tok2.convert_tokens_to_ids("</s>")
+    assert len(tok2) == 115 and model2.get_input_embeddings().weight.shape[0] == 115
+
+
+def test_config_validation(tok):
+    for kwargs, field in [
+        ({"mode": "mlm"}, "mode"),
+        ({"sft_mode": "both"}, "sft_mode"),
+        ({"mask_ratio": 1.5}, "mask_ratio"),
+        ({"min_answer_length": -1}, "min_answer_length"),
+        ({"concat_order": "x"}, "concat_order"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            DataCollatorForMEAP(tokenizer=tok, **kwargs)
+    with pytest.raises(ValueError, match="keeps the examples' labels"):
+        DataCollatorForMEAP(base=HFLMCollator(tok, mlm=False), tokenizer=tok, mode="sft")
+
+
+def test_sft_default_base_without_trl_is_seq2seq(tok):
+    """With no `base`, SFT mode wraps transformers' DataCollatorForSeq2Seq (the GPU image has no TRL): the
+    original rows equal that collator's batch, the extra row follows, labels padded with -100."""
+    from transformers import DataCollatorForSeq2Seq
+
+    examples = _sft_examples()
+    collator = DataCollatorForMEAP(tokenizer=tok, mode="sft", seed=0)
+    assert isinstance(collator.base, DataCollatorForSeq2Seq)
+    batch = collator(examples)
+    ref = DataCollatorForSeq2Seq(tok, label_pad_token_id=-100)(examples)
+    assert batch["input_ids"].shape[0] == 3
+    for key in ("input_ids", "labels", "attention_mask"):
+        assert torch.equal(batch[key][:2], ref[key]), key
+    assert int((batch["labels"][2] != -100).sum()) == 6
