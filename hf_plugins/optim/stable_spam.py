@@ -487,8 +487,12 @@ class StableSPAM(torch.optim.Optimizer):
         device_ok = params[0].device.type == "cuda" or (
             params[0].device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter
         )
+        # Sharded parameters (FSDP2 DTensors) hold only a shard: raw pointers into them made the kernels read out of
+        # bounds on 2 H200s (an illegal memory access). They take the foreach path.
+        sharded = any(type(p).__name__ == "DTensor" or type(g).__name__ == "DTensor" for p, g in zip(params, grads))
         ok = (
             kernels.available()
+            and not sharded
             and device_ok
             and dtype in (torch.float32, torch.bfloat16)
             and all(p.dtype == dtype and p.is_contiguous() and p.numel() > 0 for p in params)
