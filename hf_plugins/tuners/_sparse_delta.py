@@ -61,6 +61,8 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
+from ..distributed import all_reduce_mean_
+
 
 __all__ = [
     "ResizableBufferDict",
@@ -208,7 +210,9 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
                 # indices; keeping it would cost full fine-tuning memory (what the official LIFT optimizer does).
                 dense = _mm_fp32(g2.t(), x.reshape(-1, x.shape[-1]))
                 if ctx.grad_hook is not None:
-                    ctx.grad_hook(dense)
+                    # Under DDP/FSDP2 this is the local gradient (DDP averages only the values' grads): hooks that
+                    # choose positions (SEFT's growth) must see the global-batch gradient on every rank.
+                    ctx.grad_hook(all_reduce_mean_(dense))
                 for i in range(n):
                     if want_values[i]:
                         grad_values[i] = gather_flat(dense, indices[i]).to(values[i].dtype)

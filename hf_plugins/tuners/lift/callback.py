@@ -6,6 +6,7 @@ import logging
 
 from transformers import TrainerCallback
 
+from ...distributed import refuse_sharded_parameters
 from .model import LiftModel
 
 
@@ -45,6 +46,7 @@ class LiftRefreshCallback(TrainerCallback):
         if lift is None:
             logger.warning("LiftRefreshCallback: the trained model has no LIFT adapter; the callback does nothing.")
             return
+        refuse_sharded_parameters(model, "LIFT")
         stats = lift.initialize_masks(optimizer)
         if stats["matrices"]:
             logger.info("LIFT: selected %d masks in %.2f s", stats["matrices"], stats["seconds"])

@@ -6,6 +6,8 @@ import logging
 
 from transformers import TrainerCallback
 
+from ...distributed import refuse_sharded_parameters
+
 
 __all__ = ["SeftCallback"]
 
@@ -30,6 +32,10 @@ class SeftCallback(TrainerCallback):
 
     Durable state (positions, R, cycle count, the grow window's candidates) lives in the adapter's persistent
     buffers and the optimizer state, so `resume_from_checkpoint` continues exactly with default arguments."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if _seft_tuner(model) is not None:
+            refuse_sharded_parameters(model, "SEFT")
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         tuner = _seft_tuner(model)

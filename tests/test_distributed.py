@@ -1,0 +1,164 @@
+"""Every plugin under 2-process data parallelism (DDP) and sharding (FSDP2) on CPU with gloo, against the
+single-process run on the same global batches: same losses and weights within fp32 tolerance, and a checkpoint
+saved by 2 processes resumes under 1 and under 2 processes exactly like the uninterrupted run.
+
+All 2-process jobs run in ONE forked process pair (`tests/_distributed_launch.py`), so the imports are paid once."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+from hf_plugins import distributed as hd
+from hf_plugins.distributed.harness import PLUGINS, RunConfig, run
+
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _distributed_launch import launch  # noqa: E402
+
+
+STEPS, SAVE_AT = 4, 2
+# FSDP2: supported and tested; "xfail": needs the change listed in docs/distributed.md (optimizer files owned by
+# another module), strict so the test flags when it starts to pass; "refused": a clear ValueError.
+FSDP2 = {
+    "meap": "ok",
+    "coe": "ok",
+    "stable_spam": "xfail",
+    "alphadecay": "xfail",
+    "lift": "refused",
+    "seft": "refused",
+    "neurotrails": "refused",
+}
+RESUME = ("lift", "seft", "stable_spam", "alphadecay", "neurotrails", "meap", "coe")
+
+
+def _jobs(tmp):
+    jobs = {}
+    for p in PLUGINS:
+        jobs[(p, "ddp")] = RunConfig(p, mode="ddp", steps=STEPS, save_at=SAVE_AT, save_dir=str(tmp / f"ck-{p}"))
+        jobs[(p, "fsdp2")] = RunConfig(p, mode="fsdp2", steps=STEPS)
+    for p in RESUME:
+        jobs[(p, "ddp-resume")] = RunConfig(p, mode="ddp", steps=STEPS, resume_from=str(tmp / f"ck-{p}"))
+    jobs[("coe", "fsdp2-ckpt")] = RunConfig(
+        "coe", mode="fsdp2", steps=STEPS, save_at=SAVE_AT, save_dir=str(tmp / "ck-coe-fsdp2")
+    )
+    jobs[("coe", "fsdp2-resume")] = RunConfig("coe", mode="fsdp2", steps=STEPS, resume_from=str(tmp / "ck-coe-fsdp2"))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def two_process(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    jobs = _jobs(tmp)
+    out = tmp / "out"
+    out.mkdir()
+    results = launch(list(jobs.values()), str(out))
+    return tmp, dict(zip(jobs, results))
+
+
+_REFS = {}
+
+
+def _single(plugin, **kw):
+    key = (plugin, tuple(sorted(kw.items())))
+    if key not in _REFS:
+        _REFS[key] = run(RunConfig(plugin, mode="single", steps=STEPS, **kw))
+    return _REFS[key]
+
+
+def _assert_close(res, ref, what, atol=2e-5):
+    assert res["ok"], f"{what} failed:\n{res.get('error')}"
+    torch.testing.assert_close(torch.tensor(res["losses"]), torch.tensor(ref["losses"]), atol=atol, rtol=0)
+    assert res["state"].keys() == ref["state"].keys(), what
+    for name, t in ref["state"].items():
+        torch.testing.assert_close(
+            res["state"][name], t, atol=atol, rtol=1e-4, msg=lambda m, n=name: f"{what} {n}: {m}"
+        )
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_ddp_matches_single_process(two_process, plugin):
+    """2-process DDP on half batches each == 1 process on the whole batch: losses and every weight (masks and
+    sparse positions included, since the state holds the values at identical positions)."""
+    _, res = two_process
+    _assert_close(res[(plugin, "ddp")], _single(plugin), f"{plugin} DDP")
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_fsdp2(two_process, plugin):
+    """FSDP2 (fully_shard per decoder block + root): equal to 1 process, or refused with a clear error."""
+    _, res = two_process
+    r = res[(plugin, "fsdp2")]
+    kind = FSDP2[plugin]
+    if kind == "refused":
+        assert not r["ok"] and "does not support FSDP2 sharding yet" in r["error"] and "DDP" in r["error"]
+        return
+    if kind == "xfail" and not r["ok"]:
+        pytest.xfail("needs the DTensor change in docs/distributed.md (sharded_norms / full_tensor)")
+    _assert_close(r, _single(plugin), f"{plugin} FSDP2")
+    assert kind == "ok", f"{plugin} now passes under FSDP2: mark it supported in FSDP2 and docs/distributed.md"
+
+
+@pytest.mark.parametrize("plugin", RESUME)
+def test_checkpoint_from_two_processes_resumes_under_one_and_two(two_process, plugin):
+    """A checkpoint written at step 2 by the 2-process DDP run continues to step 4 under 2 processes and under 1
+    process exactly like the uninterrupted run (mask/refresh state, optimizer moments and custom state included)."""
+    tmp, res = two_process
+    full = _single(plugin)
+    resumed2 = res[(plugin, "ddp-resume")]
+    assert resumed2["ok"], resumed2.get("error")
+    torch.testing.assert_close(
+        torch.tensor(resumed2["losses"]), torch.tensor(full["losses"][SAVE_AT:]), atol=2e-5, rtol=0
+    )
+    resumed1 = run(RunConfig(plugin, mode="single", steps=STEPS, resume_from=str(tmp / f"ck-{plugin}")))
+    _assert_close(resumed1 | {"ok": True}, {"losses": full["losses"][SAVE_AT:], "state": full["state"]}, plugin)
+    _assert_close(resumed2, {"losses": full["losses"][SAVE_AT:], "state": full["state"]}, plugin)
+
+
+def test_fsdp2_checkpoint_resumes_under_one_process(two_process):
+    """CoE under FSDP2: the sharded run's full-state checkpoint resumes under FSDP2 and in one process."""
+    tmp, res = two_process
+    full = _single("coe")
+    tail = {"losses": full["losses"][SAVE_AT:], "state": full["state"]}
+    _assert_close(res[("coe", "fsdp2-resume")], tail, "coe FSDP2 resume")
+    resumed1 = run(RunConfig("coe", mode="single", steps=STEPS, resume_from=str(tmp / "ck-coe-fsdp2")))
+    _assert_close(resumed1 | {"ok": True}, tail, "coe FSDP2 -> 1 process")
+
+
+def test_single_process_helpers_are_identities():
+    """Without a process group every helper is the identity / a no-op."""
+    t = torch.randn(5)
+    assert not hd.is_distributed() and hd.rank() == 0 and hd.world_size() == 1
+    assert hd.broadcast_object({"a": 1}) == {"a": 1}
+    assert hd.all_reduce_mean_(t.clone()).equal(t) and hd.full_tensor(t) is t and hd.local_tensor(t) is t
+    xs = [torch.randn(3, 4), torch.randn(7)]
+    torch.testing.assert_close(hd.sharded_norms(xs), torch.stack([x.norm() for x in xs]))
+    torch.testing.assert_close(hd.sharded_norms(xs, float("inf")), torch.stack([x.abs().max() for x in xs]))
+    hd.assert_same_on_all_ranks(t, "t")
+
+
+def test_deepspeed_refusals():
+    """DeepSpeed with its own `optimizer` section (it would replace ours) or ZeRO-3 is refused with what to do."""
+    with pytest.raises(ValueError, match="Remove the `optimizer`"):
+        hd.check_deepspeed_optimizer("StableSPAM", {"optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 2}})
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        hd.check_deepspeed_optimizer("AlphaDecay", {"zero_optimization": {"stage": 3}})
+    hd.check_deepspeed_optimizer("StableSPAM", {"zero_optimization": {"stage": 2}})  # client optimizer: fine
+    hd.check_deepspeed_optimizer("StableSPAM", None)
+
+
+def test_alphadecay_fsdp2_with_the_proposed_esd_change(tmp_path, monkeypatch):
+    """The one-line AlphaDecay change proposed in docs/distributed.md (ESD on `full_tensor` of each weight, decays
+    broadcast from rank 0) makes FSDP2 match the single process: applied here by patching, in the forked ranks."""
+    import hf_plugins.optim.alphadecay as alphadecay
+
+    original = alphadecay.esd_alphas
+
+    def esd_on_whole_matrices(weights, *args, **kwargs):
+        return hd.broadcast_object(original([hd.full_tensor(w.detach()) for w in weights], *args, **kwargs))
+
+    monkeypatch.setattr(alphadecay, "esd_alphas", esd_on_whole_matrices)
+    (res,) = launch([RunConfig("alphadecay", mode="fsdp2", steps=STEPS)], str(tmp_path))
+    monkeypatch.undo()
+    _assert_close(res, _single("alphadecay"), "alphadecay FSDP2 (patched)")
