@@ -25,7 +25,7 @@ FSDP2 = {
     "meap": "ok",
     "coe": "ok",
     "stable_spam": "xfail",
-    "alphadecay": "xfail",
+    "alphadecay": "ok",
     "lift": "refused",
     "seft": "refused",
     "neurotrails": "refused",
@@ -146,19 +146,3 @@ def test_deepspeed_refusals():
         hd.check_deepspeed_optimizer("AlphaDecay", {"zero_optimization": {"stage": 3}})
     hd.check_deepspeed_optimizer("StableSPAM", {"zero_optimization": {"stage": 2}})  # client optimizer: fine
     hd.check_deepspeed_optimizer("StableSPAM", None)
-
-
-def test_alphadecay_fsdp2_with_the_proposed_esd_change(tmp_path, monkeypatch):
-    """The one-line AlphaDecay change proposed in docs/distributed.md (ESD on `full_tensor` of each weight, decays
-    broadcast from rank 0) makes FSDP2 match the single process: applied here by patching, in the forked ranks."""
-    import hf_plugins.optim.alphadecay as alphadecay
-
-    original = alphadecay.esd_alphas
-
-    def esd_on_whole_matrices(weights, *args, **kwargs):
-        return hd.broadcast_object(original([hd.full_tensor(w.detach()) for w in weights], *args, **kwargs))
-
-    monkeypatch.setattr(alphadecay, "esd_alphas", esd_on_whole_matrices)
-    (res,) = launch([RunConfig("alphadecay", mode="fsdp2", steps=STEPS)], str(tmp_path))
-    monkeypatch.undo()
-    _assert_close(res, _single("alphadecay"), "alphadecay FSDP2 (patched)")

@@ -87,7 +87,12 @@ class _AlphaDecayMixin:
         if not groups:
             return
         cfg = self.alphadecay_config
-        alphas = esd_alphas([g["params"][0] for g in groups], cfg["xmin_pos"], num_streams=cfg["esd_streams"])
+        # The ESD needs whole matrices: under FSDP2 each rank holds a shard, so gather it (`full_tensor`, a no-op for
+        # plain tensors); every rank then uses rank 0's alphas, so all ranks hold identical group decays.
+        from hf_plugins.distributed import broadcast_object, full_tensor
+
+        weights = [full_tensor(g["params"][0].detach()) for g in groups]
+        alphas = broadcast_object(esd_alphas(weights, cfg["xmin_pos"], num_streams=cfg["esd_streams"]))
         base = groups[0]["alphadecay_base_wd"]
         decays = linear_decay_map(alphas, base, cfg["s1"], cfg["s2"])
         bad = []
@@ -301,7 +306,11 @@ class AlphaDecay:
     def from_args(cls, args, **kwargs) -> tuple[type, dict]:
         """`(AlphaDecay, kwargs)` for `Trainer(optimizer_cls_and_kwargs=...)` with `lr`, `weight_decay`, `betas` and
         `eps` read from `TrainingArguments` (the Trainer ignores them with `optimizer_cls_and_kwargs`), and
-        StableSPAM's `total_T` from `max_steps` when `base="stable_spam"`. Explicit `kwargs` win."""
+        StableSPAM's `total_T` from `max_steps` when `base="stable_spam"`. Explicit `kwargs` win.
+        Refuses a DeepSpeed config that would replace this optimizer (an `optimizer` section) or ZeRO-3."""
+        from hf_plugins.distributed import check_deepspeed_optimizer
+
+        check_deepspeed_optimizer("AlphaDecay", trainer_args=args)
         base = _resolve_base(kwargs.get("base", torch.optim.AdamW))
         out: dict[str, Any] = {
             "lr": args.learning_rate,

@@ -194,7 +194,11 @@ class StableSPAM(torch.optim.Optimizer):
         `adam_beta1/2`, `adam_epsilon`, `weight_decay` and (as `total_T`) `max_steps` from `TrainingArguments`.
 
         With `optimizer_cls_and_kwargs` the Trainer passes its own decay / no-decay groups but ignores
-        `args.learning_rate`, so the learning rate must travel in the kwargs. Explicit `kwargs` win."""
+        `args.learning_rate`, so the learning rate must travel in the kwargs. Explicit `kwargs` win.
+        Refuses a DeepSpeed config that would replace this optimizer (an `optimizer` section) or ZeRO-3."""
+        from hf_plugins.distributed import check_deepspeed_optimizer
+
+        check_deepspeed_optimizer("StableSPAM", trainer_args=args)
         out = {
             "lr": args.learning_rate,
             "betas": (args.adam_beta1, args.adam_beta2),
