@@ -85,7 +85,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-steps", type=int, default=40, help="optimizer steps (-1: use --num-train-epochs)")
     g.add_argument("--num-train-epochs", type=float, default=1.0, help="epochs when --max-steps is -1")
     g.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the method's)")
-    g.add_argument("--per-device-train-batch-size", type=int, default=8, help="batch size per device")
+    g.add_argument("--per-device-train-batch-size", type=int, default=4, help="batch size per device")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay")
     g.add_argument("--warmup-steps", type=int, default=2, help="linear warm-up steps")
