@@ -289,16 +289,21 @@ def test_config_errors_name_the_field():
 def test_gguf_loaded_smollm2_can_be_fully_fine_tuned_and_saved(tmp_path):
     """The embedded SmolLM2 keeps transformers' GGUF quantizer after dequantization; without detaching it the
     Trainer refuses full fine-tuning and save_pretrained refuses to save."""
+    import torch
+    from transformers import AutoModelForCausalLM
     from transformers.trainer_utils import validate_quantization_for_training
 
-    from hf_plugins.models.smollm2 import load_smollm2
+    from hf_plugins.models.smollm2 import SMOLLM2_GGUF, load_smollm2, smollm2_path
     from hf_plugins.recipes.srlm.pipeline import drop_gguf_quantizer
 
-    model, _ = load_smollm2()
-    with pytest.raises(ValueError, match="purely quantized"):
-        validate_quantization_for_training(model)
-    before = _snapshot(model)
-    drop_gguf_quantizer(model)
+    raw = AutoModelForCausalLM.from_pretrained(smollm2_path(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    with pytest.raises(ValueError, match="purely quantized"):  # transformers' own GGUF load
+        validate_quantization_for_training(raw)
+    before = _snapshot(raw)
+    drop_gguf_quantizer(raw)
+    validate_quantization_for_training(raw)
+    assert _max_change(before, _snapshot(raw)) == 0
+    model, _ = load_smollm2()  # our loader detaches it already
     validate_quantization_for_training(model)
     assert _max_change(before, _snapshot(model)) == 0
     model.save_pretrained(tmp_path)
