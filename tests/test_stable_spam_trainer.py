@@ -5,45 +5,16 @@ import json
 
 import pytest
 import torch
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+from _optim_trainer import tiny_args, tiny_trainer
 
-from hf_plugins import OptimizerStatsCallback, StableSPAM, registry
-from hf_plugins.testing import tiny_model, tiny_text_dataset
+from hf_plugins import StableSPAM, registry
 
 
 def _args(out, **kw):
-    base = {
-        "output_dir": str(out),
-        "max_steps": 4,
-        "per_device_train_batch_size": 4,
-        "learning_rate": 3e-3,
-        "lr_scheduler_type": "constant",
-        "logging_steps": 1,
-        "save_strategy": "steps",
-        "save_steps": 2,
-        "max_grad_norm": 0.0,
-        "report_to": "none",
-        "use_cpu": True,
-        "dataloader_num_workers": 0,
-        "dataloader_pin_memory": False,
-        "seed": 0,
-        "disable_tqdm": True,
-    }
-    base.update(kw)
-    return TrainingArguments(**base)
+    return tiny_args(out, **{"max_grad_norm": 0.0, **kw})
 
 
-def _trainer(args, tok, optimizer_spec):
-    model = tiny_model("llama", seed=0)
-    model.train()
-    return Trainer(
-        model=model,
-        args=args,
-        train_dataset=tiny_text_dataset(tok, n=24),
-        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-        optimizer_cls_and_kwargs=optimizer_spec,
-        callbacks=[OptimizerStatsCallback()],
-    )
+_trainer = tiny_trainer
 
 
 def _losses(trainer):
