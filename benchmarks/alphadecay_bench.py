@@ -1,10 +1,12 @@
 """AlphaDecay cost on a Qwen2-0.5B-shaped model: one ESD refresh of all 168 linear weights (ours with its default
 backend and each backend side by side: batched cuSOLVER, cuSOLVER on 4 streams, LAPACK in a CPU thread pool with
 all / half the threads, hybrid = LAPACK threads + the GPU on one queue; vs a per-matrix Gram-eigvalsh loop and a
-per-matrix svdvals loop), and the training-step overhead of AlphaDecay (one group per matrix + a refresh every 500 updates) over fused AdamW with the Trainer's two
-groups. The refresh inside AlphaDecay uses the default backend (`auto`).
+per-matrix svdvals loop), and the training-step overhead of AlphaDecay (+ a refresh every 500 updates) over fused
+AdamW with the Trainer's two groups: AlphaDecay as shipped (merged groups, per-matrix decays in one foreach call) and
+with one base update per group, the three arms interleaved on one model and batch, medians over the rounds.
+The refresh inside AlphaDecay uses the default backend (`auto`).
 
-    python benchmarks/alphadecay_bench.py               # GPU (~45 s on an H200)
+    python benchmarks/alphadecay_bench.py               # GPU (~1.5 min on an H200)
     python benchmarks/alphadecay_bench.py --smoke       # tiny shapes, CPU ok
     python benchmarks/alphadecay_bench.py --append --out alphadecay_bench.json
 
@@ -105,6 +107,11 @@ def refresh_benchmark(cfg, device, repeats):
             "backend": "hybrid",
             "cpu_threads": threads,
         }
+        variants[f"hybrid ({max(1, threads - 2)} LAPACK threads + GPU on 2 streams)"] = {
+            "backend": "hybrid",
+            "cpu_threads": threads,
+            "num_streams": 2,
+        }
     for name, kw in variants.items():
         try:
             secs, a = timed(lambda kw=kw: esd_alphas(weights, **kw), device, repeats)
@@ -120,7 +127,11 @@ def refresh_benchmark(cfg, device, repeats):
     return res
 
 
-def train_step_benchmark(cfg, device, warmup, iters):
+def train_step_benchmark(cfg, device, warmup, iters, rounds):
+    """Step time of fused AdamW with the Trainer's 2 groups (A), AlphaDecay(AdamW) as shipped (B: merged groups, the
+    per-matrix decays in one foreach call) and AlphaDecay with one base update per group (C, `merge_groups=False`),
+    on one model and one batch, interleaved A B C A B C ... over `rounds` rounds of `iters` steps each after
+    `warmup` steps per arm; medians of all timed steps, and of the optimizer step alone (synchronised around it)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from hf_plugins import AlphaDecay, hf_param_groups
@@ -142,39 +153,62 @@ def train_step_benchmark(cfg, device, warmup, iters):
     ids = torch.randint(0, cfg["vocab"], (cfg["B"], cfg["T"]), device=device)
     fused = device.type == "cuda"
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    min_eigs = 50 if cfg is FULL else 16
+    arms = {
+        "adamw": torch.optim.AdamW(hf_param_groups(model, 0.1), lr=1e-5, fused=fused),
+        "alphadecay": AlphaDecay()(model, lr=1e-5, weight_decay=0.1, interval=500, fused=fused, min_eigs=min_eigs),
+        "alphadecay_per_group": AlphaDecay()(
+            model, lr=1e-5, weight_decay=0.1, interval=500, fused=fused, min_eigs=min_eigs, merge_groups=False
+        ),
+    }
+    step_times = {k: [] for k in arms}
+    opt_times = {k: [] for k in arms}
 
-    def run(model, opt):
-        times = []
-        for i in range(warmup + iters):
+    def run(name, n, record):
+        opt = arms[name]
+        for _ in range(n):
             _sync(device)
             t0 = time.perf_counter()
             with amp:
                 loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
+            _sync(device)
+            t1 = time.perf_counter()
             opt.step()
             opt.zero_grad(set_to_none=True)
             _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+            t2 = time.perf_counter()
+            if record:
+                step_times[name].append(t2 - t0)
+                opt_times[name].append(t2 - t1)
 
-    base = torch.optim.AdamW(hf_param_groups(model, 0.1), lr=1e-5, fused=fused)
-    t_base = run(model, base)
-    del base
-    min_eigs = 50 if cfg is FULL else 16
-    opt = AlphaDecay()(model, lr=1e-5, weight_decay=0.1, interval=500, fused=fused, min_eigs=min_eigs)
-    t_ad = run(model, opt)
-    t_refresh, _ = timed(opt.refresh_decays, device, 2)
-    n_groups = len(opt.param_groups)
+    for name in arms:
+        run(name, warmup, record=False)
+    for _ in range(rounds):
+        for name in arms:
+            run(name, iters, record=True)
+    t_refresh, _ = timed(arms["alphadecay"].refresh_decays, device, 3)
+    groups = {k: len(o.param_groups) for k, o in arms.items()}
+    merged = len(arms["alphadecay"]._merged_groups() or arms["alphadecay"].param_groups)
     n_params = sum(p.numel() for p in model.parameters())
-    del opt, model
-    overhead = (t_ad - t_base + t_refresh / 500) / t_base
+    arms.clear()  # free the optimizer states before the caller goes on
+    med = {k: statistics.median(v) for k, v in step_times.items()}
+    med_opt = {k: statistics.median(v) for k, v in opt_times.items()}
+    base = med["adamw"]
     return {
-        "step_adamw_s": t_base,
-        "step_alphadecay_s": t_ad,
+        "step_s": med,
+        "optimizer_step_s": med_opt,
+        "step_adamw_s": base,
+        "step_alphadecay_s": med["alphadecay"],
+        "step_alphadecay_per_group_s": med["alphadecay_per_group"],
         "refresh_in_optimizer_s": t_refresh,
-        "groups": n_groups,
-        "overhead_at_500": overhead,
+        "groups": groups,
+        "merged_groups": merged,
+        "rounds": rounds,
+        "iters_per_round": iters,
+        "overhead_at_500": (med["alphadecay"] - base + t_refresh / 500) / base,
+        "overhead_at_500_per_group": (med["alphadecay_per_group"] - base + t_refresh / 500) / base,
+        "optimizer_overhead_at_500": (med_opt["alphadecay"] - med_opt["adamw"] + t_refresh / 500) / base,
         "n_params": n_params,
     }
 
@@ -184,6 +218,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU")
     ap.add_argument("--append", action="store_true", help="append rows to benchmarks/RESULTS.md")
     ap.add_argument("--out", default=None, help="write all numbers to this JSON file")
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds of the step-time arms (5 steps each)")
     args = ap.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
@@ -206,11 +241,26 @@ def main():
     )
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    tr = train_step_benchmark(cfg, device, warmup=1 if args.smoke else 3, iters=2 if args.smoke else 10)
+    tr = train_step_benchmark(
+        cfg,
+        device,
+        warmup=1 if args.smoke else 5,
+        iters=1 if args.smoke else 5,
+        rounds=2 if args.smoke else args.rounds,
+    )
     print(
-        f"train step ({tr['n_params'] / 1e6:.0f}M params, B={cfg['B']}, T={cfg['T']}): AdamW {tr['step_adamw_s'] * 1e3:.1f} ms, "
-        f"AlphaDecay(AdamW) {tr['step_alphadecay_s'] * 1e3:.1f} ms with {tr['groups']} groups; refresh "
-        f"{tr['refresh_in_optimizer_s']:.3f} s; overhead at interval 500: {100 * tr['overhead_at_500']:.2f}%"
+        f"train step ({tr['n_params'] / 1e6:.0f}M params, B={cfg['B']}, T={cfg['T']}; arms interleaved over "
+        f"{tr['rounds']} rounds of {tr['iters_per_round']} steps, medians), refresh {tr['refresh_in_optimizer_s']:.3f} s:"
+    )
+    for name, t in tr["step_s"].items():
+        print(
+            f"  {name:22s} step {t * 1e3:7.2f} ms  optimizer.step {tr['optimizer_step_s'][name] * 1e3:6.2f} ms  "
+            f"groups {tr['groups'][name]}"
+        )
+    print(
+        f"overhead at interval 500 (step + refresh/500 vs AdamW): merged {100 * tr['overhead_at_500']:.2f}% "
+        f"({tr['merged_groups']} groups in the base update), per group {100 * tr['overhead_at_500_per_group']:.2f}%; "
+        f"from optimizer.step times alone: {100 * tr['optimizer_overhead_at_500']:.2f}%"
     )
     print(f"total {time.perf_counter() - t0:.1f} s")
 
@@ -231,13 +281,25 @@ def main():
         ),
         (
             case_tr,
-            "train step s, AlphaDecay(AdamW) vs AdamW (HF 2 groups)",
+            "train step s (median, interleaved), AlphaDecay(AdamW) merged groups vs AdamW (HF 2 groups)",
             tr["step_alphadecay_s"],
             tr["step_adamw_s"],
         ),
         (
             case_tr,
-            "step + refresh/500 s, AlphaDecay(AdamW) vs AdamW (HF 2 groups)",
+            "train step s (median, interleaved), AlphaDecay(AdamW) one group per matrix vs AdamW (HF 2 groups)",
+            tr["step_alphadecay_per_group_s"],
+            tr["step_adamw_s"],
+        ),
+        (
+            case_tr,
+            "optimizer.step s (median, interleaved), AlphaDecay(AdamW) merged groups vs AdamW (HF 2 groups)",
+            tr["optimizer_step_s"]["alphadecay"],
+            tr["optimizer_step_s"]["adamw"],
+        ),
+        (
+            case_tr,
+            "step + refresh/500 s, AlphaDecay(AdamW) merged groups vs AdamW (HF 2 groups)",
             tr["step_alphadecay_s"] + tr["refresh_in_optimizer_s"] / 500,
             tr["step_adamw_s"],
         ),

@@ -177,13 +177,16 @@ def run(smoke: bool, r: int) -> tuple[list[dict], dict]:
     shapes = [(1, 32), (2, 64)] if smoke else [(1, 256), (8, 2048)]
     warmup, timed = (1, 2) if smoke else (3, 5)
     results: dict = {"device": device.type, "r": r, "shapes": shapes}
-    for arm in ("full", "lora", "lift"):
+    for arm in ("full", "lora", "lift", "lift_bf16_grad_mm"):
+        # lift_bf16_grad_mm: the same LIFT model with the weight-gradient product in bf16 (rounded output, as full
+        # FT's weight gradient) instead of torch.mm(out_dtype=float32): which of the two is faster on this device.
+        _sparse_delta.WEIGHT_GRAD_FP32_OUT = arm != "lift_bf16_grad_mm"
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         model = _arm_model(arm, config, device, r)
         info = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-        if arm == "lift":
+        if arm.startswith("lift"):
             _sync(device)
             t0 = time.perf_counter()
             info["first_selection_s"] = model.initialize_masks()["seconds"]
@@ -196,21 +199,33 @@ def run(smoke: bool, r: int) -> tuple[list[dict], dict]:
             ms, peak = _steps(model, opt, batch, device, warmup, timed)
             info[f"B{b}xT{t}"] = {"ms_per_step": ms, "tokens_per_s": 1000 * b * t / ms, "peak_gib": peak}
         info["optimizer_state_bytes"] = _state_bytes(opt)
-        if arm == "lift":
+        if arm == "lift":  # refresh timings once (they do not involve the gradient product)
             info.update(_refresh_measurements(model, opt))
             info["fp32_out_mm"] = _sparse_delta._FP32_OUT_MM_OK.get(device.type, device.type == "cuda")
         results[arm] = info
         print(arm, json.dumps(info, indent=1))
         del model, opt, params
+    _sparse_delta.WEIGHT_GRAD_FP32_OUT = True
     return _rows(results), results
 
 
 def _rows(res: dict) -> list[dict]:
     rows = []
     lift, lora, full = res["lift"], res["lora"], res["full"]
+    lift_bf16 = res.get("lift_bf16_grad_mm")
     for b, t in res["shapes"]:
         key = f"B{b}xT{t}"
         case = f"Qwen2-0.5B shape, bf16, {key}, r={res['r']}"
+        if lift_bf16 is not None:
+            for base_name, base in (("LoRA r16", lora), ("full FT", full), ("LIFT fp32-out grad mm", lift)):
+                rows.append(
+                    {
+                        "case": case,
+                        "metric": f"ms/step, LIFT bf16-out grad mm vs {base_name}",
+                        "ours": lift_bf16[key]["ms_per_step"],
+                        "baseline": base[key]["ms_per_step"],
+                    }
+                )
         for base_name, base in (("LoRA r16", lora), ("full FT", full)):
             rows.append(
                 {

@@ -59,7 +59,23 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of every plugin")
     p.add_argument("--bf16", default="auto", choices=["auto", "yes", "no"], help="bf16 autocast (auto: on GPU)")
     p.add_argument("--out", default=None, help="write the JSON result here")
+    p.add_argument(
+        "--esd-min-eigs",
+        type=int,
+        default=50,
+        help="per-module power-law alphas of the nn.Linear weights with at least this many eigenvalues go into the "
+        "JSON at the start and the end (`esd_start`, `esd_end`; 50 = AlphaDecay's threshold; plot them with "
+        "benchmarks/alphadecay_plot.py)",
+    )
     return p.parse_args(argv)
+
+
+def esd_rows(model, min_eigs: int) -> list[dict]:
+    """`name`, `module_type`, `layer`, `alpha` and `alphadecay` (analysed by AlphaDecay's defaults) per linear weight."""
+    from hf_plugins import model_esd
+
+    keep = ("name", "module_type", "layer", "alpha", "alphadecay")
+    return [{k: r[k] for k in keep} for r in model_esd(model, min_eigs=min_eigs)]
 
 
 def _options(pairs, flag):
@@ -223,6 +239,7 @@ def run(args) -> dict:
     if callable(model_cbs):
         callbacks += model_cbs()
 
+    esd_start = esd_rows(model, args.esd_min_eigs)
     curve: list[dict] = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -277,6 +294,7 @@ def run(args) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     final = evaluate(model, eval_blocks, args.batch_size, device, bf16)
+    table = getattr(optimizer, "alphadecay_table", None)
     import transformers
 
     result = {
@@ -293,6 +311,9 @@ def run(args) -> dict:
         "seconds": seconds,
         "tokens_per_second": steps * args.batch_size * args.seq_len / seconds,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "esd_start": esd_start,
+        "esd_end": esd_rows(model, args.esd_min_eigs),
+        "alphadecay_end": table() if callable(table) else None,  # {module: {"alpha", "weight_decay"}} of AlphaDecay
     }
     return result
 

@@ -7,14 +7,17 @@
 # queues run in parallel, commands in a queue one after another. Every command's output goes to
 # $OUT/logs/<queue>-<n>.log; at the end everything under $OUT/logs is packed into $OUT/results.tar.gz
 # (the device tool returns at most 8 files). Result rows are the lines starting with "| 20" in the logs.
+# SAME_GPU=1 runs every queue on GPU 0 (concurrent quality checks that fit one GPU; never for timings).
+# Wheels: .whl/*.whl, or the folder named by WHEELS, are installed into /tmp/site first.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT/logs"
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+WHEELS=${WHEELS:-.whl}
+if [ -d "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
 fi
+[ -d /tmp/site ] && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv > "$OUT/logs/gpus.csv" 2>&1
 gpu=0
 pids=()
@@ -34,7 +37,7 @@ for queue in "$@"; do
         done < "$queue"
     ) &
     pids+=($!)
-    gpu=$((gpu + 1))
+    [ "${SAME_GPU:-0}" = 1 ] || gpu=$((gpu + 1))
 done
 for p in "${pids[@]}"; do wait "$p"; done
 cp benchmarks/RESULTS.md "$OUT/logs/RESULTS.remote.md"  # rows that scripts appended with --append

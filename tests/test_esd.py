@@ -110,8 +110,9 @@ def test_backend_resolution_and_bad_backend():
         esd_alphas(_matrices(), backend="magma")
 
 
-def test_hybrid_queue_decomposes_every_matrix_once_in_order():
-    """The hybrid backend's shared queue (LAPACK threads + the calling thread on the device copies; here both on
+@pytest.mark.parametrize("device_workers", [1, 2])
+def test_hybrid_queue_decomposes_every_matrix_once_in_order(device_workers):
+    """The hybrid backend's shared queue (LAPACK threads + `device_workers` threads on the device copies; here all on
     CPU): every matrix of every chunk comes back in its place, equal to a per-matrix fp64 eigvalsh."""
     from hf_plugins.optim.esd import _eigvalsh_host_pool
 
@@ -121,7 +122,27 @@ def test_hybrid_queue_decomposes_every_matrix_once_in_order():
         w = torch.randn(b, 2 * k, k, generator=g)
         gram = w.mT @ w
         chunks.append((gram.clone(), None, gram))
-    out = _eigvalsh_host_pool(chunks, cpu_threads=2, use_device=True)
+    out = _eigvalsh_host_pool(chunks, cpu_threads=2, use_device=True, device_workers=device_workers)
     for (host, _, _), eigs in zip(chunks, out):
         assert eigs.shape == host.shape[:2]
         torch.testing.assert_close(eigs.double(), torch.linalg.eigvalsh(host.double()), atol=1e-4, rtol=1e-4)
+
+
+def test_queue_order_and_endgame_rule():
+    """Largest Grams first; once both sides have timed a size, a LAPACK thread stops taking matrices that the device
+    workers finish sooner (here: 3 left x 9 ms on 1 device = 27 ms < 60 ms on a core), the device takes them all."""
+    from hf_plugins.optim.esd import _Queue
+
+    q = _Queue([128, 896, 128, 896, 896, 896, 896], device_workers=1)
+    assert [q.sizes[k] for k in q.order] == [896] * 5 + [128] * 2
+    assert q.take("cpu") == 1 and q.take("device") == 3  # nothing timed yet: both sides take
+    q.timed("cpu", 1, 0.060)
+    q.timed("device", 3, 0.009)
+    assert q.take("cpu") == 4  # 128 not timed on the device yet: no prediction, the CPU takes it
+    q.timed("device", 0, 0.002)
+    assert q.take("cpu") is None  # left: 2 x 896 + 2 x 128 -> 22 ms on the device < 60 ms
+    assert [q.take("device") for _ in range(5)] == [5, 6, 0, 2, None]
+    q2 = _Queue([896] * 20, device_workers=1)
+    q2.timed("cpu", 0, 0.060)
+    q2.timed("device", 0, 0.009)
+    assert q2.take("cpu") == 0  # 20 x 9 ms > 60 ms: the core is worth using

@@ -418,3 +418,22 @@ def test_multiple_adapters_and_set_adapter(tmp_path):
 def test_bad_configs_raise_value_error_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         LiftConfig(**kwargs)
+
+
+def test_ready_flag_is_cached_after_selection_and_reloaded_from_a_state_dict():
+    """The training forward must not read the device flag every step (a GPU sync per layer): once a layer is
+    ready the answer is cached; loading a state dict whose flags say "not ready" clears the cache."""
+    model = _lift()
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}  # flags still False: no mask chosen yet
+    model.initialize_masks()
+    layer = _layers(model)[0][1]
+    assert layer.is_ready("default")
+    flag = layer.lift_ready["default"]
+    flag.fill_(False)  # behind the cache's back: the cached answer stands (no device read)
+    assert layer.is_ready("default")
+    flag.fill_(True)
+    model.load_state_dict(fresh)  # the load pre-hook clears the cache; the loaded flag is False again
+    assert not layer.is_ready("default")
+    model.train()
+    model(input_ids=IDS, labels=IDS)  # lazy selection on the first training forward marks it ready again
+    assert layer.is_ready("default")

@@ -4,6 +4,8 @@ Every result is compared with a reference computed another way: a dense weight b
 `F.linear` under autograd, an explicit Python loop for the optimizer remap, a saved-tensor census for memory.
 """
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -232,3 +234,101 @@ def test_layer_load_resizes_the_residual_and_rejects_foreign_indices():
         ToyLinear(nn.Linear(5, 4), 6).load_state_dict(big)
     with pytest.raises(ValueError, match="expects 5"):
         ToyLinear(nn.Linear(5, 4), 5).load_state_dict(src.state_dict())
+
+
+_TRITON_CHECK = r"""
+import os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from hf_plugins.tuners import _sparse_delta as S
+from hf_plugins.tuners import _sparse_delta_triton as K
+
+g = torch.Generator().manual_seed(0)
+cases = 0
+for wdtype in (torch.float32, torch.bfloat16, torch.float16):
+    for idx_dtype in (torch.int32, torch.int64):
+        for vdtype in (torch.float32, torch.bfloat16):
+            for alpha in (1.0, -1.0):
+                w = (torch.randn(37, 53, generator=g) * 3).to(wdtype)
+                idx = torch.randperm(w.numel(), generator=g)[:700].to(idx_dtype)
+                # values at every scale, so that the single rounding to bf16/fp16 really decides the result
+                vals = (torch.randn(700, generator=g) * torch.logspace(-6, 1, 700)).to(vdtype)
+                assert K.usable(w, idx, vals)
+                fast = S.add_sparse_(w.clone(), idx, vals, alpha)
+                usable, K.usable = K.usable, lambda *a: False
+                try:
+                    ref = S.add_sparse_(w.clone(), idx, vals, alpha)
+                finally:
+                    K.usable = usable
+                assert torch.equal(fast, ref), (wdtype, idx_dtype, vdtype, alpha, (fast != ref).sum())
+                cases += 1
+# the autograd function end to end: forward and value gradients through the kernel equal the ATen path
+x = torch.randn(4, 53, generator=g).to(torch.bfloat16)
+w = torch.randn(37, 53, generator=g).to(torch.bfloat16)
+idx = torch.randperm(w.numel(), generator=g)[:300].to(torch.int32)
+outs = []
+for use in (True, False):
+    usable, K.usable = K.usable, (usable if use else (lambda *a: False))
+    v = torch.zeros(300, requires_grad=True)
+    with torch.no_grad():
+        v.copy_(torch.randn(300, generator=torch.Generator().manual_seed(1)) * 0.01)
+    y = S.sparse_delta_linear(x, w, None, [idx], [v])
+    y.float().square().sum().backward()
+    outs.append((y, v.grad))
+    K.usable = usable
+assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+print("OK", cases)
+"""
+
+
+def test_triton_add_sparse_equals_the_aten_path_bit_for_bit(tmp_path):
+    """The one-launch Triton form of `add_sparse_` (used on CUDA) runs in Triton's CPU interpreter and must give the
+    ATen path's weights bit for bit: fp32/bf16/fp16 weights, int32/int64 indices, fp32/bf16 values, alpha +-1; and
+    the autograd function's output and value gradients through it must equal the ATen path's."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "check.py"
+    script.write_text(_TRITON_CHECK)
+    res = subprocess.run(
+        [sys.executable, str(script)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        timeout=300,
+    )
+    assert res.returncode == 0 and "OK 24" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
+
+
+def test_triton_path_is_not_used_off_cuda_or_for_fp64():
+    from hf_plugins.tuners import _sparse_delta_triton as K
+
+    w, idx, v = torch.zeros(4, 4), torch.tensor([1, 2], dtype=torch.int32), torch.ones(2)
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        assert not K.usable(w, idx, v)  # CPU tensors take the ATen path
+    assert not K.usable(w.double(), idx, v)
+    assert not K.usable(w.t(), idx, v)  # non-contiguous
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_triton_add_sparse_on_cuda_equals_the_aten_path(dtype, monkeypatch):
+    """On the GPU, with the compiled kernel (hardware conversions, not the interpreter's)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from hf_plugins.tuners import _sparse_delta_triton as K
+
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(896, 4864, generator=g) * 3).to(dtype).cuda()
+    idx = torch.randperm(w.numel(), generator=g)[:50_000].to(torch.int32).cuda()
+    vals = (torch.randn(50_000, generator=g) * torch.logspace(-6, 1, 50_000)).cuda()
+    assert K.usable(w, idx, vals)
+    for alpha in (1.0, -1.0):
+        fast = add_sparse_(w.clone(), idx, vals, alpha)
+        with monkeypatch.context() as m:
+            m.setattr(K, "usable", lambda *a: False)
+            ref = add_sparse_(w.clone(), idx, vals, alpha)
+        assert torch.equal(fast, ref)

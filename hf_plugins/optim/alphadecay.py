@@ -8,12 +8,18 @@ alpha (Hill estimator on the eigenvalues of its smaller Gram matrix, `hf_plugins
 alpha is mapped linearly from [alpha_min, alpha_max] onto [s1 * wd, s2 * wd]: heavier tails (smaller alpha) get
 weaker decay. Each analysed matrix has its own parameter group; the refresh runs inside `step()`, so no callback
 is needed, and alphas, decays and the update counter live in the groups, so they survive `state_dict()`.
+
+With a decoupled base (AdamW, or Adam(decoupled_weight_decay=True)) `step()` does not run the base update once per
+group: it applies every analysed matrix's decay p <- p * (1 - lr * wd) in one `torch._foreach_mul_` (torch's AdamW
+does exactly this first, with the group's current lr) and runs the base update on the groups merged by their
+remaining hyperparameters, the analysed ones at decay 0 (usually 2 groups). `param_groups` itself is not changed.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import operator
 import statistics
 from typing import Any
 
@@ -52,6 +58,25 @@ def _is_analysed(group: dict) -> bool:
     return "alphadecay_module" in group
 
 
+_DTENSOR: list = []
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP2; the decay is elementwise), the tensor itself otherwise."""
+    if not _DTENSOR:
+        try:
+            from torch.distributed.tensor import DTensor
+        except ImportError:  # pragma: no cover - torch without DTensor
+            DTensor = ()
+        _DTENSOR.append(DTensor)
+    return p.to_local() if isinstance(p, _DTENSOR[0]) else p
+
+
+def _is_decoupled_base(base: type) -> bool:
+    """Bases whose `step()` is torch's Adam/AdamW: decoupled decay = `p.mul_(1 - lr * wd)` before the update."""
+    return base in (torch.optim.AdamW, torch.optim.Adam)
+
+
 class _AlphaDecayMixin:
     """Added in front of a base optimizer class by `alphadecay_optimizer_class`."""
 
@@ -64,6 +89,7 @@ class _AlphaDecayMixin:
         alphadecay_wd_max_ratio: float = 3.0,
         alphadecay_xmin_pos: float = 2.0,
         alphadecay_esd_streams: int = 1,
+        alphadecay_merge_groups: bool = True,
         **base_kwargs,
     ):
         super().__init__(params, **base_kwargs)
@@ -73,8 +99,10 @@ class _AlphaDecayMixin:
             "s2": float(alphadecay_wd_max_ratio),
             "xmin_pos": float(alphadecay_xmin_pos),
             "esd_streams": int(alphadecay_esd_streams),
+            "merge_groups": bool(alphadecay_merge_groups),
         }
         self._alphadecay_warned = False
+        self._alphadecay_layouts: dict[tuple, tuple] = {}
         self.refresh_decays()  # the first schedule comes from the initial weights, as in the official code
 
     def _analysed_groups(self) -> list[dict]:
@@ -121,7 +149,79 @@ class _AlphaDecayMixin:
             # when (update_step + 1) % every == 0), so the new decays apply to that update already.
             if count % self.alphadecay_config["interval"] == 0:
                 self.refresh_decays()
-        return super().step(closure)
+        merged = self._merged_groups() if groups and self._can_merge() else None
+        if merged is None:
+            return super().step(closure)
+        loss = None
+        if closure is not None:  # evaluated first, as the base step does, so the decays see its gradients
+            with torch.enable_grad():
+                loss = closure()
+        self._apply_matrix_decays(groups)
+        own = self.param_groups
+        self.param_groups = merged
+        try:
+            super().step()
+        finally:
+            self.param_groups = own
+        return loss
+
+    def _can_merge(self) -> bool:
+        # A GradScaler that hands fused optimizers `found_inf` may skip the update; the decay must be skipped with
+        # it, which only the base step knows: run it per group then.
+        return (
+            self.alphadecay_config["merge_groups"]
+            and type(self)._alphadecay_decoupled
+            and getattr(self, "grad_scale", None) is None
+            and getattr(self, "found_inf", None) is None
+        )
+
+    def _merged_groups(self) -> list[dict] | None:
+        """The groups the base update runs on: analysed groups at decay 0 (their decay is applied by
+        `_apply_matrix_decays`), merged with every group whose other hyperparameters (lr, betas, eps, fused, ...)
+        are equal. None (run per group) when a group has tensor lr / decay, coupled decay or unhashable values."""
+        buckets: dict[tuple, dict] = {}
+        for g in self.param_groups:
+            layout = tuple(g)
+            entry = self._alphadecay_layouts.get(layout)
+            if entry is None:
+                names = sorted(
+                    k for k in layout if k not in ("params", "weight_decay") and not k.startswith("alphadecay_")
+                )
+                entry = self._alphadecay_layouts[layout] = (tuple(names), operator.itemgetter(*names))
+            names, get = entry
+            lr, wd = g["lr"], g["weight_decay"]
+            if isinstance(lr, torch.Tensor) or isinstance(wd, torch.Tensor):
+                return None
+            if not g.get("decoupled_weight_decay", isinstance(self, torch.optim.AdamW)):
+                return None
+            key = (names, get(g), 0.0 if "alphadecay_module" in g else wd)
+            try:
+                bucket = buckets.get(key)
+            except TypeError:  # an unhashable hyperparameter value
+                return None
+            if bucket is None:
+                bucket = {k: v for k, v in g.items() if not k.startswith("alphadecay_")}
+                bucket["params"], bucket["weight_decay"] = [], key[2]
+                buckets[key] = bucket
+            bucket["params"].extend(g["params"])
+        return list(buckets.values())
+
+    @torch.no_grad()
+    def _apply_matrix_decays(self, groups: list[dict]) -> None:
+        """p <- p * (1 - lr * wd) for every analysed matrix with a gradient, with its group's current lr and decay:
+        torch's AdamW step does exactly this before the moment update (which does not read p), and skips
+        parameters without a gradient."""
+        params, factors = [], []
+        for g in groups:
+            factor = 1.0 - g["lr"] * g["weight_decay"]
+            if factor == 1.0:
+                continue
+            for p in g["params"]:
+                if p.grad is not None:
+                    params.append(_local(p))
+                    factors.append(factor)
+        if params:
+            torch._foreach_mul_(params, factors)
 
     def alphadecay_table(self) -> dict[str, dict[str, float]]:
         """`{module name: {"alpha": ..., "weight_decay": ...}}` for the analysed matrices."""
@@ -161,7 +261,11 @@ def alphadecay_optimizer_class(base: type[torch.optim.Optimizer]) -> type[torch.
     if not (isinstance(base, type) and issubclass(base, torch.optim.Optimizer)):
         raise TypeError(f"`base` must be a torch.optim.Optimizer subclass, got {base!r}.")
     if base not in _CLASS_CACHE:
-        _CLASS_CACHE[base] = type(f"AlphaDecay{base.__name__}", (_AlphaDecayMixin, base), {"__module__": __name__})
+        _CLASS_CACHE[base] = type(
+            f"AlphaDecay{base.__name__}",
+            (_AlphaDecayMixin, base),
+            {"__module__": __name__, "_alphadecay_decoupled": _is_decoupled_base(base)},
+        )
     return _CLASS_CACHE[base]
 
 
@@ -207,6 +311,11 @@ class AlphaDecay:
             the analysis (official `remove_first_layer` / `remove_last_layer`).
         esd_streams (`int`, *optional*, defaults to `1`):
             CUDA streams over which the refresh's batched `eigvalsh` calls are spread (see the benchmark).
+        merge_groups (`bool`, *optional*, defaults to `True`):
+            With a decoupled base (AdamW; Adam with `decoupled_weight_decay=True`): apply the per-matrix decays in one
+            `torch._foreach_mul_` and run the base update on the groups merged by their other hyperparameters
+            (usually 2 instead of one per matrix; same result, see `docs/alphadecay.md`). Other bases (coupled
+            Adam, SGD, StableSPAM) always run per group.
         other_params (`str`, *optional*, defaults to `"hf"`):
             Decay of the parameters not analysed: "hf" follows the Trainer (biases and norms 0, the rest wd);
             "official" puts every one of them at wd, as the official code does.
@@ -235,6 +344,7 @@ class AlphaDecay:
         remove_last: bool = True,
         other_params: str = "hf",
         esd_streams: int = 1,
+        merge_groups: bool = True,
         **base_kwargs,
     ) -> torch.optim.Optimizer:
         base_cls = _resolve_base(base)
@@ -291,6 +401,7 @@ class AlphaDecay:
             alphadecay_wd_max_ratio=wd_max_ratio,
             alphadecay_xmin_pos=xmin_pos,
             alphadecay_esd_streams=esd_streams,
+            alphadecay_merge_groups=merge_groups,
             **base_kwargs,
         )
         logger.info(

@@ -111,44 +111,93 @@ def _single_threaded_torch():
         torch.set_num_threads(old)
 
 
-def _eigvalsh_host_pool(chunks, cpu_threads: int, use_device: bool = False) -> list[torch.Tensor]:
+class _Queue:
+    """The matrices of a refresh, largest Gram first (longest-processing-time order, so the small ones fill the end),
+    shared by the LAPACK threads and the device workers. With both sides present, a LAPACK thread does not start a
+    matrix that the device workers would finish, together with everything still queued, before that thread could:
+    the refresh would otherwise end with the GPU idle behind one CPU core's last matrix. Durations are measured per
+    Gram size as the refresh goes; until both sides have timed a size, the CPU takes it (plain shared queue)."""
+
+    def __init__(self, sizes: list[int], device_workers: int):
+        import threading
+
+        self.order = sorted(range(len(sizes)), key=lambda k: -sizes[k])  # stable: equal sizes in chunk order
+        self.sizes = sizes
+        self.pos = 0
+        self.left: dict[int, int] = {}
+        for s in sizes:
+            self.left[s] = self.left.get(s, 0) + 1
+        self.device_workers = device_workers
+        self.seconds: dict[str, dict[int, float]] = {"cpu": {}, "device": {}}
+        self.lock = threading.Lock()
+
+    def _device_would_finish_first(self, size: int) -> bool:
+        cpu, dev = self.seconds["cpu"].get(size), self.seconds["device"]
+        if not self.device_workers or cpu is None or any(s not in dev for s, n in self.left.items() if n):
+            return False
+        return sum(dev[s] * n for s, n in self.left.items()) / self.device_workers < cpu
+
+    def take(self, side: str) -> int | None:
+        with self.lock:
+            if self.pos >= len(self.order):
+                return None
+            k = self.order[self.pos]
+            if side == "cpu" and self._device_would_finish_first(self.sizes[k]):
+                return None
+            self.pos += 1
+            self.left[self.sizes[k]] -= 1
+            return k
+
+    def timed(self, side: str, k: int, seconds: float) -> None:
+        self.seconds[side][self.sizes[k]] = seconds
+
+
+def _eigvalsh_host_pool(chunks, cpu_threads: int, use_device: bool = False, device_workers: int = 1):
     """`chunks`: list of (host fp32 [b, k, k] tensor, CUDA event or None, device tensor or None). Per-matrix
     `torch.linalg.eigvalsh` on the host in a pool of `cpu_threads` threads (torch releases the GIL in LAPACK), each
     task waiting only for its own chunk's device-to-host copy, so LAPACK starts on the first chunk while the GPU still
-    computes later Grams. With `use_device`, the calling thread takes matrices from the same queue and decomposes
-    them on the GPU from the device copy: whichever side is free takes the next matrix (no split to tune)."""
-    import itertools
-    import threading
+    computes later Grams. With `use_device`, `device_workers` threads (the calling one and more, each on its own CUDA
+    stream) take matrices from the same queue (`_Queue`) and decompose them on the GPU from the device copy."""
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     items = [(c, j) for c, (host, _, _) in enumerate(chunks) for j in range(host.shape[0])]
     results: list[torch.Tensor | None] = [None] * len(items)
-    counter = itertools.count()
-    lock = threading.Lock()
-
-    def take() -> int | None:
-        with lock:
-            k = next(counter)
-        return k if k < len(items) else None
+    n_dev = max(1, device_workers) if use_device else 0
+    queue = _Queue([chunks[c][0].shape[-1] for c, _ in items], n_dev)
 
     def cpu_worker():
         torch.set_num_threads(1)  # this worker thread's OpenMP setting
-        while (k := take()) is not None:
+        while (k := queue.take("cpu")) is not None:
             c, j = items[k]
             host, event, _ = chunks[c]
             if event is not None:
                 event.synchronize()
+            t0 = time.perf_counter()
             results[k] = torch.linalg.eigvalsh(host[j])
+            queue.timed("cpu", k, time.perf_counter() - t0)
 
-    def device_worker():
-        while (k := take()) is not None:
-            c, j = items[k]
-            results[k] = torch.linalg.eigvalsh(chunks[c][2][j]).cpu()
+    def device_worker(stream):
+        ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+        with ctx:
+            while (k := queue.take("device")) is not None:
+                c, j = items[k]
+                t0 = time.perf_counter()
+                results[k] = torch.linalg.eigvalsh(chunks[c][2][j]).cpu()
+                queue.timed("device", k, time.perf_counter() - t0)
 
-    with _single_threaded_torch(), ThreadPoolExecutor(max(1, cpu_threads)) as pool:
+    streams: list = [None] * n_dev
+    dev_tensor = next((d for _, _, d in chunks if d is not None), None)
+    if n_dev > 1 and dev_tensor is not None and dev_tensor.device.type == "cuda":
+        current = torch.cuda.current_stream(dev_tensor.device)
+        streams = [current] + [torch.cuda.Stream(dev_tensor.device) for _ in range(n_dev - 1)]
+        for s in streams[1:]:
+            s.wait_stream(current)  # the Grams were written on the current stream
+    with _single_threaded_torch(), ThreadPoolExecutor(max(1, cpu_threads) + max(0, n_dev - 1)) as pool:
         futures = [pool.submit(cpu_worker) for _ in range(max(1, cpu_threads))]
-        if use_device:
-            device_worker()
+        futures += [pool.submit(device_worker, s) for s in streams[1:]]
+        if n_dev:
+            device_worker(streams[0])
         for fut in futures:
             fut.result()
     out, pos = [], 0
@@ -197,9 +246,10 @@ def _gram_eigenvalues(weights, max_batch_bytes, num_streams, backend, cpu_thread
                     by_size[(min(m, n), device)].extend(zip(chunk, gram.unbind(0)))
     out: list[torch.Tensor | None] = [None] * len(weights)
     if host_side:
-        # hybrid: one core drives the GPU (its synchronisations spin), the others run LAPACK
-        workers = max(1, threads - 1) if backend == "hybrid" else threads
-        for idx, eigs in zip(host_order, _eigvalsh_host_pool(host_chunks, workers, backend == "hybrid")):
+        # hybrid: `num_streams` threads drive the GPU (one stream each; their synchronisations spin), the rest LAPACK
+        n_dev = max(1, num_streams) if backend == "hybrid" else 0
+        workers = max(1, threads - n_dev)
+        for idx, eigs in zip(host_order, _eigvalsh_host_pool(host_chunks, workers, n_dev > 0, n_dev)):
             for j, i in enumerate(idx):
                 out[i] = eigs[j]
         return out
@@ -240,8 +290,10 @@ def gram_eigenvalues(
     - `"cpu_threads"`: each chunk of Grams is copied to pinned host memory right after its matmul (one transfer
       per chunk) and LAPACK `eigvalsh` runs per matrix in a pool of `cpu_threads` threads (default: the usable
       cores, at most 16), one core each, overlapping with the GPU's remaining Grams.
-    - `"hybrid"` (CUDA weights; `cpu_threads` otherwise): as `cpu_threads` with `cpu_threads - 1` LAPACK threads,
-      and the calling thread decomposes matrices from the same queue on the GPU, so the faster side takes more.
+    - `"hybrid"` (CUDA weights; `cpu_threads` otherwise): as `cpu_threads` with `cpu_threads - num_streams` LAPACK
+      threads, and `num_streams` threads (the calling one first, one CUDA stream each) decompose matrices from the
+      same queue on the GPU, so the faster side takes more. The queue hands out the largest Grams first and keeps a
+      LAPACK thread from starting a matrix the GPU would finish sooner (per-size durations measured on the fly).
     - `"auto"` (default): with at least 4 CPU threads `hybrid` on CUDA and `cpu_threads` on CPU, else `cuda`."""
     eigs = _gram_eigenvalues(weights, max_batch_bytes, num_streams, backend, cpu_threads)
     # Back to each weight's device, one transfer per device.

@@ -61,7 +61,8 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from ..distributed import all_reduce_mean_
+from ..distributed import all_reduce_mean_, full_tensor, is_dtensor, local_tensor, shard_like
+from . import _sparse_delta_triton as _triton
 
 
 __all__ = [
@@ -94,6 +95,9 @@ def add_sparse_(weight: torch.Tensor, indices: torch.Tensor, values: torch.Tenso
 
     `indices` (int32 or int64) must be unique within the call. Returns `weight`."""
     if indices.numel() == 0:
+        return weight
+    if _triton.usable(weight, indices, values):  # one launch instead of five (see _sparse_delta_triton.py)
+        _triton.add_sparse_triton_(weight, indices, values, alpha)
         return weight
     flat = weight.view(-1)
     acc = _acc_dtype(weight.dtype)
@@ -139,15 +143,22 @@ def check_indices(indices: torch.Tensor, numel: int, where: str) -> None:
 
 _FP32_OUT_MM_OK: dict[str, bool] = {}
 
+#: How the layer's dense weight gradient is formed for bf16/fp16 inputs on CUDA. True: `torch.mm(...,
+#: out_dtype=float32)` (fp32 accumulate AND fp32 output, so the gathered gradient entries carry no bf16 rounding).
+#: False: the ordinary product in the input dtype (fp32 accumulate, rounded output: exactly what full fine-tuning's
+#: bf16 weight gradient holds), upcast after the gather. Benchmarks flip it to measure both (lift_bench.py).
+WEIGHT_GRAD_FP32_OUT: bool = True
+
 
 def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with an fp32 result. For bf16/fp16 inputs on CUDA this uses `torch.mm(..., out_dtype=float32)`
-    (tensor-core speed, fp32 accumulate and output) when the installed torch has it; otherwise the product is
-    computed in the input dtype and upcast (what full fine-tuning's bf16 weight gradient would hold)."""
+    (tensor-core speed, fp32 accumulate and output) when the installed torch has it and `WEIGHT_GRAD_FP32_OUT` is
+    set; otherwise the product is computed in the input dtype and upcast (what full fine-tuning's bf16 weight
+    gradient would hold)."""
     if a.dtype in (torch.float32, torch.float64):
         return a @ b
     dev = a.device.type
-    if _FP32_OUT_MM_OK.get(dev, dev == "cuda"):
+    if WEIGHT_GRAD_FP32_OUT and _FP32_OUT_MM_OK.get(dev, dev == "cuda"):
         try:
             return torch.mm(a, b, out_dtype=torch.float32)
         except (RuntimeError, TypeError, NotImplementedError):
@@ -289,13 +300,27 @@ def _remap(t: torch.Tensor, src: torch.Tensor, kept: torch.Tensor) -> torch.Tens
     return torch.where(kept.to(t.device), picked, torch.zeros((), dtype=t.dtype, device=t.device))
 
 
+def _write_whole_(dst: torch.Tensor, whole: torch.Tensor, what: str) -> None:
+    """`dst.copy_(whole)` where `dst` may be an FSDP2-sharded `DTensor`: this rank's shard of `whole` is written into
+    the local shard (which shares storage with `dst`). Under FSDP2 the length cannot change (FSDP2 owns the storage)."""
+    if tuple(whole.shape) != tuple(dst.shape):
+        raise ValueError(
+            f"{what}: cannot change the length of a sharded (FSDP2) tensor from {tuple(dst.shape)} to "
+            f"{tuple(whole.shape)}; sparse-delta tuners keep k fixed per layer"
+        )
+    local_tensor(dst).copy_(shard_like(whole, dst))
+
+
 def remap_optimizer_state_(optimizer, param: torch.Tensor, src: torch.Tensor, kept: torch.Tensor) -> None:
     """Carry per-entry optimizer state across an index change of `param` (a 1-D values tensor).
 
     Every state tensor with one entry per old position (Adam's `exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`,
     SGD's `momentum_buffer`, ...) becomes `where(kept, old[src], 0)`: entries that stay keep their moments,
     entries that enter start at zero. Scalars such as `step` are untouched, so bias correction continues.
-    Tensors are updated in place when the length is unchanged (the optimizer keeps its references)."""
+    Tensors are updated in place when the length is unchanged (the optimizer keeps its references).
+
+    FSDP2: the state tensors are sharded `DTensor`s like `param`; each is gathered (`full_tensor`, a collective:
+    every rank calls this in the same order), remapped on the whole tensor and written back as the local shard."""
     state = optimizer_state(optimizer, param)
     if not state:
         return
@@ -307,8 +332,10 @@ def remap_optimizer_state_(optimizer, param: torch.Tensor, src: torch.Tensor, ke
             old_len = t.numel()
         if t.numel() != old_len:
             continue
-        new = _remap(t, src, kept)
-        if new.shape == t.shape:
+        new = _remap(full_tensor(t), src, kept)
+        if is_dtensor(t):
+            _write_whole_(t, new, f"optimizer state `{key}`")
+        elif new.shape == t.shape:
             t.copy_(new)
         else:
             state[key] = new
@@ -409,9 +436,19 @@ class SparseDeltaLayer(BaseTunerLayer):
         self._c("residual_indices")[adapter_name] = torch.zeros(0, dtype=torch.int32, device=dev)
         self._c("residual_values")[adapter_name] = torch.zeros(0, dtype=torch.float32, device=dev)
         self._c("ready")[adapter_name] = torch.tensor(ready, device=dev)
+        self.__dict__.setdefault("_sparse_ready_cache", set()).discard(adapter_name)
 
     def is_ready(self, adapter_name: str) -> bool:
-        return bool(self._c("ready")[adapter_name])
+        """Whether the adapter's indices were chosen. Read from the (device) buffer only until it is True: the
+        answer is then cached on the layer, so the training forward never synchronises with the GPU (one sync
+        per layer per step cost LIFT ~15% of its small-batch step time). Loading a state dict clears the cache."""
+        cache = self.__dict__.setdefault("_sparse_ready_cache", set())
+        if adapter_name in cache:
+            return True
+        ready = bool(self._c("ready")[adapter_name])
+        if ready:
+            cache.add(adapter_name)
+        return ready
 
     def sparse_state(self, adapter_name: str) -> dict[str, torch.Tensor]:
         """`indices`, `values`, `residual_indices`, `residual_values` of one adapter (live tensors)."""
@@ -445,7 +482,11 @@ class SparseDeltaLayer(BaseTunerLayer):
         The values Parameter keeps its identity (and its length, if unchanged), so an optimizer built on it
         stays valid; its data becomes `values`. If `optimizer` is given, per-entry state of entries present in
         both old and new index sets is carried over, new entries start at zero (`remap_optimizer_state_`).
-        Returns the `(src, kept)` carry map of new against old indices."""
+        Returns the `(src, kept)` carry map of new against old indices.
+
+        FSDP2: `values` (and `indices`) are whole tensors, identical on every rank; a sharded values Parameter
+        receives this rank's shard of them (its length cannot change), the optimizer state is remapped on whole
+        tensors. Collective then: every rank calls it for the same layers in the same order."""
         numel = self.weight_numel
         check_indices(indices, numel, adapter_name)
         param = self._c("values")[adapter_name]
@@ -453,7 +494,9 @@ class SparseDeltaLayer(BaseTunerLayer):
         src, kept = carry_map(old, indices)
         remap_optimizer_state_(optimizer, param, src, kept)
         new_values = values.to(device=param.device, dtype=param.dtype)
-        if new_values.shape == param.shape:
+        if is_dtensor(param):
+            _write_whole_(param, new_values, f"values of adapter `{adapter_name}`")
+        elif new_values.shape == param.shape:
             param.data.copy_(new_values)
         else:
             param.data = new_values.clone()
@@ -537,6 +580,7 @@ class SparseDeltaLayer(BaseTunerLayer):
         p = module.sparse_prefix
         numel = module.weight_numel
         where = prefix.rstrip(".").removeprefix("base_model.model.")
+        module.__dict__.get("_sparse_ready_cache", set()).clear()  # the saved ready flags replace the cached ones
         for attr in ("indices", "residual_indices", "residual_values", "values"):
             container = getattr(module, p + attr)
             for name in list(container.keys()):

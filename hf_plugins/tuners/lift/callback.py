@@ -6,7 +6,6 @@ import logging
 
 from transformers import TrainerCallback
 
-from ...distributed import refuse_sharded_parameters
 from .model import LiftModel
 
 
@@ -30,7 +29,8 @@ class LiftRefreshCallback(TrainerCallback):
     optimizer updates (`state.global_step % update_interval == 0`, the official timing: after the 400th, 800th, ...
     update; gradient accumulation counts real updates). Adam moments of entries that stay are carried over in the
     Trainer's optimizer (accelerate's wrapper is unwrapped). All durable state lives in the adapter, so resuming
-    from a checkpoint needs nothing from this callback.
+    from a checkpoint needs nothing from this callback. Under DDP and FSDP2 every rank selects from whole matrices
+    (FSDP2: gathered with `full_tensor`) and rank 0's masks are broadcast (docs/distributed.md).
 
     Example:
 
@@ -46,7 +46,6 @@ class LiftRefreshCallback(TrainerCallback):
         if lift is None:
             logger.warning("LiftRefreshCallback: the trained model has no LIFT adapter; the callback does nothing.")
             return
-        refuse_sharded_parameters(model, "LIFT")
         stats = lift.initialize_masks(optimizer)
         if stats["matrices"]:
             logger.info("LIFT: selected %d masks in %.2f s", stats["matrices"], stats["seconds"])

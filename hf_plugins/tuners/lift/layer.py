@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...distributed import full_tensor, is_distributed, is_dtensor
 from .._sparse_delta import SparseDeltaLayer, add_sparse_, carry_map
 from .config import LiftConfig
 from .selection import select_principal_indices
@@ -64,11 +65,12 @@ class LiftLayer(SparseDeltaLayer):
 
     @torch.no_grad()
     def current_weight(self, adapter_name: str) -> torch.Tensor:
-        """W0 + this adapter's whole delta, fp32 (the weights the selection looks at)."""
-        w = self.get_base_layer().weight.detach().float().clone()
+        """W0 + this adapter's whole delta, fp32 (the weights the selection looks at). Under FSDP2 the whole matrix
+        and values are gathered (`full_tensor`, a collective: every rank calls this for the same layers)."""
+        w = full_tensor(self.get_base_layer().weight.detach()).float().clone()
         if self.is_ready(adapter_name):
             for idx, val in self._deltas(adapter_name):
-                add_sparse_(w, idx, val)
+                add_sparse_(w, idx, full_tensor(val.detach()))
         return w
 
     @torch.no_grad()
@@ -82,7 +84,7 @@ class LiftLayer(SparseDeltaLayer):
         """
         opts = self.lift_selection[adapter_name]
         s = self.sparse_state(adapter_name)
-        values = s["values"].detach()
+        values = full_tensor(s["values"].detach())  # whole values under FSDP2 (collective)
         if not self.is_ready(adapter_name):
             if opts["init_weights"]:
                 new_values = torch.zeros(new_indices.numel(), dtype=values.dtype, device=values.device)
@@ -126,6 +128,7 @@ class Linear(nn.Module, LiftLayer):
         self.update_layer(adapter_name, config, **kwargs)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        _check_unsharded(self, "lift_values")
         if self.training and not self.disable_adapters and not self.merged:
             # Fallback when neither LiftRefreshCallback.on_train_begin nor model.initialize_masks() ran: select
             # this layer's mask before its first training step (values are still 0, so nothing is lost).
@@ -136,6 +139,19 @@ class Linear(nn.Module, LiftLayer):
 
     def __repr__(self) -> str:
         return "lift." + super().__repr__()
+
+
+def _check_unsharded(layer: nn.Module, values_attr: str) -> None:
+    """The sparse-delta forward needs whole tensors. Under FSDP2 it runs between the pre-forward all-gather and the
+    reshard of the `fully_shard` unit holding the layer, where the weight and values are plain unsharded tensors; a
+    `DTensor` here means the layer was called outside its unit's forward."""
+    base = layer.get_base_layer()
+    if is_dtensor(base.weight) or any(is_dtensor(v) for v in getattr(layer, values_attr).values()):
+        raise RuntimeError(
+            f"{type(layer).__name__} got FSDP2-sharded (DTensor) parameters in forward: call the model whose "
+            "`fully_shard` unit contains this layer (its pre-forward hook gathers the whole tensors), not the layer "
+            "on its own."
+        )
 
 
 # Max fp32 entries per batched decomposition (1 GiB per stacked tensor, ~3 GiB transient with the approximation
@@ -182,6 +198,8 @@ def select_masks(pairs: list[tuple[LiftLayer, str]], optimizer=None, only_pendin
             stacked = torch.stack([layer.current_weight(name) for layer, name in part])
             new = select_principal_indices(stacked, k, q, method, oversample, niter, seed)
             del stacked
+            if is_distributed():  # every rank computed the same masks; rank 0's make it exact (k int32 per matrix)
+                torch.distributed.broadcast(new, src=0)
             for (layer, name), idx in zip(part, new):
                 was_ready = layer.is_ready(name)
                 frac = layer.apply_selection_(name, idx, optimizer)

@@ -6,8 +6,6 @@ import logging
 
 from transformers import TrainerCallback
 
-from ...distributed import refuse_sharded_parameters
-
 
 __all__ = ["SeftCallback"]
 
@@ -31,11 +29,10 @@ class SeftCallback(TrainerCallback):
     and the optimizer state are final; `zero_grad` has not run) when `(global_step + 1) % update_interval == 0`.
 
     Durable state (positions, R, cycle count, the grow window's candidates) lives in the adapter's persistent
-    buffers and the optimizer state, so `resume_from_checkpoint` continues exactly with default arguments."""
+    buffers and the optimizer state, so `resume_from_checkpoint` continues exactly with default arguments.
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if _seft_tuner(model) is not None:
-            refuse_sharded_parameters(model, "SEFT")
+    DDP / FSDP2: the grow and sensitivity hooks see the rank-averaged dense gradient and the cycle reads whole
+    matrices and values (`full_tensor` under FSDP2), so every rank makes the same choice (docs/distributed.md)."""
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         tuner = _seft_tuner(model)

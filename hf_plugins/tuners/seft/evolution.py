@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from hf_plugins.distributed import full_tensor
+
 from .layer import SeftLayer
 
 
@@ -36,8 +38,7 @@ def drop_fraction_at(base: float, schedule: str, step: int, total: int | None) -
 
 
 def _random_growth(layer: SeftLayer, name: str, n: int, allowed: torch.Tensor | None, generator) -> torch.Tensor:
-    w = layer.get_base_layer().weight
-    score = torch.rand(w.numel(), generator=generator, device="cpu").to(w.device)
+    score = torch.rand(layer.weight_numel, generator=generator, device="cpu").to(layer.seft_indices[name].device)
     score[layer.seft_indices[name].long()] = -1.0
     if allowed is not None:
         score.masked_fill_(~allowed, -1.0)
@@ -58,8 +59,12 @@ def evolve_layer_(
     n_m: bool = False,
     generator: torch.Generator | None = None,
 ) -> dict:
-    """Run one drop / grow / re-balance cycle on adapter `name` of `layer`; returns counts for logging."""
-    values = layer.seft_values[name]
+    """Run one drop / grow / re-balance cycle on adapter `name` of `layer`; returns counts for logging.
+
+    Under FSDP2 the cycle works on whole tensors (values and W0 gathered with `full_tensor`; the grow scores come
+    from the rank-averaged gradient), identical on every rank; `set_sparse_state_` writes back each rank's shard of
+    the values and of the Adam moments. Collective then: every rank runs it for the same layers in the same order."""
+    values = full_tensor(layer.seft_values[name].detach())
     A = layer.seft_indices[name].long()
     k = A.numel()
     st = {"resurrection": resurrection, "n_m": n_m}
@@ -96,7 +101,7 @@ def evolve_layer_(
 
 
 def _rebalance_(layer: SeftLayer, name: str, criterion: str) -> tuple[int, int]:
-    w0 = layer.get_base_layer().weight.detach().view(-1)
+    w0 = layer.whole_base_weight().view(-1)
     A = layer.seft_indices[name].long()
     R = layer.seft_pruned_indices[name].long()
     sup = layer.support_mask(name).view(-1)

@@ -18,6 +18,7 @@ import torch
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
+from hf_plugins.distributed import full_tensor
 from hf_plugins.tuners._sparse_delta import (
     ResizableBufferDict,
     SparseDeltaLayer,
@@ -27,6 +28,7 @@ from hf_plugins.tuners._sparse_delta import (
     gather_flat,
     sparse_delta_linear,
 )
+from hf_plugins.tuners.lift.layer import _check_unsharded
 
 
 __all__ = ["Linear", "SeftLayer"]
@@ -74,9 +76,15 @@ class SeftLayer(SparseDeltaLayer):
         self.seft_grow_scores[adapter_name] = torch.zeros(0, dtype=torch.float32, device=dev)
         self.set_adapter(self.active_adapters)
 
+    def whole_base_weight(self) -> torch.Tensor:
+        """The (detached) base weight W0 as a whole matrix: gathered with `full_tensor` when FSDP2 shards it (a
+        collective: every rank calls it for the same layers), the weight itself otherwise (and inside forward /
+        backward, where FSDP2 has already gathered it)."""
+        return full_tensor(self.get_base_layer().weight.detach())
+
     def support_mask(self, adapter_name: str) -> torch.Tensor:
         """Dense bool S = (supp(W0) \\ R) ∪ A (transient, one byte per entry)."""
-        w = self.get_base_layer().weight
+        w = self.whole_base_weight()
         sup = (w != 0).view(-1).clone()
         sup[self.seft_pruned_indices[adapter_name].long()] = False
         sup[self.seft_indices[adapter_name].long()] = True
@@ -104,6 +112,7 @@ class SeftLayer(SparseDeltaLayer):
         return out
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        _check_unsharded(self, "seft_values")
         active = self._active_sparse_adapters()
         if self.disable_adapters or self.merged or not active:
             return self.sparse_forward(x, *args, **kwargs)
@@ -189,7 +198,7 @@ class SeftLayer(SparseDeltaLayer):
         """Dense bool of positions where growth may happen (None: everywhere except A)."""
         if st["resurrection"] and not st["n_m"]:
             return None
-        w = self.get_base_layer().weight
+        w = self.whole_base_weight()
         allowed = (w != 0).view(-1).clone()  # never grow at pruned positions
         allowed[self.seft_pruned_indices[name].long()] = False
         return allowed
@@ -219,7 +228,7 @@ class SeftLayer(SparseDeltaLayer):
         supp(W0) \\ R (re-prune candidates; 2k leaves enough after excluding the new A)."""
         R = self.seft_pruned_indices[name].long()
         if self._seft_sens is None:
-            w0 = self.get_base_layer().weight.detach().view(-1)
+            w0 = self.whole_base_weight().view(-1)
             k = self.seft_indices[name].numel()
             sens = (w0.float() * flat_grad).abs_()
             sens.masked_fill_(w0 == 0, float("inf"))
