@@ -5,8 +5,8 @@ One command runs everything (it launches its own workers):
     python benchmarks/multigpu_fsdp.py [--append] [--out FILE.json]     # 2 H200s, ~0.5B Qwen2-shaped model
     python benchmarks/multigpu_fsdp.py --smoke                          # tiny models, 2 CPU processes (gloo)
 
-Phase 1: `accelerate launch --num_processes 2` trains each plugin for `--steps` steps (FSDP2; LIFT, SEFT and
-NeuroTrails, which refuse FSDP2, under DDP; see docs/distributed.md) and writes a full-state checkpoint at half time.
+Phase 1: `accelerate launch --num_processes 2` trains each plugin for `--steps` steps under FSDP2 (falling back to
+DDP, and saying so in the row, only if FSDP2 fails) and writes a full-state checkpoint at half time.
 Phase 2: one process on 1 GPU trains the same steps on the same global batches, then resumes the 2-GPU checkpoint.
 Rows (RESULTS.md format), per plugin: max |loss(2 GPU) - loss(1 GPU)| over the steps, final losses, max |loss
 after resuming the 2-GPU checkpoint on 1 GPU - 2-GPU loss|, tokens/s on 1 and 2 GPUs and scaling efficiency
@@ -27,7 +27,7 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parent.parent
-FSDP2_REFUSED = ("lift", "seft", "neurotrails")
+FSDP2_REFUSED: tuple[str, ...] = ()  # every plugin supports FSDP2 (docs/distributed.md)
 
 
 def _settings(smoke: bool) -> dict:

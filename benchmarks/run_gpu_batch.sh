@@ -7,7 +7,8 @@
 # queues run in parallel, commands in a queue one after another. Every command's output goes to
 # $OUT/logs/<queue>-<n>.log; at the end everything under $OUT/logs is packed into $OUT/results.tar.gz
 # (the device tool returns at most 8 files). Result rows are the lines starting with "| 20" in the logs.
-# SAME_GPU=1 runs every queue on GPU 0 (concurrent quality checks that fit one GPU; never for timings).
+# SAME_GPU=1 runs every queue on GPU 0; GPUS="0 0 1" names the GPU of each queue (concurrent quality checks that
+# fit one GPU; never for timings).
 # Wheels: .whl/*.whl, or the folder named by WHEELS, are installed into /tmp/site first.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -21,7 +22,11 @@ fi
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv > "$OUT/logs/gpus.csv" 2>&1
 gpu=0
 pids=()
+read -r -a gpu_of <<< "${GPUS:-}"
+qi=0
 for queue in "$@"; do
+    [ -n "${gpu_of[$qi]:-}" ] && gpu=${gpu_of[$qi]}
+    qi=$((qi + 1))
     name=$(basename "$queue" .txt)
     (
         n=0

@@ -386,3 +386,83 @@ def test_cli_pretraining_run(tmp_path):
     # the masks; without the callback Adam would fill them in.
     for name, m in model.sparse_modules():
         assert (m.weight[~m.weight_mask] == 0).all(), name
+
+
+def _fsdp2_worker(rank: int, port: int, out_dir: str) -> None:
+    """One of 2 gloo ranks: a plain pair of masked linears and an FSDP2 copy (`fully_shard`; 5 rows: shards of 3 and
+    2; 1 row: rank 1's shard is empty) take 4 AdamW steps with a topology update after each; both ranks save."""
+    import os
+
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.fsdp import fully_shard
+
+    from hf_plugins.distributed import full_tensor
+    from hf_plugins.models.neurotrails.sparsity import apply_masks, random_mask, topology_generator
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+
+        def make():
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Linear(8, 5, bias=False), nn.Tanh(), nn.Linear(5, 1, bias=False))
+            for layer, active in ((model[0], 24), (model[2], 3)):
+                layer.register_buffer("weight_mask", random_mask(layer.weight.shape, active))
+                layer.nt_num_active = active
+            return model
+
+        ref, shd = make(), make()
+        fully_shard(shd)
+        out = {"initial": [ref[0].weight_mask.clone(), ref[2].weight_mask.clone()]}
+        for tag, model in (("ref", ref), ("fsdp2", shd)):
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+            layers = [model[0], model[2]]
+            apply_masks([m.weight.detach() for m in layers], [m.weight_mask for m in layers])
+            for step in range(4):
+                g = torch.Generator().manual_seed(step)
+                x, y = torch.randn(6, 8, generator=g), torch.randn(6, 1, generator=g)
+                ((model(x) - y) ** 2).mean().backward()  # same full batch on both ranks: FSDP2's mean = it
+                opt.step()
+                apply_masks([m.weight.detach() for m in layers], [m.weight_mask for m in layers])
+                gen = topology_generator(0, step, "cpu")
+                for m in layers:
+                    criterion = "soft_magnitude" if step % 2 else "magnitude"
+                    newly = update_layer_topology(
+                        m.weight, m.weight_mask, m.nt_num_active, 0.4, criterion=criterion, generator=gen
+                    )
+                    zero_optimizer_state(opt, m.weight, newly)
+                opt.zero_grad()
+            out[tag] = {
+                "masks": [m.weight_mask.clone() for m in layers],
+                "weights": [full_tensor(m.weight.detach()) for m in layers],
+                "moments": [full_tensor(opt.state[m.weight][k]) for m in layers for k in ("exp_avg", "exp_avg_sq")],
+            }
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_topology_updates_match_one_process_on_every_rank(tmp_path):
+    """Under FSDP2 (2 gloo processes, sharded weights, whole mask buffers): every rank draws the same new masks as one
+    process on the same gradients (from the gathered weights and gradients), masks its own shard, and zeroes the
+    moments of newly active positions in its shard of the (sharded) optimizer state."""
+    import os
+    import sys
+
+    import torch.multiprocessing as mp
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _distributed_launch import free_port
+
+    mp.start_processes(_fsdp2_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    outs = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ref = outs[0]["ref"]
+    assert not torch.equal(ref["masks"][0], outs[0]["initial"][0]), "the topology never changed"
+    for r, out in enumerate(outs):
+        for a, b in zip(out["fsdp2"]["masks"], ref["masks"]):
+            assert torch.equal(a, b), f"rank {r}: mask differs from one process"
+        for a, b in zip(out["fsdp2"]["weights"] + out["fsdp2"]["moments"], ref["weights"] + ref["moments"]):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+            assert torch.equal(a == 0, b == 0)  # pruned weights and zeroed moments at the same positions

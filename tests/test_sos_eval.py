@@ -120,3 +120,39 @@ def test_cli_generate_check_and_eval(tmp_path, capsys):
     assert main(args) == 0
     assert json.loads(eval_json.read_text())["metrics"]["released"]["n"] == 6
     assert main(["sos", "generate", "--classes", "nope", "--out", str(path)]) == 2  # clear error, exit code 2
+
+
+def test_batches_respect_item_and_token_limits():
+    """Every prompt lands in exactly one batch, in length order, within `batch_size` and the padded-token budget
+    (a lone over-budget prompt still gets its own batch)."""
+    from hf_plugins.sos.evaluation import _batches
+
+    lengths = [5, 40, 12, 7, 30, 100, 9]
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches = list(_batches(lengths, order, batch_size=3, max_batch_tokens=60, new=4))
+    assert [i for b in batches for i in b] == order
+    for b in batches:
+        width = max(lengths[i] for i in b) + 4
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * width <= 60)
+    # by hand: 3 x (9 + 4) = 39 <= 60; then 2 x (30 + 4) = 68 > 60, 2 x (40 + 4) = 88 > 60, 2 x (100 + 4) > 60
+    assert batches == [[0, 3, 6], [2], [4], [1], [5]]
+    assert list(_batches(lengths, order, batch_size=3, max_batch_tokens=None, new=4)) == [[0, 3, 6], [2, 4, 1], [5]]
+
+
+def test_token_budget_batching_gives_the_same_answers():
+    """Greedy answers do not depend on how the prompts are batched (left padding), and the prompt is `chat_prompt`."""
+    from hf_plugins.sos import chat_prompt
+
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", seed=1)
+    items = [{"polynomial": p, "label": 1} for p in ("x1^2 + 1", "x1^4 + 3*x1*x2 + 2*x2^2 + 7", "x1", "x2^2 - 4")]
+    kw = {"style": "plain", "max_new_tokens": 5, "max_prompt_tokens": 400}
+    wide = evaluate_sos_model(model, tok, items, batch_size=8, **kw)
+    narrow = evaluate_sos_model(model, tok, items, batch_size=8, max_batch_tokens=1, **kw)  # one prompt per batch
+    assert [r["completion"] for r in wide["records"]] == [r["completion"] for r in narrow["records"]]
+    for item, rec in zip(items, wide["records"]):
+        assert rec["prompt_tokens"] == len(
+            tok(chat_prompt(tok, item["polynomial"], "plain"), add_special_tokens=False)["input_ids"]
+        )
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate_sos_model(model, tok, items, batch_size=0, **kw)

@@ -103,3 +103,37 @@ def test_sft_rows_carry_checker_traces_that_end_in_the_proved_label():
         sos_reward(completions=[r["messages"][1]["content"] for r in rows], proved_label=[it.label for it in items])
         == [1.0] * 4
     )
+
+
+def test_sft_rows_say_where_the_trace_comes_from():
+    """Without a checker the construction certificate writes the trace; with the solver-free checker, its evidence
+    does when it proves the label (an exact point for the negative quadratic), else the certificate (the squares
+    of an SoS item the cheap checks cannot prove)."""
+    from hf_plugins.sos import CheckerConfig, check_polynomial
+    from hf_plugins.sos.polynomial import format_number
+
+    items = [generate_item(c, seed=3) for c in ("quadratic_negative", "gram_dense")]
+    assert [r["evidence"] for r in make_sft_rows(items)] == ["certificate", "certificate"]
+    cheap = CheckerConfig(use_sdp=False, point_time_limit=0.05, hard_point_samples=16, hard_point_time_limit=0.05)
+    rows = make_sft_rows(items, checker_config=cheap)
+    verdict = check_polynomial(items[0].polynomial, cheap)
+    assert rows[0]["evidence"] == f"checker: {verdict.method}" and "at x = (" in rows[0]["messages"][1]["content"]
+    assert format_number(verdict.evidence.value) in rows[0]["messages"][1]["content"]  # the checker's point
+    assert rows[1]["evidence"] == "certificate" and "positive semidefinite" not in rows[1]["messages"][1]["content"]
+    assert "sum of" in rows[1]["messages"][1]["content"] and parse_boxed_answer(rows[1]["messages"][1]["content"]) == 1
+
+
+def test_sft_trace_falls_back_to_the_certificate_when_the_checker_quotes_no_evidence(monkeypatch):
+    """Regression: an odd-degree verdict without a point (no negative direction found) proves the label but carries
+    no evidence; the row used to get an empty trace. It now quotes the item's own exact point."""
+    from hf_plugins.sos import CheckerConfig, check_polynomial, search
+
+    item = generate_item("odd_degree", seed=0)
+    monkeypatch.setattr(search, "negative_direction_point", lambda p, rng, samples=2000: None)
+    cfg = CheckerConfig(use_sdp=False)
+    verdict = check_polynomial(item.polynomial, cfg)
+    assert verdict.method == "odd degree" and verdict.evidence is None and verdict.proved_label == 0
+    row = make_sft_rows([item], style="plain", checker_config=cfg)[0]
+    text = row["messages"][1]["content"]
+    assert row["evidence"] == "certificate" and text.startswith("Step 1:")
+    assert "the polynomial equals -" in text and parse_boxed_answer(text) == 0

@@ -19,7 +19,15 @@ from hf_plugins.sos import (
     check_polynomial,
     parse_polynomial,
 )
-from hf_plugins.sos.sos1 import check_sos1, default_sos1_path, load_sos1, summarize_sos1
+from hf_plugins.sos.sos1 import (
+    SOS1_CORRECTED_LABELS,
+    SOS1_TRUNCATED_ROWS,
+    check_sos1,
+    default_sos1_path,
+    load_sos1,
+    sos1_proved_labels,
+    summarize_sos1,
+)
 
 
 pytestmark = pytest.mark.skipif(not default_sos1_path().is_file(), reason="SoS1 evaluation file not present")
@@ -74,6 +82,23 @@ def test_label_0_rows_with_an_exact_sos_certificate(rows, row):
     assert v.label == SosLabel.SOS and v.evidence.verify(parse_polynomial(r["polynomial"]))
 
 
+def test_recorded_proved_labels(rows):
+    """`sos1_proved_labels` (the recorded whole-file run) against the spec's lists above: 15 label-1 rows proved not
+    SoS, 11 label-0 rows proved SoS, the truncated rows unscored; 154 SoS and 180 not SoS remain."""
+    assert SOS1_TRUNCATED_ROWS == TRUNCATED
+    assert {r for r, v in SOS1_CORRECTED_LABELS.items() if v == 0} == SPEC_DISPROVED_SET2 | {55, 309, 333}
+    assert {r for r, v in SOS1_CORRECTED_LABELS.items() if v == 1} == SPEC_SOS_IN_5_2_NEGATIVE
+    proved = sos1_proved_labels(rows)
+    assert [i for i, p in enumerate(proved) if p is None] == sorted(TRUNCATED)
+    changed = {r["row"] for r, p in zip(rows, proved) if p is not None and p != r["ans"]}
+    assert changed == set(SOS1_CORRECTED_LABELS)
+    assert (proved.count(1), proved.count(0)) == (154, 180)
+    with pytest.raises(ValueError, match="row"):
+        sos1_proved_labels([{"polynomial": "x1^2", "ans": 1}])
+    with pytest.raises(ValueError, match="not the released SoS1 row"):
+        sos1_proved_labels([{**rows[309], "ans": 0}])
+
+
 def test_cheap_checks_on_a_subset_agree_per_subset(rows):
     """Two rows per subset with the exact cheap checks only: never a proved contradiction outside the known
     mislabelled rows."""
@@ -95,9 +120,8 @@ def test_whole_file(rows):
     summary = summarize_sos1(records)
     totals = summary["totals"]
     assert totals.get("rejected") == 6
-    disproved = {d["row"] for d in summary["disproved"]}
-    assert SPEC_DISPROVED_SET2 | {309} | SPEC_SOS_IN_5_2_NEGATIVE <= disproved
-    assert disproved - (SPEC_DISPROVED_SET2 | {309} | SPEC_SOS_IN_5_2_NEGATIVE) <= {55, 333}
+    disproved = {d["row"]: d["proved"] for d in summary["disproved"]}
+    assert disproved == SOS1_CORRECTED_LABELS  # the table `sos1_proved_labels` uses
     assert totals.get("consistent") == 308
     for rec in records:
         v = rec["verdict"]

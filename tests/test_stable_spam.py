@@ -412,3 +412,85 @@ def test_fused_kernels_compile_for_sm90_with_vector_loads():
     assert "ld.global.v4" in ptx(K._max_sq_kernel, stats, common, 6)
     seg = {"a": "*fp32", "b": "*fp32", "seg_first": "*i64", "seg_len": "*i64", "out_a": "*fp64", "out_b": "*fp64"}
     ptx(K._segment_kernel, seg, {"A_IS_MAX": False, "MAX_LEN": 4096, "SEG": K.SEG_BLOCK}, 6, num_warps=4)
+
+
+def _fsdp2_worker(rank: int, port: int, out_dir: str) -> None:
+    """One of 2 gloo ranks: a plain model and an FSDP2 copy (`fully_shard`) trained side by side on the same batches;
+    rank 0 saves both final states for the parent to compare."""
+    import os
+
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    from hf_plugins.distributed import full_tensor, is_dtensor, local_tensor
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        out = {}
+        for foreach in (None, False):
+
+            def make():
+                torch.manual_seed(0)  # 7 rows: shards of 4 and 3; the 1-row weight and bias: rank 1's shard is empty
+                return nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 1))
+
+            ref, shd = make(), make()
+            fully_shard(shd)
+            hp = {**HP, "theta": 0.5, "total_T": 6, "reset_interval": 4, "foreach": foreach}
+            o_ref, o_shd = StableSPAM(ref.parameters(), **hp), StableSPAM(shd.parameters(), **hp)
+            for step in range(7):
+                g = torch.Generator().manual_seed(step)
+                x = torch.randn(8, 6, generator=g) * (30.0 if step == 3 else 1.0)  # a spike: AdaClip clips
+                y = torch.randn(8, 1, generator=g)
+                for model, opt in ((ref, o_ref), (shd, o_shd)):
+                    ((model(x) - y) ** 2).mean().backward()  # same full batch on both ranks: FSDP2's mean = it
+                    if step == 5 and model is shd and rank == 1:  # a NaN in rank 1's shard only: all ranks skip
+                        local_tensor(model[0].weight.grad)[0, 0] = float("nan")
+                    if step == 5 and model is ref:
+                        model[0].weight.grad[4, 0] = float("nan")  # the same entry of the whole matrix
+                    opt.step()
+                    opt.zero_grad()
+            assert all(is_dtensor(o_shd.state[p]["exp_avg"]) for p in shd.parameters())  # sharded checkpoints
+            osd = get_optimizer_state_dict(shd, o_shd, options=StateDictOptions(full_state_dict=True))
+            names = [n for n, _ in ref.named_parameters()]
+            tag = f"foreach={foreach}"
+            out[tag] = {
+                "stats": (o_ref.pop_stats(), o_shd.pop_stats()),
+                "weights": [(p.detach(), full_tensor(q.detach())) for p, q in zip(ref.parameters(), shd.parameters())],
+                "state": [(o_ref.state[p], osd["state"][n]) for p, n in zip(ref.parameters(), names)],
+            }
+        if rank == 0:
+            torch.save(out, os.path.join(out_dir, "out.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_sharded_parameters_match_one_process(tmp_path):
+    """Under FSDP2 (2 gloo processes, `fully_shard`, uneven and empty shards) every per-matrix statistic is of the
+    whole matrix: weights, moments, AdaClip/AdaGN statistics, the clipped count and a NaN in one rank's shard (the
+    step is skipped on every rank) equal one process on the same gradients; the state stays sharded (DTensor) and
+    gathers to the single-process state."""
+    import os
+    import sys
+
+    import torch.multiprocessing as mp
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _distributed_launch import free_port
+
+    mp.start_processes(_fsdp2_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    out = torch.load(tmp_path / "out.pt", weights_only=False)
+    for tag, res in out.items():
+        s_ref, s_shd = res["stats"]
+        assert s_ref["stable_spam/clipped_entries"] > 0 and s_ref["stable_spam/skipped_steps"] == 1, tag
+        assert s_ref.keys() == s_shd.keys(), tag
+        for key in s_ref:
+            assert math.isclose(s_ref[key], s_shd[key], rel_tol=1e-5, abs_tol=1e-7), (tag, key, s_ref[key], s_shd[key])
+        for a, b in res["weights"]:
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=tag)
+        for st_ref, st_shd in res["state"]:
+            for key in ("exp_avg", "exp_avg_sq", "m_max", "m_norm", "v_norm", "step", "moment_step"):
+                torch.testing.assert_close(st_shd[key], st_ref[key], atol=1e-6, rtol=1e-5, msg=f"{tag} {key}")

@@ -16,8 +16,4 @@ case "$plugin" in
   neurotrails) args=(--model-config neurotrails) ;;
   *) echo "unknown plugin $plugin" >&2; exit 2 ;;
 esac
-case "$mode:$plugin" in
-  fsdp2:lift|fsdp2:seft|fsdp2:neurotrails)
-    echo "$plugin does not support FSDP2 yet (docs/distributed.md); use ddp" >&2; exit 2 ;;
-esac
 exec accelerate launch --config_file "$here/$mode.yaml" -m hf_plugins.cli.main train "${args[@]}" "$@"

@@ -8,6 +8,8 @@ Every function is a no-op (or the identity) in a single process, so plugin code 
   the *local* gradient under DDP: DDP only averages the parameters' `.grad`).
 - `full_tensor(t)` / `local_tensor(t)`: the whole matrix / this rank's shard of an FSDP2 `DTensor` (plain tensors
   pass through). Use `full_tensor` for statistics that need the whole matrix (ESD, top-k masks).
+- `shard_like(full, dtensor)`: this rank's piece of a whole tensor, laid out as `dtensor` (write-back of a whole
+  tensor computed identically on every rank, e.g. LIFT / SEFT values and their Adam moments after re-selection).
 - `sharded_norms(tensors, ord)`: per-tensor 2- or inf-norms of possibly sharded tensors, with the partial sums
   (2-norm) or partial maxima (inf-norm) all-reduced over each tensor's mesh: the whole-matrix norm on every rank.
 - `assert_same_on_all_ranks(tensor_or_obj, what)`: raise if ranks disagree (masks, decays; used by the tests).
@@ -43,6 +45,7 @@ __all__ = [
     "local_tensor",
     "rank",
     "save_full_state",
+    "shard_like",
     "sharded_norms",
     "world_size",
 ]
@@ -102,12 +105,28 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """This rank's piece of `full` (a whole tensor, identical on every rank) laid out as the `DTensor` `like` (the
+    shape of `like.to_local()`); `full` itself when `like` is a plain tensor. No communication. Write it back with
+    `local_tensor(like).copy_(shard_like(full, like))`: the local shard shares storage with the DTensor (FSDP2's
+    sharded parameters and their optimizer state alike)."""
+    if not is_dtensor(like):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    if tuple(full.shape) != tuple(like.shape):
+        raise ValueError(f"shard_like: whole tensor of shape {tuple(full.shape)} for a DTensor of {tuple(like.shape)}")
+    full = full.to(device=local_tensor(like).device)
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
+
+
 def sharded_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor:
     """Per-tensor norms (fp32, shape `(len(tensors),)`) of the *whole* tensors, on every rank.
 
     Plain tensors: `torch.linalg.vector_norm`. Sharded `DTensor`s (FSDP2 `Shard(0)`): the local partial sums of
     squares (`ord=2`) or partial maxima (`ord=inf`) are all-reduced over the tensor's mesh, so spike thresholds and
-    gradient-norm statistics see the whole matrix. Replicated DTensors use their local copy."""
+    gradient-norm statistics see the whole matrix. Replicated DTensors use their local copy. A NaN in any shard gives
+    a non-finite norm on every rank (inf for `ord=inf`: MAX reductions may drop NaN), so every rank skips alike."""
     if ord not in (2, 2.0, float("inf")):
         raise ValueError(f"`ord` must be 2 or inf, got {ord!r}")
     if not tensors:
@@ -129,6 +148,8 @@ def sharded_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor
     for group in {id(g): g for g in groups if g is not None}.values():
         idx = [i for i, g in enumerate(groups) if g is group]
         sub = out[idx].clone()
+        if inf:  # gloo's MAX drops a NaN operand depending on the rank order (NCCL's is not specified): send inf
+            sub = torch.where(sub.isnan(), torch.full_like(sub, float("inf")), sub)
         dist.all_reduce(sub, op=dist.ReduceOp.MAX if inf else dist.ReduceOp.SUM, group=group)
         out[idx] = sub
     return out if inf else out.sqrt()

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import full_tensor, load_full_state, save_full_state
+from . import assert_same_on_all_ranks, full_tensor, load_full_state, save_full_state
 
 
 __all__ = ["PLUGINS", "Case", "RunConfig", "build_case", "global_rows", "run"]
 
 PLUGINS = ("lift", "seft", "stable_spam", "alphadecay", "meap", "coe", "neurotrails")
-_NO_FSDP2 = {"lift": "LIFT", "seft": "SEFT", "neurotrails": "NeuroTrails"}  # refused: see docs/distributed.md
+_NO_FSDP2: dict[str, str] = {}  # plugins refused under FSDP2 (none left): see docs/distributed.md
 _SPECIAL = 6  # ids 0..5 are the tiny tokenizer's special tokens; data never uses them
 
 
@@ -46,6 +46,7 @@ class RunConfig:
     save_dir: str | None = None
     resume_from: str | None = None
     return_state: bool = True  # gather the full final weights (tests); the benchmark skips it
+    adapter_dir: str | None = None  # PEFT plugins: save the final adapter here (rank 0 only, from the full state)
 
 
 @dataclass
@@ -187,12 +188,19 @@ def build_case(plugin: str, size: str = "tiny", seed: int = 0, steps: int = 4, l
         extra = {"num_trails": 2, "blocks_in_head": 1} if tiny else {"num_trails": 2, "blocks_in_head": 2}
         model = _model(_base_config("neurotrails", size, update_frequency=interval, density=0.8, **extra), seed)
         nt = model
+
+        def after_step(step, m, opt):
+            nt.sparsity_step(opt, step=step, total_steps=steps, seed=seed)
+            if tiny:  # masks identical on every rank after every step (DDP and FSDP2; no-op in one process)
+                for name, module in nt.sparse_modules():
+                    assert_same_on_all_ranks(module.weight_mask, f"NeuroTrails mask of {name} after step {step}")
+
         return Case(
             model,
             adamw,
             model.config.vocab_size,
             before_train=lambda m, opt: nt.apply_masks(),
-            after_step=lambda step, m, opt: nt.sparsity_step(opt, step=step, total_steps=steps, seed=seed),
+            after_step=after_step,
             layer_classes=_layer_classes(model),
         )
     raise ValueError(f"unknown plugin {plugin!r}; choose from {PLUGINS}")
@@ -328,7 +336,15 @@ def run(cfg: RunConfig, simulated_world: int = 2) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    sd = get_model_state_dict(model, options=opts) if cfg.return_state else {}
+    sd = get_model_state_dict(model, options=opts) if cfg.return_state or cfg.adapter_dir else {}
+    if cfg.plugin in ("lift", "seft") and cfg.mode != "single" and cfg.return_state:
+        from . import assert_same_on_all_ranks
+
+        for name, buf in model.named_buffers():  # positions, residuals, R, grow window: identical on every rank
+            assert_same_on_all_ranks(buf, f"{cfg.plugin} buffer {name}")
+    if cfg.adapter_dir and acc.is_main_process:  # as the Trainer: the main process saves the gathered adapter once
+        acc.unwrap_model(model).save_pretrained(cfg.adapter_dir, state_dict=sd)
+    acc.wait_for_everyone()
     for name, t in sd.items():
         if torch.is_tensor(t) and t.is_floating_point():
             state[name] = full_tensor(t).detach().float().cpu()

@@ -22,6 +22,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
+
+from hf_plugins.distributed import is_dtensor, local_tensor, sharded_norms
 
 
 logger = logging.getLogger(__name__)
@@ -41,6 +44,44 @@ def cosine_scale(T: int, total_T: int | None, eta_min: float) -> float:
         return 1.0
     progress = min(T - 1, total_T) / total_T
     return eta_min + (1.0 - eta_min) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+
+def _shard_group(t: torch.Tensor):
+    """The process group over which the DTensor `t` is sharded (FSDP2 `Shard(0)`), or None (plain or replicated)."""
+    if is_dtensor(t) and any(p.is_shard() for p in t.placements):
+        return t.device_mesh.get_group()
+    return None
+
+
+def _tensor_norms(tensors: list[torch.Tensor], ord: float, like: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Per-tensor norms as one vector. Plain tensors: `torch._foreach_norm` (the single-process path, unchanged).
+    Sharded: the norms of the whole tensors on every rank (`sharded_norms`); `like` are the DTensors whose shards
+    `tensors` are (the element-wise pass works on local shards), else `tensors` themselves must be DTensors."""
+    like = tensors if like is None else like
+    if not any(is_dtensor(t) for t in like):
+        return torch.stack(torch._foreach_norm(tensors, ord))
+    if like is not tensors:
+        from torch.distributed.tensor import DTensor
+
+        tensors = [
+            DTensor.from_local(x, d.device_mesh, d.placements, run_check=False, shape=d.shape, stride=d.stride())
+            if is_dtensor(d)
+            else x
+            for x, d in zip(tensors, like)
+        ]
+    return sharded_norms(tensors, ord)
+
+
+def _sum_over_shards(values: torch.Tensor, like: list[torch.Tensor]) -> torch.Tensor:
+    """`values[i]` (a per-tensor partial count of `like[i]`'s local shard) summed over `like[i]`'s shard group."""
+    groups = [_shard_group(t) for t in like]
+    out = values.clone()
+    for group in {id(g): g for g in groups if g is not None}.values():
+        idx = [i for i, g in enumerate(groups) if g is group]
+        sub = out[idx].clone()
+        dist.all_reduce(sub, op=dist.ReduceOp.SUM, group=group)
+        out[idx] = sub
+    return out
 
 
 def _stat_dtype(device: torch.device) -> torch.dtype:
@@ -339,7 +380,8 @@ class StableSPAM(torch.optim.Optimizer):
             else:
                 fused = None
                 # max|g| per tensor: AdaClip needs it, and it doubles as the finiteness check (NaN propagates).
-                gmax = torch.stack(torch._foreach_norm(grads, float("inf")))
+                # Of the whole matrix under FSDP2, so every rank takes the same thresholds and the same skip.
+                gmax = _tensor_norms(grads, float("inf"))
             work.append((index, group, params, grads, gmax, fused))
         if not work:
             return loss
@@ -408,6 +450,13 @@ class StableSPAM(torch.optim.Optimizer):
         beta1_t, beta2, _ = self._hyper(group)
         eps, lr, wd = group["eps"], group["lr"], group["weight_decay"]
         vdt = thr.dtype
+        # FSDP2: element-wise math on this rank's shards (they share storage with the DTensors, so the in-place
+        # updates land in the parameters and in the state, which stays DTensor for sharded checkpoints); per-tensor
+        # norms and counts are all-reduced over the mesh to those of the whole matrices.
+        sharded = grads if any(is_dtensor(g) for g in grads) else None
+        params, grads, exp_avgs, exp_avg_sqs = (
+            [local_tensor(x) for x in xs] for xs in (params, grads, exp_avgs, exp_avg_sqs)
+        )
         # Everything elementwise runs in fp32 (bf16/fp16 parameters are upcast into temporaries).
         g32 = [g if g.dtype == torch.float32 else g.float() for g in grads]
         thr32, cf32 = thr.float(), clip_factor.float()
@@ -431,12 +480,14 @@ class StableSPAM(torch.optim.Optimizer):
                     gc.append(torch.where(hit, g * cf, g))
                     counts.append(hit.sum())
                 clipped = torch.stack(counts).to(vdt)
+            if sharded is not None:
+                clipped = _sum_over_shards(clipped, sharded)
         else:
             gc = [g.clone() for g in g32] if not use_foreach else torch._foreach_mul(g32, 1.0)
 
         norm_scale = None
         if group["adagn"]:
-            n = torch.stack(torch._foreach_norm(gc, 2)).to(vdt)
+            n = _tensor_norms(gc, 2.0, like=sharded).to(vdt)
             norm_scale = self._adagn(group, new_stats["_packed"], n, t, new_stats)
             if use_foreach:
                 torch._foreach_mul_(gc, list(norm_scale.float().unbind(0)))

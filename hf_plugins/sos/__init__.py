@@ -17,7 +17,7 @@ from .certificates import (
     motzkin,
 )
 from .checker import CheckerConfig, SosLabel, Verdict, check_polynomial
-from .evaluation import evaluate_sos_model, score_answers, surface_rule
+from .evaluation import chat_prompt, evaluate_sos_model, score_answers, surface_rule
 from .generators import (
     CLASS_LABELS,
     CLASS_TABLE3,
@@ -31,7 +31,7 @@ from .polynomial import Polynomial, PolynomialParseError, TruncatedPolynomialErr
 from .prompts import PROMPT_STYLES, build_prompt, parse_boxed_answer
 from .rewards import make_sos_reward, sos_reward
 from .sft import make_grpo_rows, make_sft_rows, reasoning_trace, to_dataset
-from .sos1 import check_sos1, default_sos1_path, load_sos1, summarize_sos1
+from .sos1 import check_sos1, default_sos1_path, load_sos1, sos1_proved_labels, summarize_sos1
 
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "Verdict",
     "build_prompt",
     "certificate_from_dict",
+    "chat_prompt",
     "check_polynomial",
     "check_sos1",
     "default_sos1_path",
@@ -71,6 +72,7 @@ __all__ = [
     "parse_polynomial",
     "reasoning_trace",
     "score_answers",
+    "sos1_proved_labels",
     "sos_reward",
     "summarize_sos1",
     "surface_rule",

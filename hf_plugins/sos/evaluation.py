@@ -17,7 +17,7 @@ from .polynomial import PolynomialParseError, parse_polynomial
 from .prompts import build_prompt, parse_boxed_answer
 
 
-__all__ = ["evaluate_sos_model", "score_answers", "surface_rule"]
+__all__ = ["chat_prompt", "evaluate_sos_model", "score_answers", "surface_rule"]
 
 
 def surface_rule(text: str) -> int:
@@ -65,6 +65,32 @@ def score_answers(records: list[dict]) -> dict:
     return out
 
 
+def chat_prompt(tokenizer, polynomial: str, style: str = "reasoning", use_chat_template: bool = True) -> str:
+    """The model input for `polynomial`: the user message of `style` in the tokenizer's chat template with the
+    generation prompt (tokenize it with `add_special_tokens=False`), or the bare message plus a newline when there
+    is no template. SFT examples must start with exactly this text for training and evaluation to agree."""
+    user = build_prompt(polynomial, style)
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
+    return user + "\n"
+
+
+def _batches(lengths: list[int], order: list[int], batch_size: int, max_batch_tokens: int | None, new: int):
+    """Consecutive batches of `order` (sorted by length) with at most `batch_size` items and, when
+    `max_batch_tokens` is set, at most that many padded tokens (prompt + `new`) each; a lone item may exceed it."""
+    batch: list[int] = []
+    for i in order:
+        width = max([lengths[j] for j in batch] + [lengths[i]]) + new
+        if batch and (len(batch) >= batch_size or (max_batch_tokens and (len(batch) + 1) * width > max_batch_tokens)):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
 def evaluate_sos_model(
     model,
     tokenizer,
@@ -73,6 +99,7 @@ def evaluate_sos_model(
     style: str = "reasoning",
     max_new_tokens: int = 512,
     batch_size: int = 8,
+    max_batch_tokens: int | None = None,
     max_prompt_tokens: int | None = None,
     use_chat_template: bool = True,
     progress: bool = False,
@@ -80,8 +107,10 @@ def evaluate_sos_model(
     """Greedy answers of `model` on `items`; returns `{"metrics": score_answers(...), "records": [...]}`.
 
     Seconds per answer is the wall time of its generation batch divided by the batch size (model latency, not an
-    API round trip as in the paper's harness). `max_prompt_tokens` defaults to the model's context length minus
-    `max_new_tokens`.
+    API round trip as in the paper's harness). Prompts are sorted by length and batched with left padding: at
+    most `batch_size` per batch and, with `max_batch_tokens`, at most that many tokens (padded prompt +
+    `max_new_tokens`) per batch, so long prompts go in smaller batches. `max_prompt_tokens` defaults to the model's
+    context length minus `max_new_tokens`.
     """
     import torch
 
@@ -90,17 +119,9 @@ def evaluate_sos_model(
     if max_prompt_tokens is None:
         ctx = getattr(model.config, "max_position_embeddings", None) or 4096
         max_prompt_tokens = max(1, ctx - max_new_tokens)
-    prompts = []
-    for it in items:
-        user = build_prompt(it["polynomial"], style)
-        if use_chat_template and getattr(tokenizer, "chat_template", None):
-            prompts.append(
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-                )
-            )
-        else:
-            prompts.append(user + "\n")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+    prompts = [chat_prompt(tokenizer, it["polynomial"], style, use_chat_template) for it in items]
     records = []
     for it, prompt in zip(items, prompts):
         n_tok = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -124,14 +145,14 @@ def evaluate_sos_model(
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
-    batches = range(0, len(todo), batch_size)
+    lengths = [r["prompt_tokens"] for r in records]
+    batches = list(_batches(lengths, todo, batch_size, max_batch_tokens, max_new_tokens))
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="sos eval", unit="batch")
     try:
-        for start in batches:
-            idx = todo[start : start + batch_size]
+        for idx in batches:
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(
                 device
             )

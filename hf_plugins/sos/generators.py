@@ -355,22 +355,40 @@ def _quadratic_quartic(rng, cfg, n, negative: bool):
                 squares.append(Polynomial({basis[j]: res.L[j][k] for j in range(n + 1)}, n))
                 weights.append(dk)
         return p, p.to_str(cfg.style), SquaresCertificate(weights, squares)
-    from scipy.optimize import minimize
-
     from .search import FloatPolynomial
 
     ff = FloatPolynomial(f)
-    best = min(
-        (
-            minimize(lambda x: float(ff(x[None, :])[0]), rng.standard_normal(n), jac=ff.grad, method="BFGS")
-            for _ in range(3)
-        ),
-        key=lambda r: r.fun,
-    )
-    x0 = tuple(Fraction(round(float(v) * 8), 8) for v in best.x)
-    c = math.floor(-f.evaluate(x0)) - int(rng.integers(0, 4))  # integer, so p(x0) = f(x0) + c < 0
+    best = min((_local_min(ff, rng.standard_normal(n)) for _ in range(3)), key=lambda r: r[1])
+    x0 = tuple(Fraction(round(float(v) * 8), 8) for v in best[0])
+    # the largest integer c with f(x0) + c < 0, minus 0-3: ceil(-f(x0)) - 1 (floor(-f(x0)) gave p(x0) = 0, an
+    # unproved and sometimes wrong label, when f(x0) was an integer)
+    c = math.ceil(-f.evaluate(x0)) - 1 - int(rng.integers(0, 4))
     p = f + c
     return p, p.to_str(cfg.style), PointCertificate(x0, p.evaluate(x0), "constructed: p(x0) < 0")
+
+
+def _local_min(ff, x: np.ndarray, steps: int = 500) -> tuple[np.ndarray, float]:
+    """A local minimiser of the float polynomial `ff` from `x`: scipy's BFGS when scipy is installed (the `sos`
+    extra), else gradient descent with step doubling / halving (numpy only). Only proposes x0: the label is proved
+    by the exact value at the rounded point."""
+    try:
+        from scipy.optimize import minimize
+    except ImportError:
+        fx, lr = float(ff(x[None, :])[0]), 0.1
+        for _ in range(steps):
+            g = ff.grad(x)
+            while lr > 1e-10:
+                y = x - lr * g
+                fy = float(ff(y[None, :])[0])
+                if fy < fx:
+                    x, fx, lr = y, fy, lr * 2
+                    break
+                lr /= 2
+            else:
+                break
+        return x, fx
+    res = minimize(lambda v: float(ff(v[None, :])[0]), x, jac=ff.grad, method="BFGS")
+    return res.x, float(res.fun)
 
 
 def _motzkin(rng, cfg, n):
@@ -445,8 +463,8 @@ def generate_item(cls: str, seed: int = 0, config: GeneratorConfig | None = None
         if built is None:
             continue
         p, text, cert = built
-        if p.is_zero:
-            continue
+        if p.is_zero or (isinstance(cert, PointCertificate) and not cert.verify(p)):
+            continue  # an exact point that is not negative proves nothing: build another item
         if cfg.max_chars is not None and len(text) > cfg.max_chars:
             if attempt % 3 == 2 and cfg.num_terms > 1:
                 cfg = GeneratorConfig(**{**cfg.__dict__, "num_terms": max(1, cfg.num_terms - 1)})

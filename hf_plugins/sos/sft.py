@@ -111,19 +111,22 @@ def _proved(item: SosItem, config: CheckerConfig | None) -> tuple[Verdict | None
     if verdict is not None and verdict.proved_label is not None:
         if verdict.proved_label != item.label:
             raise AssertionError(f"checker and generator disagree on {item.text!r}: {verdict.label} vs {item.label}")
-        return verdict, verdict.evidence
+        if verdict.evidence is not None:  # "odd degree" with no point found proves the label but quotes nothing
+            return verdict, verdict.evidence
     return verdict, item.certificate
 
 
 def make_sft_rows(
     items: Sequence[SosItem], style: str = "reasoning", checker_config: CheckerConfig | None = None
 ) -> list[dict]:
-    """`{"messages": [user prompt, assistant trace + boxed label], "label", "class"}` per item. With a
-    `checker_config` the checker runs on each item and its evidence writes the trace; without one the item's
-    construction certificate does (fast)."""
+    """`{"messages": [user prompt, assistant trace + boxed label], "label", "class", "evidence"}` per item. With a
+    `checker_config` the checker runs on each item and its evidence writes the trace when it proves the label;
+    otherwise (no config, or the checker undecided) the item's construction certificate does (fast). `evidence`
+    says which: `"checker: <method>"` or `"certificate"`."""
     rows = []
     for item in items:
-        _, evidence = _proved(item, checker_config)
+        verdict, evidence = _proved(item, checker_config)
+        source = "certificate" if verdict is None or evidence is not verdict.evidence else f"checker: {verdict.method}"
         trace = reasoning_trace(item.polynomial, evidence) if evidence is not None else ""
         answer = f"{trace}\n\nFinal answer: \\boxed{{{item.label}}}".strip()
         rows.append(
@@ -134,6 +137,7 @@ def make_sft_rows(
                 ],
                 "label": item.label,
                 "class": item.cls,
+                "evidence": source,
             }
         )
     return rows

@@ -59,9 +59,6 @@ class NeuroTrailsSparsityCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         nt = self._model(model)
         if nt is not None:
-            from hf_plugins.distributed import refuse_sharded_parameters
-
-            refuse_sharded_parameters(nt, "NeuroTrails")  # the prune/regrow step needs whole matrices (use DDP)
             nt.apply_masks()
             nt.pop_trail_statistics("train")
 

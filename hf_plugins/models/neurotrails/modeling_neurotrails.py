@@ -194,7 +194,7 @@ class NeuroTrailsPreTrainedModel(PreTrainedModel):
     def apply_masks(self) -> None:
         """w <- w * mask for every sparse weight (one foreach multiply)."""
         modules = [m for _, m in self.sparse_modules()]
-        apply_masks([m.weight.data for m in modules], [m.weight_mask for m in modules])
+        apply_masks([m.weight.detach() for m in modules], [m.weight_mask for m in modules])
 
     @torch.no_grad()
     def sparsity_step(self, optimizer=None, step: int = 0, total_steps: int = 0, seed: int = 0) -> dict | None:
@@ -218,7 +218,7 @@ class NeuroTrailsPreTrainedModel(PreTrainedModel):
         modules = [m for _, m in self.sparse_modules()]
         if not modules:
             return None
-        apply_masks([m.weight.data for m in modules], [m.weight_mask for m in modules])
+        apply_masks([m.weight.detach() for m in modules], [m.weight_mask for m in modules])
         if (step + 1) % cfg.update_frequency != 0:
             return None
         rate = prune_rate_at(step + 1, total_steps, cfg.prune_rate, cfg.prune_rate_min)

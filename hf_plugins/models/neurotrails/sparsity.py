@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from hf_plugins.distributed import full_tensor, local_tensor, shard_like
+
 
 __all__ = [
     "apply_masks",
@@ -78,9 +80,10 @@ def topology_generator(seed: int, step: int, device) -> torch.Generator:
 
 @torch.no_grad()
 def apply_masks(weights: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
-    """w <- w * mask for every sparse weight, in one foreach call."""
+    """w <- w * mask for every sparse weight, in one foreach call. Under FSDP2 a weight is a sharded `DTensor` and
+    its mask a whole (replicated) buffer: each rank multiplies its local shard by its piece of the mask."""
     if weights:
-        torch._foreach_mul_(weights, masks)
+        torch._foreach_mul_([local_tensor(w) for w in weights], [shard_like(m, w) for w, m in zip(weights, masks)])
 
 
 def _prune_keys_soft_magnitude(flat_w, temperature: float, generator) -> torch.Tensor:
@@ -116,12 +119,17 @@ def update_layer_topology(
     `num_active - kept` positions among the others (those just pruned included) with the largest |grad|
     (RigL) or at random (SET), restoring the layer's initial count exactly. `mask` is updated and `weight` is
     multiplied by it; a weight pruned and regrown in the same update keeps its value.
+
+    Under FSDP2 (`weight` a sharded `DTensor`, `mask` a whole buffer) the weight and its gradient are gathered
+    (collectives: every rank calls this for the same layers in the same order), so every rank draws the same new
+    mask from the same whole tensors and the same generator state; each then masks its own shard.
     """
-    flat_w, flat_m = weight.detach().view(-1), mask.view(-1)
+    flat_m = mask.view(-1)
     n_keep = math.ceil(num_active * (1.0 - rate))
     n_grow = num_active - n_keep
     if n_grow <= 0:
         return torch.zeros_like(flat_m)
+    flat_w = full_tensor(weight.detach()).reshape(-1)
     if criterion == "soft_magnitude":
         keys = _prune_keys_soft_magnitude(flat_w, temperature, generator)
     elif criterion == "magnitude":
@@ -133,7 +141,7 @@ def update_layer_topology(
 
     grad = weight.grad
     if growth == "gradient" and grad is not None:
-        scores = grad.detach().view(-1).abs().float()
+        scores = full_tensor(grad.detach()).reshape(-1).abs().float()
     elif growth in ("gradient", "random"):  # no gradient (unused weight): fall back to random growth
         scores = torch.rand(flat_w.shape, generator=generator, device=flat_w.device, dtype=torch.float32)
     else:
@@ -145,7 +153,7 @@ def update_layer_topology(
 
     newly_active = new_mask & ~flat_m
     flat_m.copy_(new_mask)
-    weight.data.mul_(mask)
+    apply_masks([weight.detach()], [mask])
     return newly_active
 
 
@@ -153,12 +161,14 @@ def update_layer_topology(
 def zero_optimizer_state(optimizer, param: torch.Tensor, positions: torch.Tensor) -> None:
     """Zero the optimizer moments of `param` at the flat bool `positions` (Adam's exp_avg / exp_avg_sq /
     max_exp_avg_sq, SGD's momentum_buffer: every state tensor shaped like the parameter). Reaches the inner
-    optimizer when accelerate wrapped it."""
+    optimizer when accelerate wrapped it. `positions` covers the whole parameter; a sharded (FSDP2) state tensor
+    is zeroed at this rank's piece of it."""
     if optimizer is None:
         return
     state = getattr(optimizer, "optimizer", optimizer).state.get(param)
     if not state:
         return
+    whole = positions.view(param.shape)
     for value in state.values():
         if torch.is_tensor(value) and value.shape == param.shape:
-            value.view(-1).masked_fill_(positions, 0)
+            local_tensor(value).masked_fill_(shard_like(whole, value), 0)
