@@ -46,7 +46,8 @@ def worker(args) -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     st = _settings(args.smoke)
-    st.update({k: v for k, v in (("steps", args.steps), ("seq_len", args.seq_len)) if v})
+    overrides = (("steps", args.steps), ("seq_len", args.seq_len), ("global_batch", args.global_batch))
+    st.update({k: v for k, v in overrides if v})
     mp = "no" if args.smoke else "bf16"
     plugins = args.plugins.split(",") if args.plugins else PLUGINS
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -88,7 +89,7 @@ def _launch(args, workdir: str, world: int) -> None:
         me.append("--smoke")
     if args.plugins:
         me += ["--plugins", args.plugins]
-    for flag, value in (("--steps", args.steps), ("--seq-len", args.seq_len)):
+    for flag, value in (("--steps", args.steps), ("--seq-len", args.seq_len), ("--global-batch", args.global_batch)):
         if value:
             me += [flag, str(value)]
     env = dict(os.environ, NCCL_NVLS_ENABLE="0", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
@@ -149,6 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--plugins", help="comma-separated subset of the plugins")
     p.add_argument("--steps", type=int, help="override the number of steps (default 12; smoke 4)")
     p.add_argument("--seq-len", type=int, help="override the sequence length (default 512; smoke 16)")
+    p.add_argument("--global-batch", type=int, help="override the global batch in sequences (default 8; smoke 4)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -166,7 +168,12 @@ def main(argv=None) -> int:
         one = json.loads(Path(workdir, "world1.json").read_text())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    device = "cpu (2 gloo procs)" if args.smoke else f"2x {torch.cuda.get_device_name(0)}"
+    st = _settings(args.smoke)
+    st.update(
+        {k: v for k, v in (("steps", args.steps), ("seq_len", args.seq_len), ("global_batch", args.global_batch)) if v}
+    )
+    shape = f"{st['size']} model, {st['steps']} steps, global batch {st['global_batch']}x{st['seq_len']}"
+    device = f"cpu (2 gloo procs; {shape})" if args.smoke else f"2x {torch.cuda.get_device_name(0)} ({shape})"
     out = rows(two, one, device, f"{torch.__version__} / {transformers.__version__}")
     print("\n".join(out))
     if args.out:
