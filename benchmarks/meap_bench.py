@@ -19,6 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -97,14 +98,19 @@ def run(smoke: bool, batches: int, repeats: int) -> list[dict]:
         rows.append({"case": case, "metric": metric, "ours": ours, "baseline": ref})
         print(f"{case}: MEAP {ours:,.0f} ex/s, TRL {ref:,.0f} ex/s, ratio {ours / ref:.2f}")
         if mode == "sft":
-            # SFT MEAP adds rows / doubles lengths by design; this row isolates the collator's own overhead by
-            # letting TRL collate the very rows MEAP produces (built once, outside the timing).
-            grown = [meap._sft_examples(rows_, 0.1, torch.Generator().manual_seed(i)) for i, rows_ in enumerate(data)]
-            t_grown, t_meap = _time_pair(base, meap, data, batches, repeats, base_batches=grown)
-            ours, ref = batch * batches / t_meap, batch * batches / t_grown
-            case = f"{name}, B={batch}, T<={length}, vs TRL collating MEAP's output rows"
-            rows.append({"case": case, "metric": metric, "ours": ours, "baseline": ref})
-            print(f"{case}: MEAP {ours:,.0f} ex/s, TRL {ref:,.0f} ex/s, ratio {ours / ref:.2f}")
+            # SFT MEAP adds rows / doubles lengths by design; these rows isolate the collator's own overhead by
+            # letting TRL collate the very rows MEAP produces (built once, outside the timing), given as Python
+            # lists (as a dataset.map preparation would) and as the NumPy arrays MEAP hands to TRL.
+            grown = [meap._sft_examples(rows_, 0.1, np.random.default_rng(i)) for i, rows_ in enumerate(data)]
+            as_lists = [
+                [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in ex.items()} for ex in b] for b in grown
+            ]
+            for form, base_rows in (("lists", as_lists), ("arrays", grown)):
+                t_grown, t_meap = _time_pair(base, meap, data, batches, repeats, base_batches=base_rows)
+                ours, ref = batch * batches / t_meap, batch * batches / t_grown
+                case = f"{name}, B={batch}, T<={length}, vs TRL collating MEAP's output rows ({form})"
+                rows.append({"case": case, "metric": metric, "ours": ours, "baseline": ref})
+                print(f"{case}: MEAP {ours:,.0f} ex/s, TRL {ref:,.0f} ex/s, ratio {ours / ref:.2f}")
     return rows
 
 
@@ -126,7 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--append", action="store_true", help="append rows to benchmarks/RESULTS.md")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--batches", type=int, default=None, help="batches per timing (default 16, smoke 8)")
-    p.add_argument("--repeats", type=int, default=6, help="timings per case; the median is reported")
+    p.add_argument("--repeats", type=int, default=10, help="timings per case; the median is reported")
     args = p.parse_args(argv)
     batches = args.batches or (8 if args.smoke else 16)
     rows = run(args.smoke, batches, args.repeats)

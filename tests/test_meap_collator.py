@@ -4,13 +4,14 @@ loop, the base collator's batch, hand-derived layouts, binomial bounds)."""
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling as HFLMCollator
 
 from hf_plugins import DataCollatorForMEAP, MaskRatioSchedule, add_mask_token
 from hf_plugins.collators.meap import masking
-from hf_plugins.collators.meap.masking import _select_by_sort, group_ids_from_starts, random_keys, select_in_groups
+from hf_plugins.collators.meap.masking import group_ids_from_starts, random_keys, select_in_groups
 from hf_plugins.testing import tiny_llama, tiny_tokenizer
 
 
@@ -40,39 +41,112 @@ def _random_examples(tok, n, lo=3, hi=40, seed=0, with_specials=True):
 
 
 # ----------------------------------------------------------------------------- the selection kernel
-@pytest.mark.parametrize("rows_for_loop", [128, 0])  # per-group quickselect / top-k grid
-def test_select_in_groups_equals_an_explicit_loop(rows_for_loop, monkeypatch):
-    """The quickselect loop, the top-k grid and the full-sort fallback all pick, in each group, the k eligible
-    positions with the smallest random keys: recompute that per group with a Python loop from the same draws."""
-    monkeypatch.setattr(masking, "_ROWS_FOR_LOOP", rows_for_loop)
-    g = torch.Generator().manual_seed(3)
-    starts = torch.rand(300, generator=g) < 0.05
-    group = group_ids_from_starts(starts)
-    eligible = torch.rand(300, generator=g) < 0.7
-    n_groups = int(group[-1]) + 1
-    k = torch.randint(0, 12, (n_groups,), generator=g)
-    keys = torch.rand(300, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
-    expected = torch.zeros(300, dtype=torch.bool)
-    for gid in range(n_groups):
-        pos = [p for p in range(300) if int(group[p]) == gid and bool(eligible[p])]
-        pos.sort(key=lambda p: float(keys[p]))
+def _rng(seed):
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def _loop_reference(keys, group, eligible, k):
+    """Per group with a Python loop: the k eligible positions with the smallest keys."""
+    expected = np.zeros(keys.size, dtype=bool)
+    for gid in range(k.size):
+        pos = [p for p in range(keys.size) if group[p] == gid and eligible[p]]
+        pos.sort(key=lambda p: int(keys[p]))
         expected[pos[: int(k[gid])]] = True
-    mask = select_in_groups(group, eligible, k, torch.Generator().manual_seed(11))
-    assert torch.equal(mask, expected)
-    first = torch.ones(300, dtype=torch.bool)
-    first[1:] = group[1:] != group[:-1]
-    group_start = torch.nonzero(first).flatten()
-    by_sort = _select_by_sort(group, random_keys(eligible, torch.Generator().manual_seed(11)), k, group_start)
-    assert torch.equal(by_sort, expected)
+    return expected
+
+
+@pytest.mark.parametrize("max_bucket_bits", [12, 1])  # ~1 position per edge bucket / huge edge buckets
+def test_select_in_groups_equals_an_explicit_loop(max_bucket_bits, monkeypatch):
+    """The bucket histogram + edge ranking picks, in each group, the k eligible positions with the smallest random
+    keys: recompute that per group with a Python loop from the same key draw, for flat groups and for rows."""
+    monkeypatch.setattr(masking, "_MAX_BUCKET_BITS", max_bucket_bits)
+    r = _rng(3)
+    n = 300
+    group = group_ids_from_starts(r.random(n) < 0.05)
+    eligible = r.random(n) < 0.7
+    n_groups = int(group[-1]) + 1
+    k = r.integers(0, 12, n_groups)
+    keys = random_keys(_rng(11), n)
+    assert np.unique(keys).size == n  # the reference breaks no ties
+    sel = select_in_groups(eligible, k, _rng(11), group, n_groups)
+    np.testing.assert_array_equal(sel.mask, _loop_reference(keys, group, eligible, k))
+    counts = np.bincount(group[eligible], minlength=n_groups)
+    np.testing.assert_array_equal(sel.counts, counts)
+    np.testing.assert_array_equal(sel.k, np.minimum(k, counts))
+    # rows of a 2-D batch are the groups
+    rows, width = 6, 50
+    eligible2 = r.random((rows, width)) < 0.8
+    k2 = np.array([0, 1, 5, 20, 40, 50])
+    sel2 = select_in_groups(eligible2, k2, _rng(5))
+    expected = _loop_reference(
+        random_keys(_rng(5), rows * width), np.repeat(np.arange(rows), width), eligible2.ravel(), k2
+    )
+    np.testing.assert_array_equal(sel2.mask.ravel(), expected)
+
+
+@pytest.mark.parametrize("max_bucket_bits", [12, 1])
+def test_select_in_groups_draws_uniform_subsets_like_random_sample(max_bucket_bits, monkeypatch):
+    """Every k-subset is equally likely: the frequencies of the 15 possible 2-subsets of 6 eligible positions,
+    over 12,000 groups, pass the same chi-square test (14 dof, 0.1% level) as `random.sample`."""
+    import random
+
+    monkeypatch.setattr(masking, "_MAX_BUCKET_BITS", max_bucket_bits)
+    groups, length = 12_000, 8
+    eligible = np.ones((groups, length), dtype=bool)
+    eligible[:, [0, 5]] = False  # 6 eligible positions per group, not contiguous
+    sel = select_in_groups(eligible, np.full(groups, 2), _rng(7))
+    assert np.all(sel.mask.sum(1) == 2) and not sel.mask[:, [0, 5]].any()
+    subsets = list(itertools.combinations([1, 2, 3, 4, 6, 7], 2))
+    index = {s: i for i, s in enumerate(subsets)}
+    ours = np.bincount([index[tuple(np.flatnonzero(row))] for row in sel.mask], minlength=len(subsets))
+    rnd = random.Random(0)
+    ref = np.bincount(
+        [index[tuple(sorted(rnd.sample([1, 2, 3, 4, 6, 7], 2)))] for _ in range(groups)], minlength=len(subsets)
+    )
+    expected = groups / len(subsets)
+    for counts in (ours, ref):
+        assert ((counts - expected) ** 2 / expected).sum() < 36.12  # chi2(14) 99.9% quantile
+
+
+def test_pretrain_masks_match_a_per_example_reference_in_distribution(tok):
+    """Against a straightforward per-example implementation (Python `random`: k = floor(ratio * n + u), then
+    `random.sample` of the eligible positions): the mean masked count of every row and the masking frequency of
+    every eligible position agree within 4 binomial standard deviations over 600 batches."""
+    import random
+
+    examples = _random_examples(tok, 6, lo=5, hi=40)
+    base = HFLMCollator(tok, mlm=False)
+    ref_ids = base(examples)["input_ids"]
+    collator = DataCollatorForMEAP(base=base, tokenizer=tok, seed=3, mask_ratio=0.2)
+    special = set(tok.all_special_ids)
+    rnd = random.Random(1)
+    batches = 600
+    ours, theirs = torch.zeros(ref_ids.shape), torch.zeros(ref_ids.shape)
+    for _ in range(batches):
+        ours += (collator(examples)["input_ids"] != ref_ids).float()
+        for row, ex in enumerate(examples):
+            eligible = [j for j in range(len(ex["input_ids"]) - 1) if ex["input_ids"][j] not in special]
+            k = math.floor(0.2 * len(eligible) + rnd.random())
+            theirs[row, rnd.sample(eligible, k)] += 1
+    assert torch.equal(ours > 0, theirs > 0)  # the same eligible positions, and only those
+    for row in range(len(examples)):
+        n = int((theirs[row] > 0).sum())
+        sd = math.sqrt(batches * 0.25)  # the count takes two adjacent values: variance <= 1/4 per batch
+        assert abs(ours[row].sum() - theirs[row].sum()) <= 4 * math.sqrt(2) * sd + 1e-9, row
+        assert abs(ours[row].sum() / batches - 0.2 * n) <= 4 * sd / batches + 1e-9
+    p = 0.2
+    eligible = theirs > 0
+    sd = math.sqrt(2 * p * (1 - p) / batches) + 2.0 / batches
+    assert torch.all((ours[eligible] - theirs[eligible]).abs() / batches <= 4 * sd)
 
 
 # ----------------------------------------------------------------------------- pre-training mode
-@pytest.mark.parametrize("rows_for_loop", [128, 0])
-def test_pretrain_batch_equals_base_except_masked_inputs(tok, rows_for_loop, monkeypatch):
+@pytest.mark.parametrize("max_bucket_bits", [12, 1])
+def test_pretrain_batch_equals_base_except_masked_inputs(tok, max_bucket_bits, monkeypatch):
     """Labels, attention mask and every unmasked input equal the base collator's batch; masked inputs hold the
     mask id; padding, special tokens and the last real token of each row are never masked; each row masks
     floor or ceil of ratio * (eligible tokens)."""
-    monkeypatch.setattr(masking, "_ROWS_FOR_LOOP", rows_for_loop)
+    monkeypatch.setattr(masking, "_MAX_BUCKET_BITS", max_bucket_bits)
     examples = _random_examples(tok, 16)
     base = HFLMCollator(tok, mlm=False)
     ref = base(examples)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
+import numpy as np
 import torch
 from transformers.data.data_collator import DataCollatorMixin
 
-from .masking import group_ids_from_starts, random_keys, select_in_groups, select_smallest_per_row, stochastic_round
+from .masking import group_ids_from_starts, select_in_groups, stochastic_round
 from .tokens import check_mask_token_id
 
 
@@ -73,14 +73,20 @@ def _is_transformers_lm_collator(base) -> bool:
     return cls.__name__ == "DataCollatorForLanguageModeling" and cls.__module__.startswith("transformers")
 
 
-def _flat_tensor(lists: list[list[int]]) -> torch.Tensor:
-    # array('q') packs Python ints in one C loop; several times faster than torch.tensor(list) on long inputs.
-    buffer = array("q", chain.from_iterable(lists))
-    return torch.frombuffer(buffer, dtype=torch.int64) if len(buffer) else torch.zeros(0, dtype=torch.int64)
+def _is_trl_lm_collator(base) -> bool:
+    # TRL's collator turns every example's lists with torch.tensor(); it takes NumPy arrays as they are.
+    cls = type(base)
+    return cls.__name__ == "DataCollatorForLanguageModeling" and cls.__module__.startswith("trl")
 
 
-def _to_list(x) -> list:
-    return x.tolist() if isinstance(x, torch.Tensor) else list(x)
+def _int64_array(x) -> np.ndarray:
+    """An example's token list as an int64 array (np.fromiter parses a list several times faster than
+    torch.tensor)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy().astype(np.int64, copy=False).ravel()
+    if isinstance(x, list):
+        return np.fromiter(x, dtype=np.int64, count=len(x))
+    return np.asarray(x, dtype=np.int64).ravel()
 
 
 @dataclass
@@ -171,6 +177,7 @@ class DataCollatorForMEAP(DataCollatorMixin):
     last_num_masked: int = field(default=0, init=False)
     last_num_eligible: int = field(default=0, init=False)
     last_mask_ratio: float = field(default=0.0, init=False)
+    _rng: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (pid, key prefix, rng)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -207,9 +214,11 @@ class DataCollatorForMEAP(DataCollatorMixin):
         if pad_id is None:
             pad_id = getattr(self.base, "pad_token_id", None)
         special.update(i for i in (pad_id, self.mask_token_id) if i is not None)
-        size = max(max(special, default=0) + 1, len(self.tokenizer) if self.tokenizer is not None else 0)
-        self._special_lut = torch.zeros(size, dtype=torch.bool)
-        self._special_lut[sorted(special)] = True
+        # Lookup table over the vocabulary (at least ids 0 .. max(special) + 1, the last entry False).
+        size = max(max(special, default=0) + 2, len(self.tokenizer) if self.tokenizer is not None else 0)
+        self._special_lut = np.zeros(size, dtype=bool)
+        self._special_lut[sorted(i for i in special if i >= 0)] = True
+        self._base_takes_arrays = _is_trl_lm_collator(self.base)
 
     def _default_base(self):
         if self.tokenizer is None:
@@ -239,11 +248,24 @@ class DataCollatorForMEAP(DataCollatorMixin):
         """Context manager that turns masking off, e.g. around a manual `trainer.evaluate()`."""
         return _Unmasked(self)
 
-    def _generator(self) -> torch.Generator:
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else -1
-        key = f"meap:{self.seed}:{_process_rank()}:{worker}:{self.num_batches}".encode()
-        return torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest()) >> 1)
+    def _generator(self) -> np.random.Generator:
+        """The batch's random stream: PCG64 with its 128-bit state and increment taken from a hash of (seed, process
+        rank, dataloader worker, batch index). One generator is reused and re-seeded (cheaper than a new one)."""
+        pid = os.getpid()
+        if self._rng is None or self._rng[0] != pid:  # first batch in this process (dataloader workers are processes)
+            info = torch.utils.data.get_worker_info()
+            worker = info.id if info is not None else -1
+            prefix = f"meap:{self.seed}:{_process_rank()}:{worker}:"
+            self._rng = (pid, prefix, np.random.Generator(np.random.PCG64()))
+        _, prefix, rng = self._rng
+        h = int.from_bytes(hashlib.blake2b(f"{prefix}{self.num_batches}".encode(), digest_size=32).digest())
+        rng.bit_generator.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": h >> 128, "inc": (h & (1 << 128) - 1) | 1},
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        return rng
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         if not self.enabled:
@@ -266,142 +288,157 @@ class DataCollatorForMEAP(DataCollatorMixin):
         return batch
 
     # ------------------------------------------------------------------ pre-training mode
-    def _is_special(self, ids: torch.Tensor) -> torch.Tensor:
-        # A lookup table is several times cheaper than torch.isin on the CPU; it covers the tokenizer's vocabulary,
-        # ids beyond it (no tokenizer given) take the slower clamped path.
-        lut = self._special_lut
+    def _is_special(self, ids: np.ndarray) -> np.ndarray:
         try:
-            return lut[ids]
-        except IndexError:
-            return lut[ids.clamp(min=0, max=lut.numel() - 1)] & (ids < lut.numel()) & (ids >= 0)
+            return self._special_lut.take(ids)
+        except IndexError:  # ids beyond the table (no tokenizer given) are not special: clip them to a False entry
+            return self._special_lut.take(ids, mode="clip")
 
-    def _mask_batch(self, batch, ratio: float, generator: torch.Generator) -> None:
+    def _mask_batch(self, batch, ratio: float, rng: np.random.Generator) -> None:
         ids = batch["input_ids"]
         if ids.numel() == 0:
             return
-        grid = ids.view(-1, ids.shape[-1])
-        real = batch["attention_mask"].view_as(grid).bool() if "attention_mask" in batch else None
+        grid = ids.view(-1, ids.shape[-1]).numpy()  # shares memory with the base's tensor
         # Eligible: not special, real, and followed by a real token of the same sequence (so never the last one).
         eligible = ~self._is_special(grid)
         eligible[:, -1] = False
-        if real is not None:
+        if "attention_mask" in batch:
+            real = batch["attention_mask"].view(grid.shape).numpy().astype(bool, copy=False)
             eligible &= real
             eligible[:, :-1] &= real[:, 1:]
+
+        def num_to_mask(counts):
+            return stochastic_round(counts * ratio, rng)
+
         if "position_ids" in batch:  # padding-free / packed: every position_ids == 0 starts a new sequence
-            starts = batch["position_ids"].view_as(grid) == 0
-            starts[:, 0] = True
+            starts = batch["position_ids"].view(grid.shape).numpy() == 0
             eligible[:, :-1] &= ~starts[:, 1:]
-            group = group_ids_from_starts(starts.view(-1))
-            counts = torch.bincount(group[eligible.view(-1)], minlength=int(group[-1]) + 1)
-            k = stochastic_round(counts.double() * ratio, generator)
-            mask = select_in_groups(group, eligible.view(-1), k, generator).view_as(grid)
-        else:  # one sequence per row: the batch itself is the selection grid
-            counts = eligible.sum(1)
-            k = stochastic_round(counts.double() * ratio, generator)
-            mask = select_smallest_per_row(random_keys(eligible, generator), k) & eligible
-        batch["input_ids"] = grid.masked_fill(mask, self.mask_token_id).view_as(ids)
-        self.last_num_masked = int(mask.sum())
-        self.last_num_eligible = int(counts.sum())
+            starts[:, 0] = True
+            group = group_ids_from_starts(starts.ravel())
+            sel = select_in_groups(eligible.ravel(), num_to_mask, rng, group, int(group[-1]) + 1)
+        else:  # one sequence per row: the rows are the groups
+            sel = select_in_groups(eligible, num_to_mask, rng)
+        if "labels" in batch and batch["labels"].untyped_storage().data_ptr() == ids.untyped_storage().data_ptr():
+            batch["labels"] = batch["labels"].clone()  # labels keep the original tokens
+        np.putmask(grid, sel.mask.reshape(grid.shape), self.mask_token_id)  # in place, in the base's tensor
+        self.last_num_masked = int(sel.k.sum())
+        self.last_num_eligible = int(sel.counts.sum())
 
     # ------------------------------------------------------------------ SFT modes
-    def _sft_examples(self, examples: list[dict], ratio: float, generator: torch.Generator) -> list[dict]:
+    def _sft_examples(self, examples: list[dict], ratio: float, rng: np.random.Generator) -> list[dict]:
         unknown = set(examples[0]) - _SFT_KEYS
         if unknown:
             raise ValueError(
                 f"DataCollatorForMEAP(mode='sft') can only rebuild examples with the keys {sorted(_SFT_KEYS)}; got "
                 f"also {sorted(unknown)}. Remove those columns (e.g. `remove_unused_columns=True`)."
             )
-        ids_lists = [_to_list(ex["input_ids"]) for ex in examples]
-        label_lists = [_to_list(ex["labels"]) if "labels" in ex else ids for ex, ids in zip(examples, ids_lists)]
-        lengths = [len(x) for x in ids_lists]
-        seg_lists = [_to_list(ex["seq_lengths"]) if "seq_lengths" in ex else [n] for ex, n in zip(examples, lengths)]
-        for i, (segs, n) in enumerate(zip(seg_lists, lengths)):
-            if sum(segs) != n or len(label_lists[i]) != n:
+        # Each example is read once into int64 arrays; the masking works on their concatenation.
+        ids = [_int64_array(ex["input_ids"]) for ex in examples]
+        labels = [_int64_array(ex["labels"]) if "labels" in ex else x for ex, x in zip(examples, ids)]
+        seg_lists = [list(ex["seq_lengths"]) if "seq_lengths" in ex else [x.size] for ex, x in zip(examples, ids)]
+        for i, (segs, x, y) in enumerate(zip(seg_lists, ids, labels)):
+            if sum(segs) != x.size or y.size != x.size:
                 raise ValueError(
-                    f"Example {i}: input_ids ({n}), labels ({len(label_lists[i])}) and sum(seq_lengths) "
-                    f"({sum(segs)}) must agree."
+                    f"Example {i}: input_ids ({x.size}), labels ({y.size}) and sum(seq_lengths) ({sum(segs)}) "
+                    "must agree."
                 )
-        flat_ids, flat_labels = _flat_tensor(ids_lists), _flat_tensor(label_lists)
-        n = flat_ids.numel()
-        if n == 0:
+        flat_ids, flat_labels = np.concatenate(ids), np.concatenate(labels)
+        if flat_ids.size == 0:
             return examples
-        seg_len = torch.tensor(list(chain.from_iterable(seg_lists)), dtype=torch.long)
-        seg_start = torch.cumsum(seg_len, 0) - seg_len
-        starts = torch.zeros(n, dtype=torch.bool)
-        starts[seg_start[seg_len > 0]] = True
+        seg_len = np.fromiter(chain.from_iterable(seg_lists), dtype=np.intp)
+        seg_end = np.cumsum(seg_len)
+        starts = np.zeros(flat_ids.size, dtype=bool)
+        starts[(seg_end - seg_len)[seg_len > 0]] = True
         supervised = flat_labels != -100
         starts[1:] |= supervised[1:] != supervised[:-1]  # spans: runs of supervised tokens inside one segment
         eligible = supervised & ~self._is_special(flat_ids)
         group = group_ids_from_starts(starts)
-        counts = torch.bincount(group[eligible], minlength=int(group[-1]) + 1)
-        long_span = counts > self.min_answer_length
-        # Official: k = max(1, int(len(answer) * mask_ratio)) for answers longer than 50 tokens.
-        k = torch.where(long_span, torch.clamp(torch.floor(counts.double() * ratio).long(), min=1), 0)
-        mask = select_in_groups(group, eligible, k, generator)
-        self.last_num_masked = int(mask.sum())
-        self.last_num_eligible = int(counts[long_span].sum())
+        min_length = self.min_answer_length
+
+        def num_to_mask(counts):  # official: k = max(1, int(len(answer) * mask_ratio)) for answers > 50 tokens
+            return np.where(counts > min_length, np.maximum(np.floor(counts * ratio).astype(np.intp), 1), 0)
+
+        sel = select_in_groups(eligible, num_to_mask, rng, group, int(group[-1]) + 1)
+        self.last_num_masked = int(sel.k.sum())
+        self.last_num_eligible = int(sel.counts[sel.k > 0].sum())
         if self.last_num_masked == 0:
             return examples
 
-        masked_ids = flat_ids.masked_fill(mask, self.mask_token_id)
-        copy_labels = torch.where(mask, flat_ids, -100)
-        seg_id = torch.repeat_interleave(torch.arange(seg_len.numel()), seg_len)
-        seg_masked = torch.bincount(seg_id[mask], minlength=seg_len.numel()).tolist()
+        masked_ids = flat_ids.copy()
+        np.putmask(masked_ids, sel.mask, self.mask_token_id)
+        copy_labels = np.where(sel.mask, flat_ids, -100)
+        seg_of_masked = np.searchsorted(seg_end, np.flatnonzero(sel.mask), side="right")
+        seg_masked = (np.bincount(seg_of_masked, minlength=seg_len.size) > 0).tolist()
+        flat = _Flat(flat_ids, flat_labels, masked_ids, copy_labels, self._base_takes_arrays)
         out, extra = [], []
         offset, seg_index = 0, 0
-        for ex, segs in zip(examples, seg_lists):
-            pieces, new_segs, any_masked = [], [], False
-            pos = offset
+        for i, (ex, segs) in enumerate(zip(examples, seg_lists)):
+            segments = []
             for length in segs:
-                lo, hi = pos, pos + length
-                if seg_masked[seg_index]:
-                    any_masked = True
-                    pieces.append((lo, hi))
-                new_segs.append((lo, hi, bool(seg_masked[seg_index])))
-                pos, seg_index = hi, seg_index + 1
-            if not any_masked:
-                out.append(ex)
+                segments.append((offset, offset + length, seg_masked[seg_index]))
+                offset, seg_index = offset + length, seg_index + 1
+            original = ex
+            if self._base_takes_arrays:  # hand the parsed arrays on: the base need not parse the lists again
+                original = {**ex, "input_ids": ids[i], **({"labels": labels[i]} if "labels" in ex else {})}
+            if not any(m for _, _, m in segments):
+                out.append(original)
             elif self.sft_mode == "separate_rows":
-                out.append(ex)
-                extra.append(self._extra_row(ex, masked_ids, copy_labels, pieces))
+                out.append(original)
+                extra.append(self._extra_row(ex, flat, [(lo, hi) for lo, hi, m in segments if m]))
             else:
-                out.append(self._concat_row(ex, flat_ids, flat_labels, masked_ids, copy_labels, new_segs))
-            offset = pos
+                out.append(self._concat_row(ex, flat, segments))
         self.num_extra_rows += len(extra)
         return out + extra
 
-    def _extra_row(self, ex, masked_ids, copy_labels, pieces) -> dict:
-        ids = torch.cat([masked_ids[lo:hi] for lo, hi in pieces])
-        row = {"input_ids": ids.tolist(), "labels": torch.cat([copy_labels[lo:hi] for lo, hi in pieces]).tolist()}
+    def _extra_row(self, ex, flat: _Flat, pieces) -> dict:
+        ids = np.concatenate([flat.masked_ids[lo:hi] for lo, hi in pieces])
+        row = {"input_ids": ids, "labels": np.concatenate([flat.copy_labels[lo:hi] for lo, hi in pieces])}
         if "seq_lengths" in ex:
             row["seq_lengths"] = [hi - lo for lo, hi in pieces]
         if "attention_mask" in ex:
-            row["attention_mask"] = [1] * ids.numel()
-        return row
+            row["attention_mask"] = np.ones(ids.size, dtype=np.int64)
+        return flat.finish(row)
 
-    def _concat_row(self, ex, flat_ids, flat_labels, masked_ids, copy_labels, segments) -> dict:
+    def _concat_row(self, ex, flat: _Flat, segments) -> dict:
         ids, labels, seg_lengths = [], [], []
         for lo, hi, has_mask in segments:
             if not has_mask:
-                ids.append(flat_ids[lo:hi])
-                labels.append(flat_labels[lo:hi])
+                ids.append(flat.ids[lo:hi])
+                labels.append(flat.labels[lo:hi])
                 seg_lengths.append(hi - lo)
                 continue
-            first, second = (flat_ids[lo:hi], flat_labels[lo:hi]), (masked_ids[lo:hi], copy_labels[lo:hi])
+            first, second = (flat.ids[lo:hi], flat.labels[lo:hi]), (flat.masked_ids[lo:hi], flat.copy_labels[lo:hi])
             if self.concat_order == "masked_first":
                 first, second = second, first
             ids += [first[0], second[0]]
             labels += [first[1], second[1]]
             seg_lengths.append(2 * (hi - lo))
-        ids, labels = torch.cat(ids), torch.cat(labels)
+        ids, labels = np.concatenate(ids), np.concatenate(labels)
         if self.max_length is not None and "seq_lengths" not in ex:
             ids, labels = ids[: self.max_length], labels[: self.max_length]
-        row = {"input_ids": ids.tolist(), "labels": labels.tolist()}
+        row = {"input_ids": ids, "labels": labels}
         if "seq_lengths" in ex:
             row["seq_lengths"] = seg_lengths
         if "attention_mask" in ex:
-            row["attention_mask"] = [1] * ids.numel()
-        return row
+            row["attention_mask"] = np.ones(ids.size, dtype=np.int64)
+        return flat.finish(row)
+
+
+@dataclass
+class _Flat:
+    """The batch's examples concatenated: original ids and labels, masked ids, and the masked copy's labels."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    masked_ids: np.ndarray
+    copy_labels: np.ndarray
+    as_arrays: bool
+
+    def finish(self, row: dict) -> dict:
+        """Rows for a base that takes arrays (TRL's collator) stay arrays; other bases get Python lists."""
+        if self.as_arrays:
+            return row
+        return {key: value.tolist() if isinstance(value, np.ndarray) else value for key, value in row.items()}
 
 
 class _Unmasked:

@@ -1,120 +1,121 @@
 """Vectorised selection of MEAP mask positions: exactly `k[g]` random eligible positions in each group `g`.
 
-A group is a contiguous run of a flat token array (a row, a packed segment, or an answer span). Every position
-draws one float64 key from U[0, 1); ineligible positions get +inf; a group's chosen positions are its `k[g]`
-smallest keys, i.e. a uniformly random k-subset of its eligible positions. No Python loop over tokens
-(spec meap.md, "Performance notes").
+A group is a row of the batch, a packed segment, or an answer span. Every position draws one random 32-bit key;
+a group's chosen positions are its `k[g]` eligible positions with the smallest keys, i.e. a uniformly random
+`k[g]`-subset of its eligible positions (spec meap.md, "Performance notes").
 
-Groups with `k[g] > 0` get their k-th smallest key by one quickselect (`torch.kthvalue`) on their contiguous
-slice when there are at most `_ROWS_FOR_LOOP` of them; otherwise they are laid out as rows of a
-`(groups, longest)` matrix and one unsorted `topk(max k)` plus a sort of those few candidates finds every
-threshold; when that layout would waste too much memory (a few long groups among many short ones) one full
-sort by (group, key) is used. All give identical masks from the same keys (tests compare them with a loop).
+Instead of sorting the keys or running one quickselect per group, the keys are binned by their top bits into
+`nb` buckets: one `bincount` over (group, bucket) gives every group's histogram, a cumulative sum gives each
+group's *edge* bucket (the one holding its `k[g]`-th smallest key). Every eligible position below the edge is
+chosen; only the positions inside edge buckets (about one per group, since `nb` is about the group length) are
+ranked, by one small sort on (group, key). O(n) work and a fixed number of array operations
+per batch: no Python loop over tokens or groups. The collator runs in the dataloader on the CPU, where NumPy's
+per-call overhead is several times lower than PyTorch's; the arrays share memory with the batch's tensors.
+
+Every k-subset is equally likely up to ties among 32-bit keys of one edge bucket (probability ~ m**2 / 2**33 for
+m positions in it, about 1e-9 at the default bucket count), which are broken by position.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
 
 
-_INF = float("inf")
-_ROWS_FOR_LOOP = 128  # quickselect per group beats the top-k grid up to ~128 groups of a 16K-token batch (CPU)
+_KEY_BITS = 32
+_MAX_BUCKET_BITS = 12  # at most 4096 buckets per group (groups of up to 16M positions)
 
 
-def group_ids_from_starts(starts: torch.Tensor) -> torch.Tensor:
-    """`starts` (1-D bool, True where a group begins; index 0 is always a start) -> group id of each position."""
-    starts = starts.clone()
-    starts[0] = True
-    return torch.cumsum(starts, 0) - 1
+class Selection(NamedTuple):
+    mask: np.ndarray  # bool, shape of `eligible`: the chosen positions
+    counts: np.ndarray  # (G,) eligible positions per group
+    k: np.ndarray  # (G,) positions chosen per group (exactly `mask`'s count in each group)
 
 
-def random_keys(eligible: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One U[0, 1) float64 key per position (+inf where not eligible); ties have probability ~ n**2 / 2**54."""
-    keys = torch.rand(eligible.shape, generator=generator, dtype=torch.float64)
-    return keys.masked_fill_(~eligible, _INF)
+def group_ids_from_starts(starts: np.ndarray) -> np.ndarray:
+    """`starts` (1-D bool, True where a group begins; index 0 always counts as one) -> group id of each position."""
+    group = np.cumsum(starts, dtype=np.intp)
+    if starts.size and starts[0]:
+        group -= 1
+    return group
 
 
-def select_smallest_per_row(keys: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Bool mask of `keys <= (k[r]-th smallest key of row r)`, `keys` of shape `(R, L)`, `k` of shape `(R,)`.
+def random_keys(rng: np.random.Generator, n: int) -> np.ndarray:
+    """`n` independent uniform 32-bit keys (the bit generator's raw 64-bit output, split in halves)."""
+    return rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n]
 
-    With +inf keys for ineligible positions, AND the result with the eligibility mask: when `k[r]` reaches the
-    row's eligible count the threshold is +inf. Rows with `k[r] == 0` select nothing."""
-    k = k.clamp(min=0, max=keys.shape[1])
-    if keys.shape[0] <= _ROWS_FOR_LOOP:  # few rows: one O(L) quickselect per row beats top-k + sort
-        threshold = torch.full((keys.shape[0], 1), -_INF, dtype=keys.dtype)
-        for r, kr in enumerate(k.tolist()):
-            if kr > 0:
-                threshold[r, 0] = torch.kthvalue(keys[r], kr).values
-        return keys <= threshold
-    k_max = int(k.max()) if k.numel() else 0
-    if k_max == 0:
-        return torch.zeros(keys.shape, dtype=torch.bool)
-    candidates = torch.topk(keys, k_max, dim=1, largest=False, sorted=False).values
-    candidates = torch.sort(candidates, dim=1).values
-    threshold = candidates.gather(1, (k - 1).clamp(min=0).unsqueeze(1))
-    threshold = threshold.masked_fill_((k == 0).unsqueeze(1), -_INF)
-    return keys <= threshold
+
+def stochastic_round(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """floor(x + u), u ~ U[0, 1), for x >= 0: an integer with expectation exactly `x` (spec: k_i = floor(ratio *
+    n_i + u_i))."""
+    return (x + rng.random(np.shape(x))).astype(np.intp)  # truncation is floor for x >= 0
+
+
+def _bucket_bits(n: int, num_groups: int) -> int:
+    # About sqrt(average group length) buckets: the (groups x buckets) histogram stays far smaller than the batch,
+    # and edge buckets hold about sqrt(length) positions per group, which one small sort ranks.
+    average = max(n // max(num_groups, 1), 1)
+    return max(1, min(_MAX_BUCKET_BITS, (average.bit_length() + 1) // 2))
 
 
 def select_in_groups(
-    group: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
-    """Bool mask with exactly `min(k[g], #eligible in g)` eligible positions set in every group `g`.
+    eligible: np.ndarray,
+    k: np.ndarray | Callable[[np.ndarray], np.ndarray],
+    rng: np.random.Generator,
+    group: np.ndarray | None = None,
+    num_groups: int | None = None,
+) -> Selection:
+    """Choose exactly `min(k[g], #eligible in g)` eligible positions uniformly at random in every group `g`.
 
     Args:
-        group (`torch.LongTensor` of shape `(n,)`): non-decreasing group id of each position, `0 .. G-1`.
-        eligible (`torch.BoolTensor` of shape `(n,)`): positions that may be chosen.
-        k (`torch.LongTensor` of shape `(G,)`): positions to choose per group.
-        generator (`torch.Generator`): the only source of randomness (one `rand(n)` draw).
+        eligible (`np.ndarray` of bool): positions that may be chosen; 2-D `(R, L)` when `group` is None (each
+            row is a group), else 1-D.
+        k (`np.ndarray` of shape `(G,)`, or a callable): positions to choose per group (>= 0), or a function of
+            the per-group eligible counts returning them (called once, after the histogram).
+        rng (`np.random.Generator`): the only source of randomness: one key per position, then whatever
+            `k(counts)` draws.
+        group (`np.ndarray` of shape `(n,)`, *optional*): non-decreasing group id (`0 .. G-1`) of each position
+            of a 1-D `eligible` (groups are contiguous runs).
+        num_groups (`int`, *optional*): `G`; default `group[-1] + 1` (or the number of rows).
     """
-    n = group.numel()
-    mask = torch.zeros(n, dtype=torch.bool)
-    if n == 0:
-        return mask
-    keys = random_keys(eligible, generator)
-    n_groups = k.numel()
-    first = torch.ones(n, dtype=torch.bool)
-    first[1:] = group[1:] != group[:-1]
-    group_start = torch.zeros(n_groups, dtype=torch.int64)
-    group_start[group[first]] = torch.nonzero(first).flatten()
-    group_len = torch.bincount(group, minlength=n_groups)
-    active = torch.nonzero((k > 0) & (group_len > 0)).flatten()
-    if active.numel() == 0:
-        return mask
-    if active.numel() <= _ROWS_FOR_LOOP:  # few groups: quickselect on each contiguous slice, no layout needed
-        threshold = torch.full((n_groups,), -_INF, dtype=torch.float64)
-        for g, lo, size, kg in zip(
-            active.tolist(), group_start[active].tolist(), group_len[active].tolist(), k[active].tolist()
-        ):
-            threshold[g] = torch.kthvalue(keys[lo : lo + size], min(kg, size)).values
-        return (keys <= threshold[group]) & eligible
-    longest = int(group_len[active].max())
-    if active.numel() * longest > 4 * n + 4096:
-        return _select_by_sort(group, keys, k, group_start)
-    row_of_group = torch.full((n_groups,), -1, dtype=torch.int64)
-    row_of_group[active] = torch.arange(active.numel())
-    row = row_of_group[group]
-    keep = torch.nonzero(row >= 0).flatten()
-    row, col = row[keep], keep - group_start[group[keep]]
-    grid = torch.full((active.numel(), longest), _INF, dtype=torch.float64)
-    grid[row, col] = keys[keep]
-    mask[keep] = select_smallest_per_row(grid, k[active])[row, col] & eligible[keep]
-    return mask
+    if group is None:
+        num_groups, width = eligible.shape
+        group_col = np.arange(num_groups, dtype=np.intp)[:, None]  # broadcasts over the row
+    else:
+        if num_groups is None:
+            num_groups = int(group[-1]) + 1 if group.size else 0
+        width, group_col = 0, group
+    keys = random_keys(rng, eligible.size).reshape(eligible.shape)
+    bits = _bucket_bits(eligible.size, num_groups)
+    nb, stride = 1 << bits, (1 << bits) + 1  # buckets 0 .. nb-1 per group, then an overflow bucket
+    first_bin = group_col * stride
+    bins = (keys >> (_KEY_BITS - bits)) + first_bin  # global bin of each position: group * stride + bucket
+    np.copyto(bins, first_bin + nb, where=~eligible)  # ineligible positions go to their group's overflow bucket
+    hist = np.bincount(bins.ravel(), minlength=num_groups * stride).reshape(num_groups, stride)[:, :nb]
+    cum = hist.cumsum(1)
+    counts = cum[:, -1]
+    k = np.minimum(k(counts) if callable(k) else k, counts)
+    edge = (cum < k[:, None]).sum(1)  # the bucket holding each group's k-th smallest key
+    rows = np.arange(num_groups)
+    need = k - (cum[rows, edge] - hist[rows, edge])  # positions still to take from the edge bucket
+    edge += rows * stride
+    edge[k == 0] = -1  # k == 0: no bin is below or at the edge
+    edge_of = edge[group_col]
+    mask = bins < edge_of
+    at_edge = np.flatnonzero(bins == edge_of)
+    if at_edge.size:
+        group_at = at_edge // width if group is None else group[at_edge]
+        mask.ravel()[at_edge[_smallest_at_edge(group_at, keys.ravel()[at_edge], need[group_at])]] = True
+    return Selection(mask, counts, k)
 
 
-def _select_by_sort(group, keys, k, group_start) -> torch.Tensor:
-    # Sort by key, then stably by group: each group becomes one block, its eligible keys first in increasing order.
-    order = torch.sort(keys).indices
-    order = order[torch.sort(group[order], stable=True).indices]
-    group_sorted = group[order]
-    rank = torch.arange(group.numel()) - group_start[group_sorted]
-    chosen = (rank < k[group_sorted]) & torch.isfinite(keys[order])
-    mask = torch.zeros(group.numel(), dtype=torch.bool)
-    mask[order[chosen]] = True
-    return mask
-
-
-def stochastic_round(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """floor(x + u), u ~ U[0, 1): an integer with expectation exactly `x` (spec: k_i = floor(ratio * n_i + u_i))."""
-    u = torch.rand(x.shape, generator=generator, dtype=torch.float64)
-    return torch.floor(x.to(torch.float64) + u).to(torch.int64)
+def _smallest_at_edge(group, keys, need) -> np.ndarray:
+    """Positions inside edge buckets (`group` non-decreasing): True for the `need` smallest keys of each group.
+    Equal 32-bit keys (probability ~ m**2 / 2**33 for m positions in one edge bucket) are ordered by position."""
+    order = np.argsort((group.astype(np.int64) << _KEY_BITS) | keys, kind="stable")  # by group, then key
+    rank = np.arange(group.size) - np.searchsorted(group, group)  # groups stay in place: rank inside the block
+    take = np.zeros(group.size, dtype=bool)
+    take[order] = rank < need
+    return take
