@@ -279,10 +279,32 @@ def test_config_errors_name_the_field():
         RlStageConfig(num_generations=1)
     with pytest.raises(ValueError, match="needs an `output_dir`"):
         SrlmConfig(handoff="disk")
+    with pytest.raises(ValueError, match="`eval_batch_size`"):
+        SrlmConfig(eval_batch_size=0)
     with pytest.raises(ValueError, match="name no SFTConfig field"):
         run_srlm(
             tiny_model("llama"), tiny_tokenizer(), _tiny_config("sft", sft=SftStageConfig(trainer_kwargs={"lr": 1}))
         )
+
+
+def test_evaluation_batches_and_optional_base_eval():
+    """`eval_batch_size` sets the generation batches (3 problems in batches of 2: two `generate` calls per
+    evaluation); `eval_before=False` skips the base evaluation but still scores every stage."""
+    tok, model = tiny_tokenizer(), tiny_model("llama")
+    calls = []
+    generate = model.generate
+
+    def counting_generate(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return generate(*args, **kwargs)
+
+    model.generate = counting_generate
+    _, report = run_srlm(model, tok, _tiny_config([], eval_size=3, eval_batch_size=2, eval_max_new_tokens=2))
+    assert calls == [2, 1] and report["eval_before"]["n"] == 3
+    calls.clear()
+    cfg = _tiny_config("sft", eval_size=3, eval_batch_size=3, eval_max_new_tokens=2, eval_before=False)
+    _, report = run_srlm(model, tok, cfg)
+    assert calls == [3] and "eval_before" not in report and report["stages"][0]["eval"]["n"] == 3
 
 
 @pytest.mark.slow

@@ -168,9 +168,11 @@ def build_case(plugin: str, size: str = "tiny", seed: int = 0, steps: int = 4, l
 
             tok = tiny_tokenizer()
             vocab = model.config.vocab_size
+            # the bench model's vocabulary (151936) is larger than the tiny tokenizer's: mask with its last id then
+            mask_id = vocab - 1 if vocab <= len(tok) else len(tok) - 1
             case.collators = {
                 r: DataCollatorForMEAP(
-                    tokenizer=tok, mask_token_id=vocab - 1, special_token_ids=list(range(_SPECIAL)), seed=seed
+                    tokenizer=tok, mask_token_id=mask_id, special_token_ids=list(range(_SPECIAL)), seed=seed
                 )
                 for r in range(8)
             }

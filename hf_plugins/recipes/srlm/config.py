@@ -250,6 +250,8 @@ class SrlmConfig:
         num_problems (`int`, *optional*, defaults to `400`): arithmetic training problems.
         eval_size (`int`, *optional*, defaults to `64`): held-out problems scored after each stage (0: none).
         eval_max_new_tokens (`int`, *optional*, defaults to `128`): greedy generation length of the evaluation.
+        eval_batch_size (`int`, *optional*, defaults to `32`): problems per generation batch of the evaluation.
+        eval_before (`bool`, *optional*, defaults to `True`): also score the model before the first stage.
         arith_max_ops / arith_max_value / arith_seed: difficulty and seed of the problems.
         handoff (`str`, *optional*, defaults to `"memory"`): `"memory"` passes the model object to the next
             stage; `"disk"` saves each stage with `save_pretrained` under `output_dir/<i>-<stage>` and reloads it.
@@ -265,6 +267,8 @@ class SrlmConfig:
     num_problems: int = 400
     eval_size: int = 64
     eval_max_new_tokens: int = 128
+    eval_batch_size: int = 32
+    eval_before: bool = True
     arith_max_ops: int = 2
     arith_max_value: int = 30
     arith_seed: int = 0
@@ -283,6 +287,8 @@ class SrlmConfig:
             raise ValueError(f"`num_problems` must be >= 1, got {self.num_problems}")
         if self.eval_size < 0:
             raise ValueError(f"`eval_size` must be >= 0, got {self.eval_size}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"`eval_batch_size` must be >= 1, got {self.eval_batch_size}")
 
 
 def parse_stages(stages) -> list[str]:

