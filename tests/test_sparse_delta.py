@@ -313,6 +313,33 @@ def test_triton_path_is_not_used_off_cuda_or_for_fp64():
     assert not K.usable(w.t(), idx, v)  # non-contiguous
 
 
+def test_triton_path_accepts_parameters_in_the_interpreter(tmp_path):
+    """A LIFT/SEFT values tensor is an `nn.Parameter`: the kernel must take it (an exact-type check once sent every
+    trainable delta down the five-launch ATen path on the GPU)."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from hf_plugins.tuners import _sparse_delta_triton as K\n"
+        "w = torch.zeros(4, 4, dtype=torch.bfloat16)\n"
+        "idx = torch.tensor([1, 5], dtype=torch.int32)\n"
+        "v = torch.nn.Parameter(torch.ones(2))\n"
+        "assert K.usable(w, idx, v) and K.usable(torch.nn.Parameter(w, requires_grad=False), idx, v)\n"
+        "print('OK')\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        timeout=120,
+    )
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_triton_add_sparse_on_cuda_equals_the_aten_path(dtype, monkeypatch):

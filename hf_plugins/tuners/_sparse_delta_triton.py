@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - CPU images without triton
 BLOCK = 1024
 NUM_WARPS = 4
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # a trainable values tensor is an nn.Parameter
 
 
 def usable(weight: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> bool:
@@ -30,7 +31,7 @@ def usable(weight: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) ->
     plain contiguous tensors (not DTensors) on one device."""
     if triton is None or weight.dtype not in _DTYPES or values.dtype not in (*_DTYPES, torch.float64):
         return False
-    if type(weight) is not torch.Tensor or type(indices) is not torch.Tensor or type(values) is not torch.Tensor:
+    if not all(type(t) in _PLAIN for t in (weight, indices, values)):  # DTensors and other subclasses: ATen path
         return False
     if not (weight.is_contiguous() and indices.is_contiguous() and values.is_contiguous()):
         return False
