@@ -15,7 +15,7 @@ Evaluation merges the adapters first (greedy generation, max 96 new tokens).
     python benchmarks/lift_quality.py --model-dir /path/to/smollm2   # a save_pretrained dir of SmolLM2-135M-Instruct
     python benchmarks/lift_quality.py                                # loads the embedded GGUF (needs `gguf`)
     python benchmarks/lift_quality.py --smoke                        # tiny random Llama on the CPU, < 60 s
-Budget on one H200: <= 180 s with the defaults.
+Budget on one H200: ~8 minutes with the defaults (494 s on 2026-11-29, sharing the GPU with seft_quality.py).
 """
 
 from __future__ import annotations
