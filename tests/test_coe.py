@@ -227,6 +227,33 @@ def test_experts_implementations_agree(dtype, atol):
             torch.testing.assert_close(got, want, atol=atol, rtol=atol)
 
 
+@pytest.mark.parametrize("experts", ["eager", "batched_mm", "grouped_mm"])
+def test_autocast_runs_the_experts_in_the_autocast_dtype(experts):
+    """fp32 master weights under bf16 autocast (Trainer(bf16=True)): every backend computes the expert products in
+    bf16, exactly as the same experts holding bf16 copies of the weights do, and the gradients reach the fp32
+    parameters. (transformers' grouped_mm / batched_mm wrappers cast activations to the weight dtype, which without
+    this would run the experts in fp32.)"""
+    model = tiny_coe(experts=experts)
+    experts_mod = model.model.layers[1].mlp.experts
+    torch.manual_seed(0)
+    x = torch.randn(12, model.config.hidden_size)
+    index = torch.randint(0, model.config.num_experts, (12, model.config.num_experts_per_tok))
+    weights = torch.rand(12, model.config.num_experts_per_tok)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = experts_mod(x, index, weights)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    assert experts_mod.gate_up_proj.grad is not None and experts_mod.gate_up_proj.grad.dtype == torch.float32
+    ref_mod = tiny_coe(experts=experts).to(torch.bfloat16).model.layers[1].mlp.experts
+    with torch.no_grad():
+        ref_mod.gate_up_proj.copy_(experts_mod.gate_up_proj)
+        ref_mod.down_proj.copy_(experts_mod.down_proj)
+        ref = ref_mod(x.to(torch.bfloat16), index, weights.to(torch.bfloat16))
+    torch.testing.assert_close(out.detach().float(), ref.float(), atol=1e-2, rtol=1e-2)
+    with torch.no_grad():  # outside autocast: the fp32 path is unchanged
+        assert experts_mod(x, index, weights).dtype == torch.float32
+
+
 def test_set_experts_implementation_switches_backend():
     model = tiny_coe(experts="eager")
     x = ids()

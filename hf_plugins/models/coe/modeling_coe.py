@@ -169,6 +169,40 @@ class CoEExperts(nn.Module):
         return out
 
 
+class _AmpExpertsView:
+    """`CoEExperts` seen with its expert weights cast to the autocast dtype (a differentiable cast: gradients reach
+    the fp32 parameters). Every other attribute is the module's own."""
+
+    def __init__(self, module: CoEExperts, dtype: torch.dtype):
+        self.__dict__["_module"] = module
+        self.__dict__["gate_up_proj"] = module.gate_up_proj.to(dtype)
+        self.__dict__["down_proj"] = module.down_proj.to(dtype)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["_module"], name)
+
+
+_experts_dispatch = CoEExperts.forward  # transformers' dispatch to `config._experts_implementation`
+
+
+def _experts_forward(self, hidden_states, top_k_index, top_k_weights):
+    """Mixed precision for the expert kernels. `grouped_mm` / `batched_mm` are not autocast ops, and transformers'
+    wrappers cast the activations to the WEIGHT dtype: with fp32 master weights under bf16 autocast (the stock
+    `Trainer(bf16=True)` set-up) every expert product would run in fp32, several times slower than the rest of the
+    model (the 1-GPU CoE run of benchmarks/multigpu_fsdp.py was 4x slower than its 2-GPU FSDP2 run, whose
+    parameters are bf16). Under autocast the experts therefore see their weights in the autocast dtype, as
+    `F.linear` would; outside autocast nothing changes."""
+    dev = hidden_states.device.type
+    if torch.is_autocast_enabled(dev) and self.gate_up_proj.dtype == torch.float32:
+        dtype = torch.get_autocast_dtype(dev)
+        if dtype in (torch.bfloat16, torch.float16):
+            return _experts_dispatch(_AmpExpertsView(self, dtype), hidden_states.to(dtype), top_k_index, top_k_weights)
+    return _experts_dispatch(self, hidden_states, top_k_index, top_k_weights)
+
+
+CoEExperts.forward = _experts_forward
+
+
 class CoESharedExpert(LlamaMLP):
     """Always-active SwiGLU expert(s), width `n_shared_experts * moe_intermediate_size` (official `shared_experts`)."""
 
