@@ -2,8 +2,9 @@
 backend and each backend side by side: batched cuSOLVER, cuSOLVER on 4 streams, LAPACK in a CPU thread pool with
 all / half the threads, hybrid = LAPACK threads + the GPU on one queue; vs a per-matrix Gram-eigvalsh loop and a
 per-matrix svdvals loop), and the training-step overhead of AlphaDecay (+ a refresh every 500 updates) over fused
-AdamW with the Trainer's two groups: AlphaDecay as shipped (merged groups, per-matrix decays in one foreach call) and
-with one base update per group, the three arms interleaved on one model and batch, medians over the rounds.
+AdamW with the Trainer's two groups: AlphaDecay as shipped (fused: one Triton AdamW launch with per-tensor decay
+factors), with merged groups (per-matrix decays in one foreach call + the base update, `fused_update=False`) and with
+one base update per group, the four arms interleaved on one model and batch, medians over the rounds.
 The refresh inside AlphaDecay uses the default backend (`auto`).
 
     python benchmarks/alphadecay_bench.py               # GPU (~1.5 min on an H200)
@@ -128,9 +129,11 @@ def refresh_benchmark(cfg, device, repeats):
 
 
 def train_step_benchmark(cfg, device, warmup, iters, rounds):
-    """Step time of fused AdamW with the Trainer's 2 groups (A), AlphaDecay(AdamW) as shipped (B: merged groups, the
-    per-matrix decays in one foreach call) and AlphaDecay with one base update per group (C, `merge_groups=False`),
-    on one model and one batch, interleaved A B C A B C ... over `rounds` rounds of `iters` steps each after
+    """Step time of fused AdamW with the Trainer's 2 groups (A), AlphaDecay(AdamW) with merged groups (B: the
+    per-matrix decays in one foreach call + the base update, `fused_update=False`), AlphaDecay with one base update per
+    group (C, `merge_groups=False`) and AlphaDecay as shipped (D: one Triton AdamW launch with per-tensor decays; on
+    the CPU it falls back to B), on one model and one batch, interleaved A B C D A B C D ... over `rounds` rounds of
+    `iters` steps each after
     `warmup` steps per arm; medians of all timed steps, and of the optimizer step alone (synchronised around it)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -156,9 +159,14 @@ def train_step_benchmark(cfg, device, warmup, iters, rounds):
     min_eigs = 50 if cfg is FULL else 16
     arms = {
         "adamw": torch.optim.AdamW(hf_param_groups(model, 0.1), lr=1e-5, fused=fused),
-        "alphadecay": AlphaDecay()(model, lr=1e-5, weight_decay=0.1, interval=500, fused=fused, min_eigs=min_eigs),
+        "alphadecay": AlphaDecay()(
+            model, lr=1e-5, weight_decay=0.1, interval=500, fused=fused, min_eigs=min_eigs, fused_update=False
+        ),
         "alphadecay_per_group": AlphaDecay()(
             model, lr=1e-5, weight_decay=0.1, interval=500, fused=fused, min_eigs=min_eigs, merge_groups=False
+        ),
+        "alphadecay_fused": AlphaDecay()(
+            model, lr=1e-5, weight_decay=0.1, interval=500, fused=fused, min_eigs=min_eigs
         ),
     }
     step_times = {k: [] for k in arms}
@@ -189,6 +197,7 @@ def train_step_benchmark(cfg, device, warmup, iters, rounds):
             run(name, iters, record=True)
     t_refresh, _ = timed(arms["alphadecay"].refresh_decays, device, 3)
     groups = {k: len(o.param_groups) for k, o in arms.items()}
+    fused_used = arms["alphadecay_fused"]._alphadecay_fused_layout is not None
     merged = len(arms["alphadecay"]._merged_groups() or arms["alphadecay"].param_groups)
     n_params = sum(p.numel() for p in model.parameters())
     arms.clear()  # free the optimizer states before the caller goes on
@@ -201,6 +210,8 @@ def train_step_benchmark(cfg, device, warmup, iters, rounds):
         "step_adamw_s": base,
         "step_alphadecay_s": med["alphadecay"],
         "step_alphadecay_per_group_s": med["alphadecay_per_group"],
+        "step_alphadecay_fused_s": med["alphadecay_fused"],
+        "fused_path_used": fused_used,
         "refresh_in_optimizer_s": t_refresh,
         "groups": groups,
         "merged_groups": merged,
@@ -208,6 +219,7 @@ def train_step_benchmark(cfg, device, warmup, iters, rounds):
         "iters_per_round": iters,
         "overhead_at_500": (med["alphadecay"] - base + t_refresh / 500) / base,
         "overhead_at_500_per_group": (med["alphadecay_per_group"] - base + t_refresh / 500) / base,
+        "overhead_at_500_fused": (med["alphadecay_fused"] - base + t_refresh / 500) / base,
         "optimizer_overhead_at_500": (med_opt["alphadecay"] - med_opt["adamw"] + t_refresh / 500) / base,
         "n_params": n_params,
     }
@@ -260,7 +272,8 @@ def main():
     print(
         f"overhead at interval 500 (step + refresh/500 vs AdamW): merged {100 * tr['overhead_at_500']:.2f}% "
         f"({tr['merged_groups']} groups in the base update), per group {100 * tr['overhead_at_500_per_group']:.2f}%; "
-        f"from optimizer.step times alone: {100 * tr['optimizer_overhead_at_500']:.2f}%"
+        f"from optimizer.step times alone: {100 * tr['optimizer_overhead_at_500']:.2f}%; fused "
+        f"{100 * tr['overhead_at_500_fused']:.2f}% (Triton path {'used' if tr['fused_path_used'] else 'NOT used'})"
     )
     print(f"total {time.perf_counter() - t0:.1f} s")
 
@@ -301,6 +314,33 @@ def main():
             case_tr,
             "step + refresh/500 s, AlphaDecay(AdamW) merged groups vs AdamW (HF 2 groups)",
             tr["step_alphadecay_s"] + tr["refresh_in_optimizer_s"] / 500,
+            tr["step_adamw_s"],
+        ),
+    ]
+    fused_tag = "fused Triton update" if tr["fused_path_used"] else "fused_update (fell back: no CUDA/triton)"
+    rows += [
+        (
+            case_tr,
+            f"train step s (median, interleaved), AlphaDecay(AdamW) {fused_tag} vs AdamW (HF 2 groups)",
+            tr["step_alphadecay_fused_s"],
+            tr["step_adamw_s"],
+        ),
+        (
+            case_tr,
+            f"optimizer.step s (median, interleaved), AlphaDecay(AdamW) {fused_tag} vs AdamW (HF 2 groups)",
+            tr["optimizer_step_s"]["alphadecay_fused"],
+            tr["optimizer_step_s"]["adamw"],
+        ),
+        (
+            case_tr,
+            f"optimizer.step s (median, interleaved), AlphaDecay(AdamW) {fused_tag} vs merged groups",
+            tr["optimizer_step_s"]["alphadecay_fused"],
+            tr["optimizer_step_s"]["alphadecay"],
+        ),
+        (
+            case_tr,
+            f"step + refresh/500 s, AlphaDecay(AdamW) {fused_tag} vs AdamW (HF 2 groups)",
+            tr["step_alphadecay_fused_s"] + tr["refresh_in_optimizer_s"] / 500,
             tr["step_adamw_s"],
         ),
     ]

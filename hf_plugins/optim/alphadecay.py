@@ -13,13 +13,17 @@ With a decoupled base (AdamW, or Adam(decoupled_weight_decay=True)) `step()` doe
 group: it applies every analysed matrix's decay p <- p * (1 - lr * wd) in one `torch._foreach_mul_` (torch's AdamW
 does exactly this first, with the group's current lr) and runs the base update on the groups merged by their
 remaining hyperparameters, the analysed ones at decay 0 (usually 2 groups). `param_groups` itself is not changed.
+On CUDA with fp32 parameters (`fused_update=True`, the default) both are one Triton launch instead
+(`_alphadecay_triton.py`): AdamW with a per-tensor decay factor, no extra pass over the weights.
 """
 
 from __future__ import annotations
 
+import array
 import logging
 import math
 import operator
+import os
 import statistics
 from typing import Any
 
@@ -72,6 +76,18 @@ def _local(p: torch.Tensor) -> torch.Tensor:
     return p.to_local() if isinstance(p, _DTENSOR[0]) else p
 
 
+def _fused_device_ok(device: torch.device) -> bool:
+    """CUDA, or the CPU under Triton's interpreter (`TRITON_INTERPRET=1`, the tests)."""
+    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def _get_scalar_dtype(is_fused=None) -> torch.dtype:
+    """The dtype torch's Adam gives `state["step"]` (float32; float64 unfused under a float64 default dtype)."""
+    if is_fused:
+        return torch.float32
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
 def _is_decoupled_base(base: type) -> bool:
     """Bases whose `step()` is torch's Adam/AdamW: decoupled decay = `p.mul_(1 - lr * wd)` before the update."""
     return base in (torch.optim.AdamW, torch.optim.Adam)
@@ -90,6 +106,7 @@ class _AlphaDecayMixin:
         alphadecay_xmin_pos: float = 2.0,
         alphadecay_esd_streams: int = 1,
         alphadecay_merge_groups: bool = True,
+        alphadecay_fused_update: bool = True,
         **base_kwargs,
     ):
         super().__init__(params, **base_kwargs)
@@ -100,7 +117,9 @@ class _AlphaDecayMixin:
             "xmin_pos": float(alphadecay_xmin_pos),
             "esd_streams": int(alphadecay_esd_streams),
             "merge_groups": bool(alphadecay_merge_groups),
+            "fused_update": bool(alphadecay_fused_update),
         }
+        self._alphadecay_fused_layout = None  # fused path: block tables, rebuilt when the tensor sizes change
         self._alphadecay_warned = False
         self._alphadecay_layouts: dict[tuple, tuple] = {}
         self.refresh_decays()  # the first schedule comes from the initial weights, as in the official code
@@ -149,13 +168,20 @@ class _AlphaDecayMixin:
             # when (update_step + 1) % every == 0), so the new decays apply to that update already.
             if count % self.alphadecay_config["interval"] == 0:
                 self.refresh_decays()
-        merged = self._merged_groups() if groups and self._can_merge() else None
-        if merged is None:
+        if not (groups and self._can_merge()):
             return super().step(closure)
         loss = None
         if closure is not None:  # evaluated first, as the base step does, so the decays see its gradients
             with torch.enable_grad():
                 loss = closure()
+        plan = self._fused_plan() if self.alphadecay_config["fused_update"] else None
+        if plan is not None:
+            self._fused_step(plan)
+            return loss
+        merged = self._merged_groups()
+        if merged is None:
+            super().step()  # per group (the closure was evaluated above)
+            return loss
         self._apply_matrix_decays(groups)
         own = self.param_groups
         self.param_groups = merged
@@ -205,6 +231,101 @@ class _AlphaDecayMixin:
                 buckets[key] = bucket
             bucket["params"].extend(g["params"])
         return list(buckets.values())
+
+    def _fused_plan(self) -> tuple[list, list, list, list, list] | None:
+        """(params, grads, per-tensor hyperparameter rows, state dicts, groups' `fused` flags) for the fused Triton
+        AdamW update, or None where it does not apply: triton missing; a group with amsgrad, maximize, capturable,
+        differentiable, or `foreach=False` / `fused=False` set explicitly; a parameter (with a gradient) that is not a
+        plain contiguous fp32 tensor on the one CUDA device (CPU only in Triton's interpreter), or whose gradient is
+        sparse, not fp32 or not contiguous; a tensor lr / decay or coupled decay (as `_merged_groups`). Parameters
+        without a gradient are skipped, as torch does."""
+        from . import _alphadecay_triton as kernels
+
+        if not kernels.available():
+            return None
+        params, grads, rows, states, fused = [], [], [], [], []
+        device, index = None, None
+        plain, f32, strided = (torch.Tensor, nn.Parameter), torch.float32, torch.strided
+        adamw = isinstance(self, torch.optim.AdamW)
+        for g in self.param_groups:
+            if g["amsgrad"] or g["maximize"] or g["capturable"] or g["differentiable"]:
+                return None
+            if g["foreach"] is False or g["fused"] is False or not g.get("decoupled_weight_decay", adamw):
+                return None
+            lr, wd, (b1, b2), eps = g["lr"], g["weight_decay"], g["betas"], g["eps"]
+            if any(isinstance(x, torch.Tensor) for x in (lr, wd, b1, b2, eps)):
+                return None
+            row = (float(lr), float(wd), float(b1), float(b2), float(eps))
+            on_device = bool(g["fused"])
+            state = self.state
+            for p in g["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                if device is None:
+                    device, index = p.device, p.get_device()
+                    if not _fused_device_ok(device):
+                        return None
+                if not (
+                    type(p) in plain
+                    and type(grad) in plain
+                    and p.dtype is f32
+                    and grad.dtype is f32
+                    and p.get_device() == index
+                    and grad.get_device() == index
+                    and grad.layout is strided
+                    and p.is_contiguous()
+                    and grad.is_contiguous()
+                    and p.numel() > 0
+                ):
+                    return None
+                params.append(p)
+                grads.append(grad)
+                rows.extend(row)
+                states.append(state[p])
+                fused.append(on_device)
+        return (params, grads, rows, states, fused) if params else None
+
+    @torch.no_grad()
+    def _fused_step(self, plan: tuple) -> None:
+        """AdamW on every parameter of `plan` (`_fused_plan`) in one Triton launch, each tensor with its own decay
+        factor `1 - lr * wd` (its group's current lr and decay), instead of the `_foreach_mul_` pass + the base step.
+        State (`step` tensor where torch keeps it, `exp_avg`, `exp_avg_sq`) is torch's, so `state_dict()` and a resume
+        on either path are unchanged."""
+        from . import _alphadecay_triton as kernels
+
+        params, grads, rows, states, fused = plan
+        for p, st, f in zip(params, states, fused):
+            if len(st) == 0:  # torch's lazy initialisation (Adam._init_group): step on the device only when fused
+                st["step"] = (
+                    torch.zeros((), dtype=_get_scalar_dtype(is_fused=True), device=p.device)
+                    if f
+                    else torch.tensor(0.0, dtype=_get_scalar_dtype(), device="cpu")
+                )
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        device = params[0].device
+        steps = [st["step"] for st in states]
+        exp_avgs = [st["exp_avg"] for st in states]
+        exp_avg_sqs = [st["exp_avg_sq"] for st in states]
+        # steps live on one device per group kind (CPU unless fused); a mix is stacked on the CPU
+        if len({s.device for s in steps}) > 1:
+            steps_cpu = [s for s in steps if s.device.type == "cpu"]
+            steps_dev = [s for s in steps if s.device.type != "cpu"]
+            torch._foreach_add_(steps_cpu, 1)
+            torch._foreach_add_(steps_dev, 1)
+            counts = torch.stack([s.to("cpu", torch.float64) for s in steps])
+        else:
+            torch._foreach_add_(steps, 1)
+            counts = torch.stack(steps)
+        hyper = torch.frombuffer(array.array("d", rows), dtype=torch.float64).view(-1, 5)
+        scalars = kernels.step_scalars(counts, hyper, device)
+        numels = tuple(p.numel() for p in params)
+        layout = self._alphadecay_fused_layout
+        if layout is None or layout.key != numels or layout.device != device:
+            layout = self._alphadecay_fused_layout = kernels.FusedLayout(list(numels), device)
+        ptrs = layout.pointers(params, grads, exp_avgs, exp_avg_sqs)
+        kernels.adamw_update(layout, ptrs, scalars)
 
     @torch.no_grad()
     def _apply_matrix_decays(self, groups: list[dict]) -> None:
@@ -316,6 +437,11 @@ class AlphaDecay:
             `torch._foreach_mul_` and run the base update on the groups merged by their other hyperparameters
             (usually 2 instead of one per matrix; same result, see `docs/alphadecay.md`). Other bases (coupled
             Adam, SGD, StableSPAM) always run per group.
+        fused_update (`bool`, *optional*, defaults to `True`):
+            On the merged path, where it applies (CUDA with triton, fp32 plain tensors, no amsgrad / maximize /
+            capturable / differentiable, `foreach` and `fused` not set to False): one multi-tensor Triton AdamW launch
+            over all parameters with each tensor's own decay factor, instead of the `_foreach_mul_` pass + the base
+            step (same update and state, see `docs/alphadecay.md`). False keeps the two passes.
         other_params (`str`, *optional*, defaults to `"hf"`):
             Decay of the parameters not analysed: "hf" follows the Trainer (biases and norms 0, the rest wd);
             "official" puts every one of them at wd, as the official code does.
@@ -345,6 +471,7 @@ class AlphaDecay:
         other_params: str = "hf",
         esd_streams: int = 1,
         merge_groups: bool = True,
+        fused_update: bool = True,
         **base_kwargs,
     ) -> torch.optim.Optimizer:
         base_cls = _resolve_base(base)
@@ -402,6 +529,7 @@ class AlphaDecay:
             alphadecay_xmin_pos=xmin_pos,
             alphadecay_esd_streams=esd_streams,
             alphadecay_merge_groups=merge_groups,
+            alphadecay_fused_update=fused_update,
             **base_kwargs,
         )
         logger.info(
