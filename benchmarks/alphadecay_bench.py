@@ -166,7 +166,7 @@ def train_step_benchmark(cfg, device, warmup, iters, rounds):
             model, lr=1e-5, weight_decay=0.1, interval=500, fused=fused, min_eigs=min_eigs, merge_groups=False
         ),
         "alphadecay_fused": AlphaDecay()(
-            model, lr=1e-5, weight_decay=0.1, interval=500, fused=fused, min_eigs=min_eigs
+            model, lr=1e-5, weight_decay=0.1, interval=500, fused=fused, min_eigs=min_eigs, fused_update=True
         ),
     }
     step_times = {k: [] for k in arms}

@@ -135,7 +135,7 @@ def test_fused_plan_falls_back(monkeypatch):
     takes the two-pass path (`fused_update=False` does so always)."""
     pytest.importorskip("triton")
     model = tiny_model("llama", seed=0)
-    opt = AlphaDecay()(model, lr=1e-3, weight_decay=0.1, min_eigs=MIN_EIGS)
+    opt = AlphaDecay()(model, lr=1e-3, weight_decay=0.1, min_eigs=MIN_EIGS, fused_update=True)
     _grads_for(model)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert opt._fused_plan() is None
@@ -147,7 +147,7 @@ def test_fused_plan_falls_back(monkeypatch):
     p.grad = p.grad.t().contiguous().t() if p.dim() == 2 else p.grad
     assert opt._fused_plan() is None
     bf16 = tiny_model("llama", seed=0, dtype=torch.bfloat16)
-    opt = AlphaDecay()(bf16, lr=1e-3, weight_decay=0.1, min_eigs=MIN_EIGS)
+    opt = AlphaDecay()(bf16, lr=1e-3, weight_decay=0.1, min_eigs=MIN_EIGS, fused_update=True)
     _grads_for(bf16, torch.bfloat16)
     assert opt._fused_plan() is None
 
