@@ -1,9 +1,16 @@
 """MEAP collator throughput (examples/s, CPU) vs TRL's own collator on the same batches (issue 7: >= 0.9x).
 
 The collator runs in the dataloader on the CPU, so this benchmark is CPU-only by design. Each case collates the
-same list of examples with TRL's `DataCollatorForLanguageModeling` (transformers' `DataCollatorForLanguageModeling`
-/ `DataCollatorForSeq2Seq` when TRL is not installed) and with `DataCollatorForMEAP` wrapping that collator;
-median over repeats of the process CPU time for `--batches` batches (one torch thread), after warm-up.
+same list of examples with TRL's `DataCollatorForLanguageModeling` and with `DataCollatorForMEAP` wrapping that
+collator. Measurement (robust to other jobs on a shared machine):
+
+- one thread everywhere (`torch.set_num_threads(1)`, BLAS / OpenMP pools set to 1 before NumPy is imported), and
+  process CPU time (`time.process_time`), i.e. work done, not wall time; the garbage collector is off while timing;
+- warm-up: every batch goes through both collators twice before timing;
+- paired, short repeats: in each of `--rounds` rounds every batch is collated once by each collator, back to back,
+  the order alternating with the batch and the round, and each pair gives one ratio t(TRL) / t(MEAP);
+- the ratio reported is the median of those paired ratios, with their inter-quartile range in brackets; the
+  examples/s columns are batch size / median time of each collator.
 
     python benchmarks/meap_bench.py            # full sizes (B=8, up to 2048 tokens), ~1-2 min on 2 cores
     python benchmarks/meap_bench.py --smoke    # tiny sizes, a few seconds
@@ -11,16 +18,22 @@ median over repeats of the process CPU time for `--batches` batches (one torch t
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import itertools
-import json
-import statistics
-import time
-from pathlib import Path
+import os
 
-import numpy as np
-import torch
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before NumPy / torch load their thread pools
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import gc  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 
 SCRIPT = "meap_bench.py"
@@ -55,25 +68,62 @@ def _examples(kind: str, batch: int, length: int, vocab: int, seed: int) -> list
     return out
 
 
-def _time_pair(base, meap, batches, n_batches: int, repeats: int, base_batches=None) -> tuple[float, float]:
-    """Median CPU seconds of this process (one torch thread, so CPU time = work done, robust to other jobs on
-    the machine) for `n_batches` batches of each collator; the two alternate so that load changes hit both."""
+def _time_pair(base, meap, batches, rounds: int, base_batches=None) -> dict:
+    """Paired CPU times of `base(base_batches[i])` and `meap(batches[i])`, one pair per batch and round, the order
+    alternating; returns the median times and the quartiles of the paired ratios t(base) / t(meap)."""
     base_batches = batches if base_batches is None else base_batches
-    for rows, base_rows in zip(batches[:2], base_batches[:2]):
-        base(base_rows), meap(rows)
-    times = {"base": [], "meap": []}
-    for r in range(repeats):
-        order = (("base", base), ("meap", meap)) if r % 2 == 0 else (("meap", meap), ("base", base))
-        for name, collate in order:
-            data = base_batches if name == "base" else batches
-            t0 = time.process_time()
-            for i in range(n_batches):
-                collate(data[i % len(data)])
-            times[name].append(time.process_time() - t0)
-    return statistics.median(times["base"]), statistics.median(times["meap"])
+    for _ in range(2):  # warm-up: caches, lazy imports, the generator's first seeding
+        for rows, base_rows in zip(batches, base_batches):
+            base(base_rows), meap(rows)
+    t_base, t_meap, ratios = [], [], []
+    clock = time.process_time
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            for i, (rows, base_rows) in enumerate(zip(batches, base_batches)):
+                if (r + i) % 2 == 0:
+                    t0 = clock()
+                    base(base_rows)
+                    t1 = clock()
+                    meap(rows)
+                    t2 = clock()
+                    tb, tm = t1 - t0, t2 - t1
+                else:
+                    t0 = clock()
+                    meap(rows)
+                    t1 = clock()
+                    base(base_rows)
+                    t2 = clock()
+                    tm, tb = t1 - t0, t2 - t1
+                if tb > 0 and tm > 0:
+                    t_base.append(tb)
+                    t_meap.append(tm)
+                    ratios.append(tb / tm)
+    finally:
+        gc.enable()
+    q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
+    return {
+        "t_base": float(np.median(t_base)),
+        "t_meap": float(np.median(t_meap)),
+        "ratio": float(q50),
+        "ratio_q25": float(q25),
+        "ratio_q75": float(q75),
+        "pairs": len(ratios),
+    }
 
 
-def run(smoke: bool, batches: int, repeats: int) -> list[dict]:
+def _row(case: str, metric: str, batch: int, timing: dict) -> dict:
+    row = {"case": case, "metric": metric, "ours": batch / timing["t_meap"], "baseline": batch / timing["t_base"]}
+    row.update({key: timing[key] for key in ("ratio", "ratio_q25", "ratio_q75", "pairs")})
+    print(
+        f"{case}: MEAP {row['ours']:,.0f} ex/s, TRL {row['baseline']:,.0f} ex/s, paired ratio {row['ratio']:.3f} "
+        f"(IQR {row['ratio_q25']:.3f}-{row['ratio_q75']:.3f}, {row['pairs']} pairs)"
+    )
+    return row
+
+
+def run(smoke: bool, rounds: int) -> list[dict]:
     from hf_plugins import DataCollatorForMEAP
 
     torch.set_num_threads(1)  # a dataloader worker's view
@@ -84,7 +134,7 @@ def run(smoke: bool, batches: int, repeats: int) -> list[dict]:
         ("sft_separate_rows", "sft", {"sft_mode": "separate_rows"}),
         ("sft_concat", "sft", {"sft_mode": "concat"}),
     ]
-    metric = "examples/s (CPU time, 1 thread)"
+    metric = "examples/s (CPU time, 1 thread); ratio: median [IQR] of paired per-batch ratios"
     rows = []
     for name, mode, kw in cases:
         base = _trl_collator(padding_free=name == "padding_free")
@@ -92,11 +142,17 @@ def run(smoke: bool, batches: int, repeats: int) -> list[dict]:
         meap = DataCollatorForMEAP(
             base=base, mode=mode, mask_token_id=vocab, special_token_ids=[0, 1, 2], seed=0, **kw
         )
-        t_base, t_meap = _time_pair(base, meap, data, batches, repeats)
-        ours, ref = batch * batches / t_meap, batch * batches / t_base
         case = f"{name}, B={batch}, T<={length}, vs TRL collator on the same examples"
-        rows.append({"case": case, "metric": metric, "ours": ours, "baseline": ref})
-        print(f"{case}: MEAP {ours:,.0f} ex/s, TRL {ref:,.0f} ex/s, ratio {ours / ref:.2f}")
+        rows.append(_row(case, metric, batch, _time_pair(base, meap, data, rounds)))
+        if mode == "pretrain":
+            # MEAP parses the examples' lists into int64 arrays (np.fromiter) before TRL's collator turns them into
+            # tensors, as in SFT mode. These rows isolate MEAP's own cost: TRL given the same examples as arrays
+            # (built outside the timing) while MEAP gets the lists (parsing + masking), and both given the arrays
+            # (masking alone).
+            arrays = [[{k: np.asarray(v) if k == "input_ids" else v for k, v in ex.items()} for ex in b] for b in data]
+            for form, meap_rows in (("lists", data), ("arrays", arrays)):
+                case = f"{name}, B={batch}, T<={length}, MEAP given {form} vs TRL given arrays of the same examples"
+                rows.append(_row(case, metric, batch, _time_pair(base, meap, meap_rows, rounds, base_batches=arrays)))
         if mode == "sft":
             # SFT MEAP adds rows / doubles lengths by design; these rows isolate the collator's own overhead by
             # letting TRL collate the very rows MEAP produces (built once, outside the timing), given as Python
@@ -106,11 +162,8 @@ def run(smoke: bool, batches: int, repeats: int) -> list[dict]:
                 [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in ex.items()} for ex in b] for b in grown
             ]
             for form, base_rows in (("lists", as_lists), ("arrays", grown)):
-                t_grown, t_meap = _time_pair(base, meap, data, batches, repeats, base_batches=base_rows)
-                ours, ref = batch * batches / t_meap, batch * batches / t_grown
                 case = f"{name}, B={batch}, T<={length}, vs TRL collating MEAP's output rows ({form})"
-                rows.append({"case": case, "metric": metric, "ours": ours, "baseline": ref})
-                print(f"{case}: MEAP {ours:,.0f} ex/s, TRL {ref:,.0f} ex/s, ratio {ours / ref:.2f}")
+                rows.append(_row(case, metric, batch, _time_pair(base, meap, data, rounds, base_batches=base_rows)))
     return rows
 
 
@@ -121,7 +174,7 @@ def _format(rows: list[dict]) -> list[str]:
     versions = f"{torch.__version__} / {transformers.__version__}"
     return [
         f"| {date} | {SCRIPT} | CPU | {versions} | {r['case']} | {r['metric']} | {r['ours']:,.0f} | "
-        f"{r['baseline']:,.0f} | {r['ours'] / r['baseline']:.2f} |"
+        f"{r['baseline']:,.0f} | {r['ratio']:.2f} [{r['ratio_q25']:.2f}, {r['ratio_q75']:.2f}] |"
         for r in rows
     ]
 
@@ -131,11 +184,9 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes")
     p.add_argument("--append", action="store_true", help="append rows to benchmarks/RESULTS.md")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
-    p.add_argument("--batches", type=int, default=None, help="batches per timing (default 16, smoke 8)")
-    p.add_argument("--repeats", type=int, default=10, help="timings per case; the median is reported")
+    p.add_argument("--rounds", type=int, default=None, help="passes over the 8 batches (default 40, smoke 5)")
     args = p.parse_args(argv)
-    batches = args.batches or (8 if args.smoke else 16)
-    rows = run(args.smoke, batches, args.repeats)
+    rows = run(args.smoke, args.rounds or (5 if args.smoke else 40))
     lines = _format(rows)
     print("\n".join(lines))
     if args.out:

@@ -11,7 +11,7 @@ from transformers import DataCollatorForLanguageModeling as HFLMCollator
 
 from hf_plugins import DataCollatorForMEAP, MaskRatioSchedule, add_mask_token
 from hf_plugins.collators.meap import masking
-from hf_plugins.collators.meap.masking import group_ids_from_starts, random_keys, select_in_groups
+from hf_plugins.collators.meap.masking import group_ids_from_starts, select_in_groups
 from hf_plugins.testing import tiny_llama, tiny_tokenizer
 
 
@@ -45,20 +45,27 @@ def _rng(seed):
     return np.random.Generator(np.random.PCG64(seed))
 
 
-def _loop_reference(keys, group, eligible, k):
-    """Per group with a Python loop: the k eligible positions with the smallest keys."""
-    expected = np.zeros(keys.size, dtype=bool)
+def _check_against_buckets(sel, bucket, group, eligible, k):
+    """Per group with a Python loop, from the same bucket-number draw: exactly min(k, #eligible) eligible positions
+    are chosen, and the choice is closed downwards in bucket order (every eligible position in a lower bucket than
+    some chosen one is chosen; only the last bucket is split)."""
+    mask = sel.mask.ravel()
     for gid in range(k.size):
-        pos = [p for p in range(keys.size) if group[p] == gid and eligible[p]]
-        pos.sort(key=lambda p: int(keys[p]))
-        expected[pos[: int(k[gid])]] = True
-    return expected
+        pos = [p for p in range(bucket.size) if group[p] == gid and eligible[p]]
+        chosen = [p for p in pos if mask[p]]
+        assert not any(mask[p] for p in range(bucket.size) if group[p] == gid and not eligible[p])
+        assert len(chosen) == min(int(k[gid]), len(pos)), gid
+        if chosen:
+            top = max(int(bucket[p]) for p in chosen)
+            assert all(mask[p] for p in pos if bucket[p] < top), gid
+            assert not any(mask[p] for p in pos if bucket[p] > top), gid
 
 
 @pytest.mark.parametrize("max_bucket_bits", [12, 1])  # ~1 position per edge bucket / huge edge buckets
 def test_select_in_groups_equals_an_explicit_loop(max_bucket_bits, monkeypatch):
-    """The bucket histogram + edge ranking picks, in each group, the k eligible positions with the smallest random
-    keys: recompute that per group with a Python loop from the same key draw, for flat groups and for rows."""
+    """The bucket histogram + edge subset picks, in each group, exactly k eligible positions, all of the buckets
+    below the edge and part of the edge bucket: recheck per group with a Python loop from the same bucket draw,
+    for flat groups (given by ids or by lengths) and for rows."""
     monkeypatch.setattr(masking, "_MAX_BUCKET_BITS", max_bucket_bits)
     r = _rng(3)
     n = 300
@@ -66,35 +73,41 @@ def test_select_in_groups_equals_an_explicit_loop(max_bucket_bits, monkeypatch):
     eligible = r.random(n) < 0.7
     n_groups = int(group[-1]) + 1
     k = r.integers(0, 12, n_groups)
-    keys = random_keys(_rng(11), n)
-    assert np.unique(keys).size == n  # the reference breaks no ties
+    bits = masking._bucket_bits(n, n_groups)
+    bucket = masking.bucket_keys(_rng(11), n, bits)
     sel = select_in_groups(eligible, k, _rng(11), group, n_groups)
-    np.testing.assert_array_equal(sel.mask, _loop_reference(keys, group, eligible, k))
+    _check_against_buckets(sel, bucket, group, eligible, k)
     counts = np.bincount(group[eligible], minlength=n_groups)
     np.testing.assert_array_equal(sel.counts, counts)
     np.testing.assert_array_equal(sel.k, np.minimum(k, counts))
+    by_lengths = select_in_groups(eligible, k, _rng(11), lengths=np.bincount(group, minlength=n_groups))
+    np.testing.assert_array_equal(by_lengths.mask, sel.mask)  # the same groups, the same draw
     # rows of a 2-D batch are the groups
     rows, width = 6, 50
     eligible2 = r.random((rows, width)) < 0.8
     k2 = np.array([0, 1, 5, 20, 40, 50])
     sel2 = select_in_groups(eligible2, k2, _rng(5))
-    expected = _loop_reference(
-        random_keys(_rng(5), rows * width), np.repeat(np.arange(rows), width), eligible2.ravel(), k2
-    )
-    np.testing.assert_array_equal(sel2.mask.ravel(), expected)
+    bucket2 = masking.bucket_keys(_rng(5), rows * width, masking._bucket_bits(rows * width, rows))
+    _check_against_buckets(sel2, bucket2, np.repeat(np.arange(rows), width), eligible2.ravel(), k2)
 
 
+@pytest.mark.parametrize("layout", ["rows", "lengths"])
 @pytest.mark.parametrize("max_bucket_bits", [12, 1])
-def test_select_in_groups_draws_uniform_subsets_like_random_sample(max_bucket_bits, monkeypatch):
+def test_select_in_groups_draws_uniform_subsets_like_random_sample(max_bucket_bits, layout, monkeypatch):
     """Every k-subset is equally likely: the frequencies of the 15 possible 2-subsets of 6 eligible positions,
-    over 12,000 groups, pass the same chi-square test (14 dof, 0.1% level) as `random.sample`."""
+    over 12,000 groups (rows, or flat groups given by their lengths), pass the same chi-square test (14 dof, 0.1%
+    level) as `random.sample`."""
     import random
 
     monkeypatch.setattr(masking, "_MAX_BUCKET_BITS", max_bucket_bits)
     groups, length = 12_000, 8
     eligible = np.ones((groups, length), dtype=bool)
     eligible[:, [0, 5]] = False  # 6 eligible positions per group, not contiguous
-    sel = select_in_groups(eligible, np.full(groups, 2), _rng(7))
+    if layout == "rows":
+        sel = select_in_groups(eligible, np.full(groups, 2), _rng(7))
+    else:
+        flat = select_in_groups(eligible.ravel(), np.full(groups, 2), _rng(7), lengths=np.full(groups, length))
+        sel = flat._replace(mask=flat.mask.reshape(groups, length))
     assert np.all(sel.mask.sum(1) == 2) and not sel.mask[:, [0, 5]].any()
     subsets = list(itertools.combinations([1, 2, 3, 4, 6, 7], 2))
     index = {s: i for i, s in enumerate(subsets)}
@@ -210,18 +223,56 @@ def test_padding_free_keeps_sequence_boundaries(tok):
         assert int(masked[lo:hi].sum()) in (math.floor(0.3 * eligible), math.ceil(0.3 * eligible))
 
 
+@pytest.mark.parametrize("position_ids", [False, True])
+def test_full_rows_without_tokenizer_and_row_position_ids(position_ids):
+    """No tokenizer (special ids given, token ids far beyond them), rows of equal length (attention mask all ones)
+    and, optionally, per-row `position_ids` restarting inside rows: per sequence (row, or run starting at
+    position_ids == 0) exactly floor or ceil of 0.25 * eligible positions are masked, never a special token and
+    never the sequence's last token; labels stay the base's."""
+    g = torch.Generator().manual_seed(5)
+    rows, width, special = 5, 60, [0, 1, 2]
+    ids = torch.randint(0, 5000, (rows, width), generator=g)
+    ids[:, ::7] = 1  # special tokens inside
+    examples = [{"input_ids": row.tolist()} for row in ids]
+    base = TRLCollator(pad_token_id=0, return_position_ids=position_ids)
+    cuts = [0, 17, 41] if position_ids else [0]
+    if position_ids:
+        for ex in examples:
+            ex["seq_lengths"] = [17, 24, width - 41]
+    ref = base(examples)
+    collator = DataCollatorForMEAP(base=base, mask_token_id=9, special_token_ids=special, seed=4, mask_ratio=0.25)
+    batch = collator(examples)
+    assert torch.equal(batch["labels"], ref["labels"])
+    masked = batch["input_ids"] != ref["input_ids"]
+    assert torch.all(batch["input_ids"][masked] == 9)
+    total = 0
+    for r in range(rows):
+        for lo, hi in itertools.pairwise([*cuts, width]):
+            seg = ids[r, lo:hi].tolist()
+            eligible = [j for j in range(len(seg) - 1) if seg[j] not in special and seg[j] != 9]
+            chosen = masked[r, lo:hi].nonzero().flatten().tolist()
+            assert set(chosen) <= set(eligible), (r, lo)
+            assert len(chosen) in (math.floor(0.25 * len(eligible)), math.ceil(0.25 * len(eligible)))
+            total += len(eligible)
+    assert collator.last_num_eligible == total and collator.last_num_masked == int(masked.sum())
+
+
 def test_ratio_zero_gives_exactly_the_base_batch(tok):
     examples = _random_examples(tok, 5)
     for base, mode, exs in [
         (HFLMCollator(tok, mlm=False), "pretrain", examples),
         (TRLCollator(pad_token_id=0, padding_free=True), "pretrain", examples),
+        (TRLCollator(pad_token_id=0), "pretrain", [{**e, "labels": e["input_ids"][::-1]} for e in examples]),
         (TRLCollator(pad_token_id=0), "sft", [{**e, "labels": e["input_ids"]} for e in examples]),
     ]:
         ref = base(exs)
         batch = DataCollatorForMEAP(base=base, tokenizer=tok, mode=mode, mask_ratio=0.0, min_answer_length=0)(exs)
         assert set(batch) == set(ref)
         for key, value in ref.items():
-            assert torch.equal(batch[key], value) if isinstance(value, torch.Tensor) else batch[key] == value
+            if isinstance(value, torch.Tensor):  # TRL's base gets MEAP's int64 arrays instead of the lists
+                assert torch.equal(batch[key], value) and batch[key].dtype == value.dtype, key
+            else:
+                assert batch[key] == value
 
 
 def test_seeded_reproducible_and_fresh_per_batch_rank_and_worker(tok, monkeypatch):
