@@ -13,11 +13,10 @@ loss of the first step of each arm from the same weights (they differ only by bf
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import time
-from pathlib import Path
 
+import _results  # benchmarks/_results.py: RESULTS.md rows and output files
 import torch
 
 
@@ -52,8 +51,6 @@ def main(argv=None) -> int:
     p.add_argument("--append", action="store_true")
     p.add_argument("--rounds", type=int, default=4)
     args = p.parse_args(argv)
-    import transformers
-
     import hf_plugins  # noqa: F401  (registers CoE)
     from hf_plugins.distributed.harness import _base_config, _model
     from hf_plugins.models.coe import modeling_coe as M
@@ -85,18 +82,15 @@ def main(argv=None) -> int:
     M.CoEExperts.forward = M._experts_forward
     med = {k: statistics.median(v) for k, v in times.items()}
     dev = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (smoke)"
-    ver = f"{torch.__version__} / {transformers.__version__}"
+    prefix = _results.row_prefix(SCRIPT, dev)
     case = f"CoE {'tiny' if args.smoke else '0.65B (16x704 experts, top-4, 2 iterations)'}, grouped_mm, fp32 weights + bf16 autocast, B={b} T={t}"
-    date = datetime.date.today().isoformat()
     tok = b * t
     rows = [
-        f"| {date} | {SCRIPT} | {dev} | {ver} | {case} | tokens/s, experts in autocast dtype vs transformers' default (fp32 experts) | {tok / med['ours']:,.0f} | {tok / med['default']:,.0f} | {med['default'] / med['ours']:.2f} |",
-        f"| {date} | {SCRIPT} | {dev} | {ver} | {case} | first-step loss, ours vs default | {first_loss['ours']:.4f} | {first_loss['default']:.4f} | {first_loss['ours'] / first_loss['default']:.4f} |",
+        f"{prefix} {case} | tokens/s, experts in autocast dtype vs transformers' default (fp32 experts) | {tok / med['ours']:,.0f} | {tok / med['default']:,.0f} | {med['default'] / med['ours']:.2f} |",
+        f"{prefix} {case} | first-step loss, ours vs default | {first_loss['ours']:.4f} | {first_loss['default']:.4f} | {first_loss['ours'] / first_loss['default']:.4f} |",
     ]  # fmt: skip
     print("\n".join(rows))
-    if args.append:
-        with open(Path(__file__).parent / "RESULTS.md", "a") as f:
-            f.write("\n".join(rows) + "\n")
+    _results.write_outputs(rows, append=args.append)
     return 0
 
 

@@ -22,14 +22,12 @@ refresh of every mask <= 2 s.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
-import math
 import statistics
 import time
-from pathlib import Path
 
+import _results  # benchmarks/_results.py: RESULTS.md rows and output files
 import torch
 
 
@@ -313,26 +311,6 @@ def _rows(res: dict) -> list[dict]:
     return rows
 
 
-def _fmt(x) -> str:
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "n/a"
-        return f"{x:,.4g}" if abs(x) < 1e4 else f"{x:,.0f}"
-    return f"{x:,}"
-
-
-def _markdown(rows: list[dict], device: str) -> list[str]:
-    import transformers
-
-    date = datetime.date.today().isoformat()
-    versions = f"{torch.__version__} / {transformers.__version__}"
-    return [
-        f"| {date} | {SCRIPT} | {device} | {versions} | {r['case']} | {r['metric']} | {_fmt(r['ours'])} | "
-        f"{_fmt(r['baseline'])} | {_fmt(r['ratio'])} |"
-        for r in rows
-    ]
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny Qwen2 on the CPU (checks the script, < 60 s)")
@@ -343,15 +321,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rows, raw = run(args.smoke, args.r or (4 if args.smoke else 16))
     device = torch.cuda.get_device_name() if raw["device"] == "cuda" else "cpu (smoke)"
-    lines = _markdown(rows, device)
+    lines = _results.markdown(rows, SCRIPT, device)
     print("\n".join(lines))
     print(f"total wall {time.perf_counter() - t0:.1f} s")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "raw": raw}, indent=1, default=str))
-    if args.append:
-        results = Path(__file__).with_name("RESULTS.md")
-        with results.open("a") as f:
-            f.write("\n".join(lines) + "\n")
+    _results.write_outputs(lines, out=args.out, payload={"rows": rows, "raw": raw}, append=args.append)
     return 0
 
 

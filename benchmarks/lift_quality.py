@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
-import math
 import statistics
 import time
-from pathlib import Path
 
+import _results  # benchmarks/_results.py: RESULTS.md rows and output files
 import torch
 
 
@@ -319,19 +317,6 @@ def _rows(res: dict, args) -> list[dict]:
     return rows
 
 
-def _markdown(rows, device: str) -> list[str]:
-    import transformers
-
-    date = datetime.date.today().isoformat()
-    versions = f"{torch.__version__} / {transformers.__version__}"
-    ratio = lambda x: "n/a" if math.isnan(x) else f"{x:.3g}"  # noqa: E731
-    return [
-        f"| {date} | {SCRIPT} | {device} | {versions} | {r['case']} | {r['metric']} | {r['ours_text']} | "
-        f"{r['base_text']} | {ratio(r['ratio'])} |"
-        for r in rows
-    ]
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny random Llama + in-code tokenizer on the CPU")
@@ -358,14 +343,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rows, raw = run(args)
     device = torch.cuda.get_device_name() if raw["device"] == "cuda" else "cpu (smoke)"
-    lines = _markdown(rows, device)
+    lines = _results.markdown_text(rows, SCRIPT, device)
     print("\n".join(lines))
     print(f"total wall {time.perf_counter() - t0:.1f} s")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "raw": raw}, indent=1, default=str))
-    if args.append:
-        with Path(__file__).with_name("RESULTS.md").open("a") as f:
-            f.write("\n".join(lines) + "\n")
+    _results.write_outputs(lines, out=args.out, payload={"rows": rows, "raw": raw}, append=args.append)
     return 0
 
 

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
 import math
 import time
-from pathlib import Path
 
+import _results  # benchmarks/_results.py: RESULTS.md rows and output files
 import torch
 
 
@@ -230,17 +228,7 @@ def _rows(raw: dict, smoke: bool) -> list[dict]:
     return rows
 
 
-def _fmt(x) -> str:
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "n/a"
-        return f"{x:,.4g}" if abs(x) < 1e4 else f"{x:,.0f}"
-    return f"{x:,}"
-
-
 def main(argv=None) -> int:
-    import transformers
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny Llama on the CPU (checks the script, < 60 s)")
     p.add_argument("--append", action="store_true", help="append the rows to benchmarks/RESULTS.md")
@@ -248,19 +236,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     rows, raw = run(args.smoke)
     device = torch.cuda.get_device_name() if raw["device"] == "cuda" else "cpu (smoke)"
-    date, versions = datetime.date.today().isoformat(), f"{torch.__version__} / {transformers.__version__}"
-    lines = [
-        f"| {date} | {SCRIPT} | {device} | {versions} | {r['case']} | {r['metric']} | {_fmt(r['ours'])} | "
-        f"{_fmt(r['baseline'])} | {_fmt(r['ratio'])} |"
-        for r in rows
-    ]
+    lines = _results.markdown(rows, SCRIPT, device)
     print("\n".join(lines))
     print(f"total wall {raw['total_s']:.1f} s")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "raw": raw}, indent=1, default=str))
-    if args.append:
-        with Path(__file__).with_name("RESULTS.md").open("a") as f:
-            f.write("\n".join(lines) + "\n")
+    _results.write_outputs(lines, out=args.out, payload={"rows": rows, "raw": raw}, append=args.append)
     return 0
 
 
