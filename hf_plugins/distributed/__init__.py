@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +88,10 @@ def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def is_dtensor(t: Any) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch without DTensor
-        return False
-    return isinstance(t, DTensor)
+    """Whether `t` is an FSDP2 / tensor-parallel `DTensor`. Called on every LIFT/SEFT forward: no import here (a
+    DTensor can only exist once its module is loaded), just a dict lookup and an isinstance."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

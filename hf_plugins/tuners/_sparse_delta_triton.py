@@ -10,6 +10,8 @@ path (tests/test_sparse_delta.py checks it in Triton's CPU interpreter).
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -24,6 +26,8 @@ BLOCK = 1024
 NUM_WARPS = 4
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # a trainable values tensor is an nn.Parameter
+# Triton's CPU interpreter (tests): read once, as triton itself reads it when the kernels are defined
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def usable(weight: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> bool:
@@ -38,13 +42,7 @@ def usable(weight: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) ->
     dev = weight.device
     if indices.device != dev or values.device != dev or indices.dtype not in (torch.int32, torch.int64):
         return False
-    return dev.type == "cuda" or (dev.type == "cpu" and _interpreting())
-
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return dev.type == "cuda" or (dev.type == "cpu" and _INTERPRETING)
 
 
 if triton is not None:
