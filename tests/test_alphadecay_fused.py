@@ -3,13 +3,12 @@ against the merged two-pass path (`_foreach_mul_` + torch AdamW) and an fp64 Ada
 CPU interpreter (LR schedule, refreshes, per-tensor decays, a parameter without gradient, save / load / resume);
 where it falls back; that its kernel compiles for sm_90 with vector loads; and (GPU) against torch on CUDA."""
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _triton_interpreter import run_in_interpreter
 
 from hf_plugins import AlphaDecay
 from hf_plugins.optim import _alphadecay_triton  # noqa: F401 (defined now: later tests set TRITON_INTERPRET=1)
@@ -76,22 +75,12 @@ print("OK")
 
 
 @pytest.mark.slow  # ~15 s on 2 shared CPU cores (the interpreter runs every program in Python)
-def test_fused_update_equals_merged_path_in_triton_interpreter(tmp_path):
+def test_fused_update_equals_merged_path_in_triton_interpreter():
     """The fused kernel in Triton's CPU interpreter (a fresh process: `TRITON_INTERPRET` is read when kernels are
     defined) gives the merged two-pass path's parameters and state (fp32 rounding) and an fp64 AdamW's parameters,
     over 8 updates with an LR schedule, refreshes at updates 3 and 6, a parameter without gradient and a resume."""
     pytest.importorskip("triton")
-    script = tmp_path / "check.py"
-    script.write_text(_INTERPRETER_CHECK)
-    res = subprocess.run(
-        [sys.executable, str(script), str(Path(__file__).parent)],
-        check=False,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        timeout=300,
-    )
-    assert res.returncode == 0 and "OK" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
+    assert "OK" in run_in_interpreter(_INTERPRETER_CHECK)
 
 
 def _grads_for(model, dtype=torch.float32):

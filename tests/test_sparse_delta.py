@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from _triton_interpreter import run_in_interpreter
 from torch import nn
 
 from hf_plugins.tuners._sparse_delta import (
@@ -281,26 +282,12 @@ print("OK", cases)
 """
 
 
-def test_triton_add_sparse_equals_the_aten_path_bit_for_bit(tmp_path):
+def test_triton_add_sparse_equals_the_aten_path_bit_for_bit():
     """The one-launch Triton form of `add_sparse_` (used on CUDA) runs in Triton's CPU interpreter and must give the
     ATen path's weights bit for bit: fp32/bf16/fp16 weights, int32/int64 indices, fp32/bf16 values, alpha +-1; and
     the autograd function's output and value gradients through it must equal the ATen path's."""
     pytest.importorskip("triton")
-    import os
-    import subprocess
-    import sys
-
-    script = tmp_path / "check.py"
-    script.write_text(_TRITON_CHECK)
-    res = subprocess.run(
-        [sys.executable, str(script)],
-        check=False,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        timeout=300,
-    )
-    assert res.returncode == 0 and "OK 24" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
+    assert "OK 24" in run_in_interpreter(_TRITON_CHECK)
 
 
 def test_triton_path_is_not_used_off_cuda_or_for_fp64():
@@ -313,13 +300,10 @@ def test_triton_path_is_not_used_off_cuda_or_for_fp64():
     assert not K.usable(w.t(), idx, v)  # non-contiguous
 
 
-def test_triton_path_accepts_parameters_in_the_interpreter(tmp_path):
+def test_triton_path_accepts_parameters_in_the_interpreter():
     """A LIFT/SEFT values tensor is an `nn.Parameter`: the kernel must take it (an exact-type check once sent every
     trainable delta down the five-launch ATen path on the GPU)."""
     pytest.importorskip("triton")
-    import subprocess
-    import sys
-
     code = (
         "import torch\n"
         "from hf_plugins.tuners import _sparse_delta_triton as K\n"
@@ -329,15 +313,7 @@ def test_triton_path_accepts_parameters_in_the_interpreter(tmp_path):
         "assert K.usable(w, idx, v) and K.usable(torch.nn.Parameter(w, requires_grad=False), idx, v)\n"
         "print('OK')\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        timeout=120,
-    )
-    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+    assert "OK" in run_in_interpreter(code, timeout=120)
 
 
 @pytest.mark.gpu

@@ -361,29 +361,15 @@ print("OK")
 """
 
 
-def test_fused_triton_path_equals_foreach_in_triton_interpreter(tmp_path):
+def test_fused_triton_path_equals_foreach_in_triton_interpreter():
     """The fused kernels run in Triton's CPU interpreter (`TRITON_INTERPRET=1`, a fresh process because the flag is
     read when the kernels are defined) and must give the foreach path's parameters and clipped-entry counts over 30
     fp32 steps (spikes, a zero and missing gradients, the reset at 25; the GPU test runs 60) and, for bf16, one step
     within one ulp; a NaN step must write nothing."""
     pytest.importorskip("triton")
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from _triton_interpreter import run_in_interpreter
 
-    script = tmp_path / "check.py"
-    script.write_text(_INTERPRETER_CHECK)
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    res = subprocess.run(
-        [sys.executable, str(script), str(Path(__file__).parent)],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert res.returncode == 0 and "OK" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
+    assert "OK" in run_in_interpreter(_INTERPRETER_CHECK)
 
 
 @pytest.mark.slow
