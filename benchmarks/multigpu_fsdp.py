@@ -30,10 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 FSDP2_REFUSED: tuple[str, ...] = ()  # every plugin supports FSDP2 (docs/distributed.md)
 
 
-def _settings(smoke: bool) -> dict:
-    if smoke:
-        return {"size": "tiny", "steps": 4, "global_batch": 4, "seq_len": 16, "lr": 3e-3}
-    return {"size": "bench", "steps": 12, "global_batch": 8, "seq_len": 512, "lr": 3e-4}
+def _settings(args) -> dict:
+    """Model size, steps, global batch, sequence length and lr of the run: the defaults, then the command line's."""
+    if args.smoke:
+        st = {"size": "tiny", "steps": 4, "global_batch": 4, "seq_len": 16, "lr": 3e-3}
+    else:
+        st = {"size": "bench", "steps": 12, "global_batch": 8, "seq_len": 512, "lr": 3e-4}
+    overrides = (("steps", args.steps), ("seq_len", args.seq_len), ("global_batch", args.global_batch))
+    st.update({k: v for k, v in overrides if v})
+    return st
 
 
 def worker(args) -> None:
@@ -45,9 +50,7 @@ def worker(args) -> None:
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    st = _settings(args.smoke)
-    overrides = (("steps", args.steps), ("seq_len", args.seq_len), ("global_batch", args.global_batch))
-    st.update({k: v for k, v in overrides if v})
+    st = _settings(args)
     mp = "no" if args.smoke else "bf16"
     plugins = args.plugins.split(",") if args.plugins else PLUGINS
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -168,10 +171,7 @@ def main(argv=None) -> int:
         one = json.loads(Path(workdir, "world1.json").read_text())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    st = _settings(args.smoke)
-    st.update(
-        {k: v for k, v in (("steps", args.steps), ("seq_len", args.seq_len), ("global_batch", args.global_batch)) if v}
-    )
+    st = _settings(args)
     shape = f"{st['size']} model, {st['steps']} steps, global batch {st['global_batch']}x{st['seq_len']}"
     device = f"cpu (2 gloo procs; {shape})" if args.smoke else f"2x {torch.cuda.get_device_name(0)} ({shape})"
     out = rows(two, one, device, f"{torch.__version__} / {transformers.__version__}")
