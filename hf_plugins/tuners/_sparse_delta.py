@@ -402,6 +402,8 @@ class SparseDeltaLayer(BaseTunerLayer):
         self.merged_adapters = []
         # Optional fn(dense_grad_fp32) called on every backward of this layer (e.g. a grow criterion).
         self.sparse_grad_hook: Callable[[torch.Tensor], None] | None = None
+        # Adapters whose ready flag was read as True (see `is_ready`); cleared when a state dict loads.
+        self._sparse_ready_cache: set[str] = set()
         base = self.get_base_layer()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"sparse-delta tuners support torch.nn.Linear only, got {type(base).__name__}")
@@ -436,13 +438,13 @@ class SparseDeltaLayer(BaseTunerLayer):
         self._c("residual_indices")[adapter_name] = torch.zeros(0, dtype=torch.int32, device=dev)
         self._c("residual_values")[adapter_name] = torch.zeros(0, dtype=torch.float32, device=dev)
         self._c("ready")[adapter_name] = torch.tensor(ready, device=dev)
-        self.__dict__.setdefault("_sparse_ready_cache", set()).discard(adapter_name)
+        self._sparse_ready_cache.discard(adapter_name)
 
     def is_ready(self, adapter_name: str) -> bool:
         """Whether the adapter's indices were chosen. Read from the (device) buffer only until it is True: the
         answer is then cached on the layer, so the training forward never synchronises with the GPU (one sync
         per layer per step cost LIFT ~15% of its small-batch step time). Loading a state dict clears the cache."""
-        cache = self.__dict__.setdefault("_sparse_ready_cache", set())
+        cache = self._sparse_ready_cache
         if adapter_name in cache:
             return True
         ready = bool(self._c("ready")[adapter_name])
@@ -580,7 +582,7 @@ class SparseDeltaLayer(BaseTunerLayer):
         p = module.sparse_prefix
         numel = module.weight_numel
         where = prefix.rstrip(".").removeprefix("base_model.model.")
-        module.__dict__.get("_sparse_ready_cache", set()).clear()  # the saved ready flags replace the cached ones
+        module._sparse_ready_cache.clear()  # the saved ready flags replace the cached ones
         for attr in ("indices", "residual_indices", "residual_values", "values"):
             container = getattr(module, p + attr)
             for name in list(container.keys()):
