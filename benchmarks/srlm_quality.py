@@ -50,9 +50,7 @@ minutes by `--deadline-s`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import math
 import os
 import shutil
 import statistics
@@ -442,20 +440,6 @@ def _rows(table: dict, args, model_name: str) -> list[dict]:
     return rows
 
 
-def _markdown(rows: list[dict], device: str) -> list[str]:
-    import torch
-    import transformers
-
-    date = datetime.date.today().isoformat()
-    versions = f"{torch.__version__} / {transformers.__version__}"
-    ratio = lambda x: "" if math.isnan(x) else f"{x:.3g}"  # noqa: E731
-    return [
-        f"| {date} | {SCRIPT} | {device} | {versions} | {r['case']} | {r['metric']} | {r['ours_text']} | "
-        f"{r['base_text']} | {ratio(r['ratio'])} |"
-        for r in rows
-    ]
-
-
 # ------------------------------------------------------------------------------------------------ main
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -500,6 +484,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.worker:
         return _worker(args.worker)
+    import _results  # benchmarks/_results.py; here, not at the top: tests load this file without benchmarks/ on sys.path
+
     if args.smoke:
         _smoke(args)
     if args.problems_per_step % args.rl_micro_batches:
@@ -528,19 +514,15 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available() and not args.smoke
     device = torch.cuda.get_device_name() if cuda else ("cpu (smoke)" if args.smoke else "cpu")
     rows = _rows(table, args, model_name)
-    lines = _markdown(rows, device)
+    lines = _results.markdown_text(rows, SCRIPT, device, nan="")
     print(_text_table(table))
     print("\n".join(lines))
     for note in notes:
         print("note:", note)
     wall = time.perf_counter() - t0
     print(f"total wall {wall:.1f} s")
-    if args.out:
-        raw = {"args": vars(args), "device": device, "wall_s": wall, "notes": notes, "table": table, "runs": results}
-        Path(args.out).write_text(json.dumps({"rows": rows, "raw": raw}, indent=1, default=str))
-    if args.append:
-        with Path(__file__).with_name("RESULTS.md").open("a") as f:
-            f.write("\n".join(lines) + "\n")
+    raw = {"args": vars(args), "device": device, "wall_s": wall, "notes": notes, "table": table, "runs": results}
+    _results.write_outputs(lines, out=args.out, payload={"rows": rows, "raw": raw}, append=args.append)
     return 0
 
 
