@@ -162,10 +162,20 @@ def _measure_baseline(name, base, batch, device, r, warmup, timed) -> dict:
     return out
 
 
-def _timed_cycle(model, opt, batch, device, first_step: int, warmup: int) -> dict:
+def _timed_cycle(model, opt, batch, device, first_step: int, warmup: int, full=None) -> dict:
     """Time one ΔT=20 cycle starting at `first_step`: 15 plain steps (no hook), 4 grow-window steps, the last step
-    (grow + sensitivity hooks) and `seft_evolve`. The first `warmup` plain steps are not timed."""
-    plain, window = [], []
+    (grow + sensitivity hooks) and `seft_evolve`. The first `warmup` plain steps are not timed. With `full` =
+    (model, optimizer), one full fine-tuning step runs and is timed after every SEFT step (interleaved: both arms
+    see the same machine state; the host-bound SEFT step time drifts by +-10% between runs)."""
+    plain, window, full_ms = [], [], []
+
+    def full_step():
+        if full is not None:
+            with _Timer(device) as t_full:
+                _train_step(*full, batch)
+                full[1].zero_grad(set_to_none=True)
+            full_ms.append(t_full.ms)
+
     for i in range(15):
         model.seft_prepare_step(first_step + i, 1000)
         with _Timer(device) as t:
@@ -173,25 +183,32 @@ def _timed_cycle(model, opt, batch, device, first_step: int, warmup: int) -> dic
             opt.zero_grad(set_to_none=True)
         if i >= warmup:
             plain.append(t.ms)
+        full_step()
     for i in range(15, 19):  # the grow window (fresh at 15)
         model.seft_prepare_step(first_step + i, 1000)
         with _Timer(device) as t:
             _train_step(model, opt, batch)
             opt.zero_grad(set_to_none=True)
         window.append(t.ms)
+        full_step()
     model.seft_prepare_step(first_step + 19, 1000)  # last step of the cycle: grow + sensitivity hooks
     with _Timer(device) as t_last:
         _train_step(model, opt, batch)
     with _Timer(device) as t_cycle:
         counts = model.seft_evolve(opt, first_step + 19, 1000)
     opt.zero_grad(set_to_none=True)
+    full_step()
     p_ms, w_ms = statistics.median(plain), statistics.median(window)
     return {
         "plain_ms": p_ms,
         "window_ms": w_ms,
+        "fresh_window_ms": window[0],
         "last_ms": t_last.ms,
         "cycle_ms": t_cycle.ms,
         "step_ms": (15 * p_ms + 4 * w_ms + t_last.ms + t_cycle.ms) / 20,
+        "mean_step_ms": (sum(plain) / len(plain) * 15 + sum(window) + t_last.ms + t_cycle.ms) / 20,
+        "full_ms": statistics.median(full_ms) if full_ms else math.nan,
+        "full_mean_ms": sum(full_ms) / len(full_ms) if full_ms else math.nan,
         "cycle_counts": counts,
     }
 
@@ -206,18 +223,23 @@ def _measure_seft(base, batch, device, r, warmup, timed) -> dict:
     _peak_reset(device)
     first = _timed_cycle(model, opt, batch, device, 0, warmup)
     steady = _timed_cycle(model, opt, batch, device, 20, 1)
+    peak = _peak(device)
     _sparse_delta.WEIGHT_GRAD_FP32_OUT = False
     try:
         bf16_mm = _timed_cycle(model, opt, batch, device, 40, 1)
     finally:
         _sparse_delta.WEIGHT_GRAD_FP32_OUT = True
+    full_model, full_opt, _ = _arm("full", base, r)  # interleaved with SEFT, two more steady cycles
+    interleaved = [_timed_cycle(model, opt, batch, device, s, 1, (full_model, full_opt)) for s in (60, 80)]
+    del full_model, full_opt
     sparsity = model.seft_sparsity()
     kept = all(v["support"] == v["target_nnz"] for v in sparsity.values())
     out = {
         **steady,
         "first_cycle": first,
         "bf16_grad_mm": bf16_mm,
-        "peak_gib": _peak(device),
+        "interleaved": interleaved,
+        "peak_gib": peak,
         "trainable": trainable,
         "support_equals_target": kept,
     }
@@ -286,6 +308,21 @@ def _rows(raw: dict, smoke: bool) -> list[dict]:
         ),
         row(case, "step ms, SEFT bf16-out grad mm (avg over a ΔT=20 cycle) vs full FT", b["step_ms"], f["step_ms"]),
         row(case, "step ms, SEFT bf16-out grad mm plain step vs full FT", b["plain_ms"], f["step_ms"]),
+        *(
+            row(
+                case,
+                f"step ms, SEFT (mean over steady ΔT=20 cycle {i + 4}) vs full FT interleaved step by step",
+                c["mean_step_ms"],
+                c["full_mean_ms"],
+            )
+            for i, c in enumerate(s["interleaved"])
+        ),
+        row(
+            case,
+            "step ms, SEFT plain step vs full FT, interleaved (medians, cycles 4-5)",
+            statistics.median([c["plain_ms"] for c in s["interleaved"]]),
+            statistics.median([c["full_ms"] for c in s["interleaved"]]),
+        ),
         row(case, "trainable params, SEFT vs LoRA", float(s["trainable"]), float(lo["trainable"])),
         row(
             f"{shape}, bf16, 50% unstructured, {raw['calib'][0]}x{raw['calib'][1]} synthetic calibration tokens",

@@ -138,6 +138,33 @@ def test_forward_and_merge_equal_a_dense_reference_with_repruned_positions(prune
         assert torch.equal(a.weight, b.weight), name
 
 
+def test_deltas_grown_on_repruned_positions_see_a_zero_base(pruned_llama, calib):
+    """A ∩ R non-empty (a delta grown where re-pruning removed W0): W_eff there is δ alone. Logits, the values'
+    gradient and the merged weights equal a dense plain-model reference holding W0 ⊙ (1 - 1_R) + scatter(A, δ)."""
+    pm = _seft(pruned_llama)
+    layers = _layers(pm)
+    name = "model.layers.0.mlp.down_proj"
+    layer = layers[name]
+    w0 = layer.get_base_layer().weight.detach().view(-1)
+    A = layer.seft_indices["default"].long()
+    support = torch.nonzero(w0 != 0).view(-1)
+    outside = support[~torch.isin(support, A)]
+    R = torch.sort(torch.cat([A[:5], outside[:20]]))[0]  # 5 deltas on re-pruned positions, 20 plain re-pruned
+    layer.seft_pruned_indices["default"] = R.to(torch.int32)
+    with torch.no_grad():
+        layer.seft_values["default"].copy_(torch.randn(A.numel(), generator=torch.Generator().manual_seed(0)) * 0.1)
+    assert layer._seft_plan("default")[1] is not None  # the keep mask is in use
+    ref = _effective_model(pm, pruned_llama)
+    x = calib[4:6]
+    torch.testing.assert_close(pm(input_ids=x).logits, ref(input_ids=x).logits, atol=1e-5, rtol=1e-5)
+    pm(input_ids=x, labels=x).loss.backward()
+    ref(input_ids=x, labels=x).loss.backward()
+    want = prunable_linears(ref)[name].weight.grad.view(-1)[A]
+    torch.testing.assert_close(layer.seft_values["default"].grad, want, atol=1e-6, rtol=1e-5)
+    merged = pm.merge_and_unload()
+    assert torch.equal(prunable_linears(merged)[name].weight, prunable_linears(ref)[name].weight)
+
+
 def test_bf16_forward_equals_the_merged_weight_bit_for_bit(pruned_llama, calib):
     pm = _seft(pruned_llama)
     _train(pm, calib[:4], 4)
@@ -422,3 +449,77 @@ def test_a_fresh_process_loads_a_saved_seft_adapter(pruned_llama, calib, tmp_pat
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ok PeftType.SEFT" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"drop_fraction": 0.5, "drop_schedule": "constant"},
+        {"drop_fraction": 0.3, "target_sparsity": 0.6, "grow_criterion": "instant_gradient"},
+        {"drop_fraction": 0.5, "resurrection": False},
+        {"drop_fraction": 0.5, "reprune_criterion": "magnitude"},
+    ],
+)
+def test_the_batched_cycle_equals_the_per_layer_reference(pruned_llama, calib, kw):
+    """`seft_evolve` runs all layers at once (batched.py); the per-layer loop of evolution.py is the reference: after
+    every one of four cycles both hold the same positions, values, re-pruned set R and Adam moments."""
+    runs = []
+    for batched in (True, False):
+        pm = _seft(pruned_llama, update_interval=2, accumulation_steps=2, **kw)
+        pm.base_model.seft_batched_cycle = batched
+        snaps = []
+        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+        for step in range(8):
+            pm.seft_prepare_step(step, 100)
+            pm(input_ids=calib[:4], labels=calib[:4]).loss.backward()
+            opt.step()
+            out = pm.seft_after_optimizer_step(opt, step, 100)
+            if out is not None:
+                state = {}
+                for name, layer in _layers(pm).items():
+                    v = layer.seft_values["default"]
+                    state[name] = (
+                        layer.seft_indices["default"].clone(),
+                        v.detach().clone(),
+                        layer.seft_pruned_indices["default"].clone(),
+                        opt.state[v]["exp_avg"].clone(),
+                        opt.state[v]["exp_avg_sq"].clone(),
+                    )
+                snaps.append((out, state))
+            opt.zero_grad()
+        runs.append(snaps)
+    assert len(runs[0]) == 4
+    for (out_b, st_b), (out_r, st_r) in zip(*runs):
+        assert out_b == out_r
+        for name in st_r:
+            for got, want in zip(st_b[name], st_r[name]):
+                assert torch.equal(got, want), name
+    assert any(out["repruned"] for out, _ in runs[0]) or kw.get("resurrection") is False
+    if kw.get("drop_schedule") == "constant":  # dropped resurrected deltas: the batched restore path ran
+        assert any(out["restored"] for out, _ in runs[0])
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_forward_with_deltas_on_repruned_positions_equals_the_dense_reference(pruned_llama, calib):
+    """On the GPU (Triton zero-and-add kernel), bf16: logits and the values' gradient equal a plain model holding
+    W0 ⊙ (1 - 1_R) + scatter(A, δ), with some deltas on re-pruned positions."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    base = copy.deepcopy(pruned_llama).to("cuda", torch.bfloat16)
+    pm = _seft(base)
+    for layer in _layers(pm).values():
+        w0 = layer.get_base_layer().weight.detach().view(-1)
+        A = layer.seft_indices["default"].long()
+        support = torch.nonzero(w0 != 0).view(-1)
+        outside = support[~torch.isin(support, A)]
+        layer.seft_pruned_indices["default"] = torch.sort(torch.cat([A[:3], outside[:10]]))[0].to(torch.int32)
+        with torch.no_grad():
+            layer.seft_values["default"].copy_(torch.randn(A.numel(), device="cuda") * 0.05)
+    ref = _effective_model(pm, base)
+    x = calib[4:6].cuda()
+    assert torch.equal(pm(input_ids=x).logits, ref(input_ids=x).logits)
+    pm(input_ids=x, labels=x).loss.backward()
+    ref(input_ids=x, labels=x).loss.backward()
+    for name, layer in _layers(pm).items():
+        want = prunable_linears(ref)[name].weight.grad.view(-1)[layer.seft_indices["default"].long()].float()
+        torch.testing.assert_close(layer.seft_values["default"].grad, want, atol=1e-2, rtol=1e-2)

@@ -290,6 +290,46 @@ def test_triton_add_sparse_equals_the_aten_path_bit_for_bit():
     assert "OK 24" in run_in_interpreter(_TRITON_CHECK)
 
 
+_ZERO_ADD_CHECK = r"""
+import torch
+from hf_plugins.tuners import _sparse_delta as S
+from hf_plugins.tuners import _sparse_delta_triton as K
+
+g = torch.Generator().manual_seed(0)
+cases = 0
+for wdtype in (torch.float32, torch.bfloat16):
+    for with_keep in (False, True):
+        for nz in (0, 1, 2500):  # the zero set spans several programs of the kernel
+            w = (torch.randn(61, 97, generator=g) * 3).to(wdtype)
+            perm = torch.randperm(w.numel(), generator=g)
+            idx, zero = perm[:900].to(torch.int32), perm[900 : 900 + nz].to(torch.int32)
+            vals = (torch.randn(900, generator=g) * torch.logspace(-6, 1, 900)).float()
+            keep = (torch.rand(900, generator=g) > 0.3).to(torch.uint8) if with_keep else None
+            fast = S.zero_add_(w.clone(), zero, idx, vals, keep)
+            usable, K.usable = K.usable, lambda *a: False
+            try:
+                ref = S.zero_add_(w.clone(), zero, idx, vals, keep)
+            finally:
+                K.usable = usable
+            # and a third way: dense arithmetic in fp32, one rounding
+            dense = w.float().view(-1).clone()
+            dense[zero.long()] = 0
+            base = dense[idx.long()] * (keep.float() if keep is not None else 1.0)
+            dense[idx.long()] = base + vals
+            assert torch.equal(fast, ref), (wdtype, with_keep, nz)
+            assert torch.equal(fast.view(-1), dense.to(wdtype)), (wdtype, with_keep, nz)
+            cases += 1
+print("OK", cases)
+"""
+
+
+def test_triton_zero_add_equals_the_aten_path_and_a_dense_reference():
+    """SEFT's one-launch effective-weight kernel (zero the re-pruned set R \\ A, add δ over a base masked by
+    `keep`) in Triton's CPU interpreter: bit for bit the ATen path and a dense fp32 computation with one rounding."""
+    pytest.importorskip("triton")
+    assert "OK 12" in run_in_interpreter(_ZERO_ADD_CHECK)
+
+
 def test_triton_path_is_not_used_off_cuda_or_for_fp64():
     from hf_plugins.tuners import _sparse_delta_triton as K
 
@@ -335,3 +375,25 @@ def test_triton_add_sparse_on_cuda_equals_the_aten_path(dtype, monkeypatch):
             m.setattr(K, "usable", lambda *a: False)
             ref = add_sparse_(w.clone(), idx, vals, alpha)
         assert torch.equal(fast, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_zero_add_on_cuda_equals_a_dense_reference(dtype):
+    """SEFT's zero-and-add kernel compiled for the GPU: W[Z] = 0, W[A] = round(keep * W[A] + δ), against dense fp32
+    arithmetic with one rounding."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from hf_plugins.tuners import _sparse_delta as S
+
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(896, 4864, generator=g) * 3).to(dtype)
+    perm = torch.randperm(w.numel(), generator=g)
+    idx, zero = perm[:50_000].to(torch.int32), perm[50_000:150_000].to(torch.int32)
+    vals = torch.randn(50_000, generator=g) * torch.logspace(-6, 1, 50_000)
+    keep = (torch.rand(50_000, generator=g) > 0.2).to(torch.uint8)
+    dense = w.float().view(-1).clone()
+    dense[zero.long()] = 0
+    dense[idx.long()] = dense[idx.long()] * keep.float() + vals
+    got = S.zero_add_(w.cuda(), zero.cuda(), idx.cuda(), vals.cuda(), keep.cuda()).cpu()
+    assert torch.equal(got.view(-1), dense.to(dtype))

@@ -10,11 +10,12 @@ No dense masked copy of any weight is stored, saved for backward or kept in opti
 Stable API (other tuners build on it; signatures will not change, additions are allowed)
 -------------------------------------------------------------------------------------------
 Functions:
-    sparse_delta_linear(x, weight, bias, indices, values, grad_hook=None) -> Tensor
+    sparse_delta_linear(x, weight, bias, indices, values, grad_hook=None, zero_indices=None, base_keep=None) -> Tensor
         y = x W_eff^T + b through `SparseDeltaLinearFunction`: saves only `x` and references to `weight`, the
         indices and the values; the dense dL/dW of the layer exists only inside backward, is gathered at each
         index set (grad of each values tensor) and freed at once. `grad_hook(dense_grad_fp32)` sees it first.
     add_sparse_(weight, indices, values, alpha=1.0) -> weight
+    zero_add_(weight, zero, indices, values, keep=None) -> weight     # W[zero] = 0; W[idx] = round(keep*W[idx] + v)
         In place, W[idx] = round(W[idx] + alpha * v) with ONE rounding to W's dtype (used by forward, backward
         and merge, so a merged bf16 model equals the unmerged forward bit for bit).
     dense_delta(shape, indices, values, dtype=float32, device=None) -> Tensor
@@ -71,6 +72,7 @@ __all__ = [
     "SparseDeltaLinearFunction",
     "add_sparse_",
     "carry_map",
+    "zero_add_",
     "check_indices",
     "dense_delta",
     "gather_flat",
@@ -106,6 +108,32 @@ def add_sparse_(weight: torch.Tensor, indices: torch.Tensor, values: torch.Tenso
     new = cur.add_(vals, alpha=alpha) if alpha != 1.0 else cur.add_(vals)
     flat.index_put_((indices,), new.to(weight.dtype))
     return weight
+
+
+def zero_add_(
+    weight: torch.Tensor,
+    zero: torch.Tensor | None,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """In place: `W[zero] = 0`, then `W[idx] = round(W[idx] * keep + v)` (one rounding per entry, as `add_sparse_`).
+
+    `zero` (may be None or empty) must be disjoint from `indices`; `keep` (uint8/bool per index entry, or None for
+    all ones) zeroes the base under chosen deltas, so W_eff there is the delta alone. On CUDA one Triton launch."""
+    has_zero = zero is not None and zero.numel() > 0
+    if not has_zero and keep is None:
+        return add_sparse_(weight, indices, values)
+    if _triton.usable(weight, indices, values) and (not has_zero or zero.device == weight.device):
+        _triton.zero_add_triton_(weight, zero if has_zero else indices[:0], indices, values, keep)
+        return weight
+    flat = weight.view(-1)
+    if has_zero:
+        flat.index_fill_(0, zero.long(), 0)
+    if keep is not None and indices.numel():
+        cur = flat.index_select(0, indices)
+        flat.index_put_((indices,), torch.where(keep.to(torch.bool), cur, torch.zeros((), dtype=cur.dtype)))
+    return add_sparse_(weight, indices, values)
 
 
 def dense_delta(
@@ -171,10 +199,14 @@ def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _effective_weight(weight, dtype, indices, values):
+def _effective_weight(weight, dtype, indices, values, zero=None, keep=None):
+    """W ⊙ (1 - 1_zero) with the deltas added (the first one over a base masked by `keep`), in `dtype`."""
     w = weight.detach().to(dtype=dtype, copy=True)
-    for idx, val in zip(indices, values):
-        add_sparse_(w, idx, val)
+    for i, (idx, val) in enumerate(zip(indices, values)):
+        if i == 0 and (zero is not None or keep is not None):
+            zero_add_(w, zero, idx, val, keep)
+        else:
+            add_sparse_(w, idx, val)
     return w
 
 
@@ -189,21 +221,21 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, grad_hook, n, *tensors):
+    def forward(ctx, x, weight, bias, grad_hook, n, zero, keep, *tensors):
         indices, values = tensors[:n], tensors[n:]
         with torch.autocast(x.device.type, enabled=False):
-            w_eff = _effective_weight(weight, x.dtype, indices, values)
+            w_eff = _effective_weight(weight, x.dtype, indices, values, zero, keep)
             b = bias.to(x.dtype) if bias is not None else None
             out = nn.functional.linear(x, w_eff, b)
         del w_eff
-        ctx.save_for_backward(x, weight, bias, *tensors)
+        ctx.save_for_backward(x, weight, bias, zero, keep, *tensors)
         ctx.n = n
         ctx.grad_hook = grad_hook
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, bias, *tensors = ctx.saved_tensors
+        x, weight, bias, zero, keep, *tensors = ctx.saved_tensors
         n = ctx.n
         indices, values = tensors[:n], tensors[n:]
         needs = ctx.needs_input_grad
@@ -212,10 +244,10 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
         with torch.autocast(grad_out.device.type, enabled=False):
             g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
             if needs[0]:
-                w_eff = _effective_weight(weight, x.dtype, indices, values)
+                w_eff = _effective_weight(weight, x.dtype, indices, values, zero, keep)
                 grad_x = (g2 @ w_eff).view(*x.shape)
                 del w_eff
-            want_values = [needs[5 + n + i] for i in range(n)]
+            want_values = [needs[7 + n + i] for i in range(n)]
             if any(want_values) or needs[1] or ctx.grad_hook is not None:
                 # Dense dL/dW exists for one layer at a time and is dropped as soon as it is gathered at the
                 # indices; keeping it would cost full fine-tuning memory (what the official LIFT optimizer does).
@@ -228,11 +260,16 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
                     if want_values[i]:
                         grad_values[i] = gather_flat(dense, indices[i]).to(values[i].dtype)
                 if needs[1]:
+                    if zero is not None and zero.numel():  # W enters W_eff as W ⊙ (1 - 1_zero)
+                        dense.view(-1).index_fill_(0, zero.long(), 0)
+                    if keep is not None:
+                        kept = dense.view(-1).index_select(0, indices[0])
+                        dense.view(-1).index_put_((indices[0],), torch.where(keep.bool(), kept, 0))
                     grad_w = dense.to(weight.dtype)
                 del dense
             if bias is not None and needs[2]:
                 grad_b = g2.sum(0).to(bias.dtype)
-        return (grad_x, grad_w, grad_b, None, None, *([None] * n), *grad_values)
+        return (grad_x, grad_w, grad_b, None, None, None, None, *([None] * n), *grad_values)
 
 
 def sparse_delta_linear(
@@ -242,8 +279,11 @@ def sparse_delta_linear(
     indices: Sequence[torch.Tensor],
     values: Sequence[torch.Tensor],
     grad_hook: Callable[[torch.Tensor], None] | None = None,
+    zero_indices: torch.Tensor | None = None,
+    base_keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`F.linear(x, W + sum_i scatter(indices[i], values[i]), bias)` computed in `x.dtype` (autocast-aware).
+    """`F.linear(x, W ⊙ (1 - 1_Z) + sum_i scatter(indices[i], values[i]), bias)` computed in `x.dtype`
+    (autocast-aware), where Z = `zero_indices` (default: none).
 
     Args:
         x: input `(..., in_features)`.
@@ -252,15 +292,23 @@ def sparse_delta_linear(
         indices: int32/int64 1-D flat positions into `weight`, one tensor per delta, unique within each tensor.
         values: matching 1-D values (any float dtype; the gradient comes back in that dtype).
         grad_hook: optional `fn(dense_grad)` called in backward with the layer's fp32 `dL/dW_eff`.
+        zero_indices: optional flat positions where W is replaced by 0, disjoint from every `indices[i]` (SEFT's
+            re-pruned set R; on CUDA zeroing and the first delta are one Triton launch).
+        base_keep: optional uint8/bool mask over `indices[0]`: where 0, W_eff there is `values[0]` alone (a delta
+            grown on a re-pruned position).
     """
     if len(indices) != len(values):
         raise ValueError(f"got {len(indices)} index tensors but {len(values)} values tensors")
+    if base_keep is not None and (not indices or base_keep.numel() != indices[0].numel()):
+        raise ValueError("base_keep needs one entry per position of indices[0]")
     dev = x.device.type
     if torch.is_autocast_enabled(dev):
         x = x.to(torch.get_autocast_dtype(dev))
     elif x.dtype != weight.dtype and weight.dtype.is_floating_point:
         x = x.to(weight.dtype)
-    return SparseDeltaLinearFunction.apply(x, weight, bias, grad_hook, len(indices), *indices, *values)
+    return SparseDeltaLinearFunction.apply(
+        x, weight, bias, grad_hook, len(indices), zero_indices, base_keep, *indices, *values
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

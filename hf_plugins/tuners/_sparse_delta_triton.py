@@ -67,6 +67,77 @@ if triton is not None:
             acc = _round_to_bf16_grid(acc)
         tl.store(w_ptr + idx, acc.to(w_ptr.dtype.element_ty), mask=mask)
 
+    @triton.jit
+    def _zero_add_kernel(
+        w_ptr,
+        z_ptr,
+        nz,
+        nbz,
+        idx_ptr,
+        val_ptr,
+        keep_ptr,
+        n,
+        alpha,
+        HAS_KEEP: tl.constexpr,
+        IS_BF16: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr,
+    ):
+        """Programs [0, nbz): W[z] = 0 for the zero set. The others: W[idx] = round(keep * W[idx] + alpha * v). The
+        zero set is disjoint from idx, so the two halves never touch the same entry (no ordering needed)."""
+        pid = tl.program_id(0)
+        if pid < nbz:
+            offs = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+            mask = offs < nz
+            z = tl.load(z_ptr + offs, mask=mask, other=0).to(tl.int64)
+            tl.store(w_ptr + z, tl.zeros((BLOCK_SIZE,), dtype=tl.float32).to(w_ptr.dtype.element_ty), mask=mask)
+        else:
+            offs = (pid - nbz).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+            mask = offs < n
+            idx = tl.load(idx_ptr + offs, mask=mask, other=0).to(tl.int64)
+            w = tl.load(w_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            if HAS_KEEP:
+                keep = tl.load(keep_ptr + offs, mask=mask, other=1)
+                w = tl.where(keep != 0, w, 0.0)
+            v = tl.load(val_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            acc = w + alpha * v
+            if IS_BF16:
+                acc = _round_to_bf16_grid(acc)
+            tl.store(w_ptr + idx, acc.to(w_ptr.dtype.element_ty), mask=mask)
+
+
+def zero_add_triton_(
+    weight: torch.Tensor,
+    zero: torch.Tensor,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    keep: torch.Tensor | None,
+    alpha: float = 1.0,
+) -> None:
+    """In place, one launch: `W[zero] = 0` and `W[idx] = round(keep * W[idx] + alpha * v)` (zero disjoint from
+    idx; `keep` uint8 per idx entry or None). Call only where `usable(weight, indices, values)` holds and `zero`
+    (int32/int64) lives on the weight's device."""
+    n, nz = indices.numel(), zero.numel()
+    vals = values.detach()
+    if vals.dtype == torch.float64:
+        vals = vals.float()
+    nbz = triton.cdiv(nz, BLOCK)
+    grid = (nbz + triton.cdiv(n, BLOCK),)
+    _zero_add_kernel[grid](
+        weight.view(-1),
+        zero,
+        nz,
+        nbz,
+        indices,
+        vals,
+        keep if keep is not None else indices,
+        n,
+        float(alpha),
+        HAS_KEEP=keep is not None,
+        IS_BF16=weight.dtype == torch.bfloat16,
+        BLOCK_SIZE=BLOCK,
+        num_warps=NUM_WARPS,
+    )
+
 
 def add_sparse_triton_(weight: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, alpha: float) -> None:
     """In place, one launch; call only where `usable(...)` is True."""

@@ -39,7 +39,7 @@ def drop_fraction_at(base: float, schedule: str, step: int, total: int | None) -
 
 def _random_growth(layer: SeftLayer, name: str, n: int, allowed: torch.Tensor | None, generator) -> torch.Tensor:
     score = torch.rand(layer.weight_numel, generator=generator, device="cpu").to(layer.seft_indices[name].device)
-    score[layer.seft_indices[name].long()] = -1.0
+    score.index_fill_(0, layer.seft_indices[name].long(), -1.0)
     if allowed is not None:
         score.masked_fill_(~allowed, -1.0)
     top = torch.topk(score, min(n, score.numel()), sorted=True)
@@ -97,6 +97,7 @@ def evolve_layer_(
     layer.seft_grow_candidates[name] = layer.seft_grow_candidates[name][:0]
     layer.seft_grow_scores[name] = layer.seft_grow_scores[name][:0]
     layer._seft_sens = None
+    layer._seft_invalidate()
     return {"dropped": n, "grown": n, "repruned": pruned, "restored": restored}
 
 
@@ -109,12 +110,12 @@ def _rebalance_(layer: SeftLayer, name: str, criterion: str) -> tuple[int, int]:
     sens = layer._seft_sens if criterion == "sensitivity" else None
     if excess > 0:
         in_a = torch.zeros_like(sup)
-        in_a[A] = True
+        in_a.index_fill_(0, A, True)
         eligible = sup & ~in_a  # S \ A: base positions still carrying W0
         chosen = None
         if sens is not None:
             cand = sens["cand"]
-            ok = eligible[cand]
+            ok = eligible[cand] & sens["valid"]
             if int(ok.sum()) >= excess:
                 score = (w0[cand[ok]].float() * sens["cand_grad"][ok]).abs()
                 chosen = cand[ok][torch.argsort(score, stable=True)[:excess]]

@@ -3,8 +3,10 @@
 W_eff = W0 ⊙ (1 - 1_R) + scatter(A, δ), where W0 is the pruned base, A the k active delta positions
 (`seft_indices`, int32) with values δ (`seft_values`, fp32), and R (`seft_pruned_indices`, int32, variable length)
 the base positions removed by re-pruning during fine-tuning. The forward goes through the shared
-`sparse_delta_linear` (hf_plugins/tuners/_sparse_delta.py), with R passed as a first delta of value -W0[R]
-(rounded to the compute dtype), so W0[R] cancels exactly before δ is added; nothing dense is stored.
+`sparse_delta_linear` (hf_plugins/tuners/_sparse_delta.py) with R \\ A as its zero set and δ as its delta (a delta
+grown on a re-pruned position gets a zero base through `base_keep`); on CUDA the effective weight is one copy and
+one Triton launch. Several active adapters take the general route: R as a first delta of value -W0[R] (rounded to
+the compute dtype), so W0[R] cancels exactly before the deltas are added. Nothing dense is stored.
 
 Structural support S = (supp(W0) \\ R) ∪ A. Its size equals the target Z (`seft_target_nnz`) after every cycle,
 which is what the merged model's non-zero count is.
@@ -63,6 +65,8 @@ class SeftLayer(SparseDeltaLayer):
         self._seft_step: dict | None = None
         self._seft_sens: dict | None = None
         self._seft_merged_base: dict[str, torch.Tensor] = {}
+        self._seft_nnz_cache: tuple | None = None  # ((data_ptr, version) of W0, nnz(W0))
+        self._seft_plan_cache: dict[str, tuple] = {}  # adapter -> (key, forward plan), see `_seft_plan`
         _register_load_pre_hook(self, SeftLayer._seft_load_pre_hook)
 
     # -- state --------------------------------------------------------------------------------------------------
@@ -86,8 +90,8 @@ class SeftLayer(SparseDeltaLayer):
         """Dense bool S = (supp(W0) \\ R) ∪ A (transient, one byte per entry)."""
         w = self.whole_base_weight()
         sup = (w != 0).view(-1).clone()
-        sup[self.seft_pruned_indices[adapter_name].long()] = False
-        sup[self.seft_indices[adapter_name].long()] = True
+        sup.index_fill_(0, self.seft_pruned_indices[adapter_name].long(), False)
+        sup.index_fill_(0, self.seft_indices[adapter_name].long(), True)
         return sup.view_as(w)
 
     def support_size(self, adapter_name: str) -> int:
@@ -117,6 +121,19 @@ class SeftLayer(SparseDeltaLayer):
         if self.disable_adapters or self.merged or not active:
             return self.sparse_forward(x, *args, **kwargs)
         base = self.get_base_layer()
+        if len(active) == 1:  # the training case: R zeroed and δ added in one launch (no -W0[R] gather per call)
+            name = active[0]
+            zero, keep = self._seft_plan(name)
+            return sparse_delta_linear(
+                x,
+                base.weight,
+                base.bias,
+                [self.seft_indices[name]],
+                [self.seft_values[name]],
+                self.sparse_grad_hook,
+                zero_indices=zero,
+                base_keep=keep,
+            )
         dtype = self._compute_dtype(x)
         indices, values = [], []
         pruned = [a for a in active if self.seft_pruned_indices[a].numel()]
@@ -130,6 +147,27 @@ class SeftLayer(SparseDeltaLayer):
                 indices.append(idx)
                 values.append(val)
         return sparse_delta_linear(x, base.weight, base.bias, indices, values, self.sparse_grad_hook)
+
+    def _seft_plan(self, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(Z, keep) for `sparse_delta_linear`: Z = R \\ A (zeroed), keep = 0 on the deltas grown at a re-pruned
+        position (W_eff = δ there), None when A ∩ R is empty. Cached until A or R changes (their storage or
+        version), so a training step computes nothing here; recomputing costs two host synchronisations."""
+        R, A = self.seft_pruned_indices[name], self.seft_indices[name]
+        key = (R.data_ptr(), R._version, R.numel(), A.data_ptr(), A._version, A.numel())
+        hit = self._seft_plan_cache.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        if R.numel() == 0:
+            plan = (None, None)
+        else:
+            r_sorted = torch.sort(R.long())[0]
+            in_r = r_sorted[torch.searchsorted(r_sorted, A.long()).clamp_(max=R.numel() - 1)] == A.long()
+            if bool(in_r.any()):
+                plan = (R[~torch.isin(R, A)], (~in_r).to(torch.uint8))
+            else:
+                plan = (R, None)
+        self._seft_plan_cache[name] = (key, plan)
+        return plan
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """Dense fp32 ΔW with W0 + ΔW = W_eff: scatter(A, δ) - W0 ⊙ 1_R."""
@@ -200,7 +238,7 @@ class SeftLayer(SparseDeltaLayer):
             return None
         w = self.whole_base_weight()
         allowed = (w != 0).view(-1).clone()  # never grow at pruned positions
-        allowed[self.seft_pruned_indices[name].long()] = False
+        allowed.index_fill_(0, self.seft_pruned_indices[name].long(), False)
         return allowed
 
     @torch.no_grad()
@@ -208,7 +246,7 @@ class SeftLayer(SparseDeltaLayer):
         A = self.seft_indices[name].long()
         k = A.numel()
         score = flat_grad.abs()
-        score[A] = -1.0
+        score.index_fill_(0, A, -1.0)  # not `score[A] = -1`: index_put_ synchronises with the GPU
         allowed = self._allowed_growth(name, st)
         if allowed is not None:
             score.masked_fill_(~allowed, -1.0)
@@ -217,7 +255,9 @@ class SeftLayer(SparseDeltaLayer):
             cand = torch.zeros(0, dtype=torch.long, device=score.device)
         else:
             top = torch.topk(score, c, sorted=False)
-            cand = top.indices[top.values >= 0]
+            # Without a growth mask every one of the numel - k >= c positions outside A scores >= 0, so the top c
+            # are all valid: no filter (a boolean filter synchronises with the GPU inside backward).
+            cand = top.indices if allowed is None else top.indices[top.values >= 0]
         del score
         self.seft_grow_candidates[name] = cand.to(torch.int32)
         self.seft_grow_scores[name] = gather_flat(flat_grad, cand).clone()
@@ -225,22 +265,43 @@ class SeftLayer(SparseDeltaLayer):
     @torch.no_grad()
     def _accumulate_sensitivity(self, name: str, flat_grad: torch.Tensor) -> None:
         """On the cycle's last step: the gradient at R (restore candidates) and at the 2k lowest-|W0·g| positions of
-        supp(W0) \\ R (re-prune candidates; 2k leaves enough after excluding the new A)."""
+        supp(W0) \\ R (re-prune candidates; 2k leaves enough after excluding the new A). `valid` marks the
+        candidates inside supp(W0) \\ R (when fewer than 2k exist, topk also returns excluded positions): kept as a
+        mask, since filtering would synchronise with the GPU inside backward. `w0` / `r_w0` = W0 at the candidates / at R."""
         R = self.seft_pruned_indices[name].long()
         if self._seft_sens is None:
             w0 = self.whole_base_weight().view(-1)
             k = self.seft_indices[name].numel()
             sens = (w0.float() * flat_grad).abs_()
             sens.masked_fill_(w0 == 0, float("inf"))
-            sens[R] = float("inf")
+            sens.index_fill_(0, R, float("inf"))
             c = min(2 * k, sens.numel())
             bottom = torch.topk(sens, c, largest=False, sorted=False)
-            cand = bottom.indices[torch.isfinite(bottom.values)]
+            cand = bottom.indices
             del sens
-            self._seft_sens = {"cand": cand, "cand_grad": flat_grad[cand].clone(), "r_grad": flat_grad[R].clone()}
+            self._seft_sens = {
+                "cand": cand,
+                "valid": torch.isfinite(bottom.values),
+                "w0": w0.index_select(0, cand).float(),
+                "cand_grad": flat_grad.index_select(0, cand),
+                "r_grad": flat_grad.index_select(0, R),
+                "r_w0": w0.index_select(0, R).float(),
+            }
         else:
-            self._seft_sens["cand_grad"] += flat_grad[self._seft_sens["cand"]]
-            self._seft_sens["r_grad"] += flat_grad[R]
+            self._seft_sens["cand_grad"] += flat_grad.index_select(0, self._seft_sens["cand"])
+            self._seft_sens["r_grad"] += flat_grad.index_select(0, R)
+
+    def seft_base_nnz(self) -> int:
+        """nnz(W0) of the (frozen) base weight, cached until the weight changes (merge / unmerge / load)."""
+        w = self.whole_base_weight()
+        key = (w.data_ptr(), w._version)
+        if self._seft_nnz_cache is None or self._seft_nnz_cache[0] != key:
+            self._seft_nnz_cache = (key, int((w != 0).sum()))
+        return self._seft_nnz_cache[1]
+
+    def _seft_invalidate(self) -> None:
+        """Drop caches derived from A and R (called whenever a cycle or a load changes them)."""
+        self._seft_plan_cache.clear()
 
     # -- loading ------------------------------------------------------------------------------------------------
     @staticmethod

@@ -9,6 +9,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 
 from hf_plugins.pruning.masks import check_n_m, parse_n_m
 
+from .batched import batched_ok, evolve_batched_
 from .config import SeftConfig
 from .evolution import drop_fraction_at, evolve_layer_
 from .layer import Linear, SeftLayer
@@ -51,6 +52,8 @@ class SeftModel(BaseTuner):
     """
 
     prefix: str = "seft_"
+    #: Run the cycle on all layers at once (`batched.py`); False: the per-layer reference loop (same result).
+    seft_batched_cycle: bool = True
     tuner_layer_cls = SeftLayer
     target_module_mapping = TARGET_MODULES
 
@@ -183,11 +186,32 @@ class SeftModel(BaseTuner):
             return totals
         name, cfg = sel
         total = self._total(cfg, total_steps)
-        for i, layer in enumerate(self._seft_layers()):
+        all_layers = self._seft_layers()
+        layers = [layer for layer in all_layers if name in layer.seft_values]
+        if not layers:
+            return totals
+        cycles = torch.stack([layer.seft_cycles[name] for layer in layers]).tolist()  # one synchronisation
+        p_later = drop_fraction_at(cfg.drop_fraction, cfg.drop_schedule, step + 1, total)
+        fractions = [1.0 if c == 0 and cfg.full_first_reselection else p_later for c in cycles]
+        if self.seft_batched_cycle and batched_ok(layers, name, cfg.grow_criterion):
+            out = evolve_batched_(
+                layers,
+                name,
+                fractions,
+                optimizer=optimizer,
+                reprune_criterion=cfg.reprune_criterion,
+                resurrection=cfg.resurrection,
+                n_m=cfg.n_m is not None,
+            )
+            totals.update(out, layers=len(layers))
+            for layer in layers:
+                layer._seft_step, layer.sparse_grad_hook = None, None
+            return totals
+        fraction_of = {id(layer): p for layer, p in zip(layers, fractions)}
+        for i, layer in enumerate(all_layers):  # per layer: DTensors (FSDP2), random growth
             if name not in layer.seft_values:
                 continue
-            first = int(layer.seft_cycles[name]) == 0 and cfg.full_first_reselection
-            p = 1.0 if first else drop_fraction_at(cfg.drop_fraction, cfg.drop_schedule, step + 1, total)
+            p = fraction_of[id(layer)]
             gen = torch.Generator().manual_seed(cfg.init_seed * 1_000_003 + step * 7919 + i)
             out = evolve_layer_(
                 layer,
