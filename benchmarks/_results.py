@@ -2,8 +2,8 @@
 
 A row is `| date | script | device | torch / transformers | case | metric | ours | baseline | ratio |`. Scripts build
 their rows as dicts (`case`, `metric`, `ours`, `baseline`, `ratio`; text scripts put pre-formatted `ours_text` and
-`base_text`) and call `markdown` / `markdown_text`, then `write_outputs`. Imported as a sibling module (`python
-benchmarks/x.py` puts this folder first on `sys.path`).
+`base_text`) and call `report` (or `markdown` / `markdown_text`, then `write_outputs`). Imported as a sibling module
+(`python benchmarks/x.py` puts this folder first on `sys.path`).
 """
 
 from __future__ import annotations
@@ -66,3 +66,31 @@ def write_outputs(lines: list[str], *, out: str | None = None, payload=None, app
     if append:
         with RESULTS.open("a") as f:
             f.write("\n".join(lines) + "\n")
+
+
+def device_label(cuda: bool, smoke: bool) -> str:
+    """The rows' device: the GPU's name, else "cpu (smoke)" for a smoke run and "cpu" otherwise."""
+    import torch
+
+    return torch.cuda.get_device_name() if cuda else ("cpu (smoke)" if smoke else "cpu")
+
+
+def report(
+    rows: list[dict],
+    raw,
+    script: str,
+    device: str,
+    wall_s: float,
+    *,
+    out: str | None = None,
+    append: bool = False,
+    text: bool = False,
+    nan: str = "n/a",
+) -> list[str]:
+    """The end of a benchmark's `main`: print the rows (`markdown`, or `markdown_text` with `text`) and the wall
+    time, then write `--out` (rows and `raw`) and `--append`. Returns the row lines."""
+    lines = markdown_text(rows, script, device, nan=nan) if text else markdown(rows, script, device)
+    print("\n".join(lines))
+    print(f"total wall {wall_s:.1f} s", flush=True)
+    write_outputs(lines, out=out, payload={"rows": rows, "raw": raw}, append=append)
+    return lines

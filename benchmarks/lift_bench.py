@@ -320,11 +320,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     rows, raw = run(args.smoke, args.r or (4 if args.smoke else 16))
-    device = torch.cuda.get_device_name() if raw["device"] == "cuda" else "cpu (smoke)"
-    lines = _results.markdown(rows, SCRIPT, device)
-    print("\n".join(lines))
-    print(f"total wall {time.perf_counter() - t0:.1f} s")
-    _results.write_outputs(lines, out=args.out, payload={"rows": rows, "raw": raw}, append=args.append)
+    device = _results.device_label(raw["device"] == "cuda", args.smoke)
+    _results.report(rows, raw, SCRIPT, device, time.perf_counter() - t0, out=args.out, append=args.append)
     return 0
 
 

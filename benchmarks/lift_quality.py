@@ -342,11 +342,8 @@ def main(argv=None) -> int:
         args.max_new_tokens, args.text_blocks, args.text_length = 8, 4, 32
     t0 = time.perf_counter()
     rows, raw = run(args)
-    device = torch.cuda.get_device_name() if raw["device"] == "cuda" else "cpu (smoke)"
-    lines = _results.markdown_text(rows, SCRIPT, device)
-    print("\n".join(lines))
-    print(f"total wall {time.perf_counter() - t0:.1f} s")
-    _results.write_outputs(lines, out=args.out, payload={"rows": rows, "raw": raw}, append=args.append)
+    device = _results.device_label(raw["device"] == "cuda", args.smoke)
+    _results.report(rows, raw, SCRIPT, device, time.perf_counter() - t0, out=args.out, append=args.append, text=True)
     return 0
 
 

@@ -82,20 +82,15 @@ def _time_pair(base, meap, batches, rounds: int, base_batches=None) -> dict:
     try:
         for r in range(rounds):
             for i, (rows, base_rows) in enumerate(zip(batches, base_batches)):
-                if (r + i) % 2 == 0:
+                calls = [(base, base_rows), (meap, rows)]
+                if (r + i) % 2:
+                    calls.reverse()
+                times = []
+                for fn, arg in calls:
                     t0 = clock()
-                    base(base_rows)
-                    t1 = clock()
-                    meap(rows)
-                    t2 = clock()
-                    tb, tm = t1 - t0, t2 - t1
-                else:
-                    t0 = clock()
-                    meap(rows)
-                    t1 = clock()
-                    base(base_rows)
-                    t2 = clock()
-                    tm, tb = t1 - t0, t2 - t1
+                    fn(arg)
+                    times.append(clock() - t0)
+                tb, tm = times if (r + i) % 2 == 0 else times[::-1]
                 if tb > 0 and tm > 0:
                     t_base.append(tb)
                     t_meap.append(tm)

@@ -704,11 +704,8 @@ def main(argv=None) -> int:
         print(f"total wall {time.perf_counter() - t0:.1f} s (one arm: no rows)", flush=True)
         return 0
     rows = rows_from(raw, args)
-    device = torch.cuda.get_device_name() if raw["device"] == "cuda" else ("cpu (smoke)" if args.smoke else "cpu")
-    lines = _results.markdown_text(rows, SCRIPT, device)
-    print("\n".join(lines))
-    print(f"total wall {time.perf_counter() - t0:.1f} s", flush=True)
-    _results.write_outputs(lines, out=args.out, payload={"rows": rows, "raw": raw}, append=args.append)
+    device = _results.device_label(raw["device"] == "cuda", args.smoke)
+    _results.report(rows, raw, SCRIPT, device, time.perf_counter() - t0, out=args.out, append=args.append, text=True)
     return 0
 
 

@@ -235,11 +235,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write rows and raw results as JSON here")
     args = p.parse_args(argv)
     rows, raw = run(args.smoke)
-    device = torch.cuda.get_device_name() if raw["device"] == "cuda" else "cpu (smoke)"
-    lines = _results.markdown(rows, SCRIPT, device)
-    print("\n".join(lines))
-    print(f"total wall {raw['total_s']:.1f} s")
-    _results.write_outputs(lines, out=args.out, payload={"rows": rows, "raw": raw}, append=args.append)
+    device = _results.device_label(raw["device"] == "cuda", args.smoke)
+    _results.report(rows, raw, SCRIPT, device, raw["total_s"], out=args.out, append=args.append)
     return 0
 
 

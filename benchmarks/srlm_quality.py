@@ -512,7 +512,7 @@ def main(argv=None) -> int:
         shutil.rmtree(model_dir, ignore_errors=True)  # the fp32 copy (~0.5 GB); worker logs stay in `work`
     table = _aggregate(results)
     cuda = torch.cuda.is_available() and not args.smoke
-    device = torch.cuda.get_device_name() if cuda else ("cpu (smoke)" if args.smoke else "cpu")
+    device = _results.device_label(cuda, args.smoke)
     rows = _rows(table, args, model_name)
     lines = _results.markdown_text(rows, SCRIPT, device, nan="")
     print(_text_table(table))
