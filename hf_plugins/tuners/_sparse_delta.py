@@ -20,6 +20,7 @@ Functions:
         and merge, so a merged bf16 model equals the unmerged forward bit for bit).
     dense_delta(shape, indices, values, dtype=float32, device=None) -> Tensor
     gather_flat(dense, indices) -> Tensor                        # dense.view(-1)[indices]
+    isin_sorted(x, sorted_set) -> Tensor                         # torch.isin against an ascending set
     carry_map(old_indices, new_indices) -> (src, kept)
         for every new position j: kept[j] = (new[j] in old), src[j] = its slot in old (0 where not kept).
     optimizer_state(optimizer, param) -> dict | None            # unwraps accelerate's AcceleratedOptimizer
@@ -72,13 +73,14 @@ __all__ = [
     "SparseDeltaLinearFunction",
     "add_sparse_",
     "carry_map",
-    "zero_add_",
     "check_indices",
     "dense_delta",
     "gather_flat",
+    "isin_sorted",
     "optimizer_state",
     "remap_optimizer_state_",
     "sparse_delta_linear",
+    "zero_add_",
 ]
 
 
@@ -333,6 +335,15 @@ def carry_map(old_indices: torch.Tensor, new_indices: torch.Tensor) -> tuple[tor
     kept = sorted_old[loc] == new
     src = torch.where(kept, order[loc], torch.zeros_like(loc))
     return src, kept
+
+
+def isin_sorted(x: torch.Tensor, sorted_set: torch.Tensor) -> torch.Tensor:
+    """`torch.isin(x, sorted_set)` for an ascending `sorted_set`: one searchsorted, no sort or unique of either
+    tensor, no host synchronisation."""
+    if sorted_set.numel() == 0:
+        return torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    loc = torch.searchsorted(sorted_set, x).clamp_(max=sorted_set.numel() - 1)
+    return sorted_set[loc] == x
 
 
 def optimizer_state(optimizer, param: torch.Tensor) -> dict | None:

@@ -19,7 +19,7 @@ import torch
 
 from hf_plugins.distributed import is_dtensor
 
-from .._sparse_delta import carry_map, remap_optimizer_state_
+from .._sparse_delta import carry_map, isin_sorted, remap_optimizer_state_
 from .evolution import _rebalance_
 from .layer import SeftLayer
 
@@ -143,7 +143,7 @@ def _rebalance_batched_(layers, name, offsets, new_g, seg_a, criterion) -> tuple
             for layer in layers
         ]
     )
-    non_carrying = at_zero | _isin_sorted(new_g, torch.sort(r_cat)[0])
+    non_carrying = at_zero | isin_sorted(new_g, torch.sort(r_cat)[0])
     counts = torch.zeros(L, dtype=torch.long, device=dev).index_add_(0, seg_a, non_carrying.long())
     nnz0 = torch.tensor([layer.seft_base_nnz() for layer in layers], device=dev)
     target = torch.stack([layer.seft_target_nnz[name] for layer in layers]).to(dev)
@@ -156,7 +156,7 @@ def _rebalance_batched_(layers, name, offsets, new_g, seg_a, criterion) -> tuple
     if sum(c_sizes):
         seg_s = _segments(c_sizes, dev)
         cand_g = _cat_global([s["cand"] for s in sens if s is not None], [o for o, s in zip(offsets, sens) if s])
-        ok = torch.cat([s["valid"] for s in sens if s is not None]) & ~_isin_sorted(cand_g, new_g)
+        ok = torch.cat([s["valid"] for s in sens if s is not None]) & ~isin_sorted(cand_g, new_g)
         score = torch.cat([(s["w0"] * s["cand_grad"]).abs() for s in sens if s is not None])
         ok_count.index_add_(0, seg_s, ok.long())
     # restore candidates: R \ A, scored by |W0 g| with the hook's gradient at R
@@ -164,7 +164,7 @@ def _rebalance_batched_(layers, name, offsets, new_g, seg_a, criterion) -> tuple
     restorable = torch.zeros(L, dtype=torch.long, device=dev)
     if sum(r_sizes):
         seg_r = _segments(r_sizes, dev)
-        valid_r = ~_isin_sorted(r_cat, new_g)
+        valid_r = ~isin_sorted(r_cat, new_g)
         restorable.index_add_(0, seg_r, valid_r.long())
     excess_h, ok_h, restorable_h = torch.stack([excess, ok_count, restorable]).tolist()  # the one synchronisation
 
@@ -200,11 +200,3 @@ def _rebalance_batched_(layers, name, offsets, new_g, seg_a, criterion) -> tuple
             pruned += a
             restored += b
     return pruned, restored
-
-
-def _isin_sorted(x: torch.Tensor, sorted_set: torch.Tensor) -> torch.Tensor:
-    """`torch.isin(x, sorted_set)` for an ascending `sorted_set` (one searchsorted, no sort of the set)."""
-    if sorted_set.numel() == 0:
-        return torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-    loc = torch.searchsorted(sorted_set, x).clamp_(max=sorted_set.numel() - 1)
-    return sorted_set[loc] == x

@@ -28,6 +28,7 @@ from hf_plugins.tuners._sparse_delta import (
     add_sparse_,
     check_indices,
     gather_flat,
+    isin_sorted,
     sparse_delta_linear,
 )
 from hf_plugins.tuners.lift.layer import _check_unsharded
@@ -160,10 +161,9 @@ class SeftLayer(SparseDeltaLayer):
         if R.numel() == 0:
             plan = (None, None)
         else:
-            r_sorted = torch.sort(R.long())[0]
-            in_r = r_sorted[torch.searchsorted(r_sorted, A.long()).clamp_(max=R.numel() - 1)] == A.long()
+            in_r = isin_sorted(A.long(), torch.sort(R.long())[0])
             if bool(in_r.any()):
-                plan = (R[~torch.isin(R, A)], (~in_r).to(torch.uint8))
+                plan = (R[~isin_sorted(R.long(), torch.sort(A.long())[0])], (~in_r).to(torch.uint8))
             else:
                 plan = (R, None)
         self._seft_plan_cache[name] = (key, plan)
