@@ -12,8 +12,9 @@ Side by side in one run, pure bf16 weights, random tokens, no gradient checkpoin
   the cycle's last step (grow + sensitivity hook) and the drop/grow/re-prune cycle itself; the step time reported
   against the baselines is the average over one steady-state cycle of ΔT=20 steps (15 plain, 4 window, 1 last +
   cycle): the second cycle. The first cycle re-selects every delta (`full_first_reselection`, once per run) and is
-  reported on its own. A third cycle repeats the second with the weight-gradient product in bf16 instead of fp32
-  output (`_sparse_delta.WEIGHT_GRAD_FP32_OUT`), to choose the faster default.
+  reported on its own. A third cycle repeats the second with the effective-weight cache off
+  (`cache_effective_weight=False`: W_eff rebuilt in every layer's forward and backward), the memory-lean setting.
+  Two more steady cycles run interleaved step by step with full FT (both arms see the same machine state).
 
 Goals (issue 4): SEFT step time <= 1.2x full FT's; SEFT peak memory <= LoRA's.
 
@@ -216,19 +217,23 @@ def _timed_cycle(model, opt, batch, device, first_step: int, warmup: int, full=N
 def _measure_seft(base, batch, device, r, warmup, timed) -> dict:
     """Cycle 1 (the first one re-selects every delta: `full_first_reselection`) is timed on its own; the reported
     average step is that of cycle 2, a steady-state cycle (drop fraction p, what every later cycle costs). Then a
-    third cycle with the weight-gradient product in bf16 (`_sparse_delta.WEIGHT_GRAD_FP32_OUT = False`)."""
-    from hf_plugins.tuners import _sparse_delta
-
+    third cycle with the effective-weight cache off (its peak memory measured on its own)."""
     model, opt, trainable = _arm("seft", base, r)
     _peak_reset(device)
     first = _timed_cycle(model, opt, batch, device, 0, warmup)
     steady = _timed_cycle(model, opt, batch, device, 20, 1)
     peak = _peak(device)
-    _sparse_delta.WEIGHT_GRAD_FP32_OUT = False
-    try:
-        bf16_mm = _timed_cycle(model, opt, batch, device, 40, 1)
-    finally:
-        _sparse_delta.WEIGHT_GRAD_FP32_OUT = True
+    cache = model.base_model.seft_weight_cache
+    cache_gib = cache.nbytes / GIB
+    cache.enabled["default"] = False
+    cache.clear()  # frees the buffer; rebuilt when the cache is switched on again
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    _peak_reset(device)
+    transient = _timed_cycle(model, opt, batch, device, 40, 1)
+    transient["peak_gib"] = _peak(device)
+    cache.enabled["default"] = True
     full_model, full_opt, _ = _arm("full", base, r)  # interleaved with SEFT, two more steady cycles
     interleaved = [_timed_cycle(model, opt, batch, device, s, 1, (full_model, full_opt)) for s in (60, 80)]
     del full_model, full_opt
@@ -237,7 +242,8 @@ def _measure_seft(base, batch, device, r, warmup, timed) -> dict:
     out = {
         **steady,
         "first_cycle": first,
-        "bf16_grad_mm": bf16_mm,
+        "transient": transient,
+        "cache_gib": cache_gib,
         "interleaved": interleaved,
         "peak_gib": peak,
         "trainable": trainable,
@@ -278,7 +284,7 @@ def _rows(raw: dict, smoke: bool) -> list[dict]:
     bsz, seqlen = raw["batch"]
     case = f"{shape}, 50% Wanda, bf16, B={bsz}, T={seqlen}, r={raw['r']}"
     s, f, lo = raw["seft"], raw["full"], raw["lora"]
-    b = s["bf16_grad_mm"]
+    b = s["transient"]
     tok = bsz * seqlen
     pr = raw["pruning"]
 
@@ -306,8 +312,15 @@ def _rows(raw: dict, smoke: bool) -> list[dict]:
             s["first_cycle"]["last_ms"] + s["first_cycle"]["cycle_ms"],
             f["step_ms"],
         ),
-        row(case, "step ms, SEFT bf16-out grad mm (avg over a ΔT=20 cycle) vs full FT", b["step_ms"], f["step_ms"]),
-        row(case, "step ms, SEFT bf16-out grad mm plain step vs full FT", b["plain_ms"], f["step_ms"]),
+        row(
+            case,
+            "step ms, SEFT cache_effective_weight=False (avg over a steady ΔT=20 cycle) vs full FT",
+            b["step_ms"],
+            f["step_ms"],
+        ),
+        row(case, "step ms, SEFT cache_effective_weight=False plain step vs full FT", b["plain_ms"], f["step_ms"]),
+        row(case, "peak GiB, SEFT cache_effective_weight=False vs LoRA", b["peak_gib"], lo["peak_gib"]),
+        row(case, "GiB, SEFT effective-weight cache vs SEFT peak", s["cache_gib"], s["peak_gib"]),
         *(
             row(
                 case,

@@ -10,7 +10,8 @@ No dense masked copy of any weight is stored, saved for backward or kept in opti
 Stable API (other tuners build on it; signatures will not change, additions are allowed)
 -------------------------------------------------------------------------------------------
 Functions:
-    sparse_delta_linear(x, weight, bias, indices, values, grad_hook=None, zero_indices=None, base_keep=None) -> Tensor
+    sparse_delta_linear(x, weight, bias, indices, values, grad_hook=None, zero_indices=None, base_keep=None,
+                        effective_weight=None) -> Tensor
         y = x W_eff^T + b through `SparseDeltaLinearFunction`: saves only `x` and references to `weight`, the
         indices and the values; the dense dL/dW of the layer exists only inside backward, is gathered at each
         index set (grad of each values tensor) and freed at once. `grad_hook(dense_grad_fp32)` sees it first.
@@ -223,21 +224,21 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, grad_hook, n, zero, keep, *tensors):
+    def forward(ctx, x, weight, bias, grad_hook, n, zero, keep, cached, *tensors):
         indices, values = tensors[:n], tensors[n:]
         with torch.autocast(x.device.type, enabled=False):
-            w_eff = _effective_weight(weight, x.dtype, indices, values, zero, keep)
+            w_eff = cached if cached is not None else _effective_weight(weight, x.dtype, indices, values, zero, keep)
             b = bias.to(x.dtype) if bias is not None else None
             out = nn.functional.linear(x, w_eff, b)
         del w_eff
-        ctx.save_for_backward(x, weight, bias, zero, keep, *tensors)
+        ctx.save_for_backward(x, weight, bias, zero, keep, cached, *tensors)
         ctx.n = n
         ctx.grad_hook = grad_hook
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, bias, zero, keep, *tensors = ctx.saved_tensors
+        x, weight, bias, zero, keep, cached, *tensors = ctx.saved_tensors
         n = ctx.n
         indices, values = tensors[:n], tensors[n:]
         needs = ctx.needs_input_grad
@@ -246,10 +247,13 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
         with torch.autocast(grad_out.device.type, enabled=False):
             g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
             if needs[0]:
-                w_eff = _effective_weight(weight, x.dtype, indices, values, zero, keep)
-                grad_x = (g2 @ w_eff).view(*x.shape)
-                del w_eff
-            want_values = [needs[7 + n + i] for i in range(n)]
+                if cached is not None:
+                    grad_x = (g2 @ cached).view(*x.shape)
+                else:
+                    w_eff = _effective_weight(weight, x.dtype, indices, values, zero, keep)
+                    grad_x = (g2 @ w_eff).view(*x.shape)
+                    del w_eff
+            want_values = [needs[8 + n + i] for i in range(n)]
             if any(want_values) or needs[1] or ctx.grad_hook is not None:
                 # Dense dL/dW exists for one layer at a time and is dropped as soon as it is gathered at the
                 # indices; keeping it would cost full fine-tuning memory (what the official LIFT optimizer does).
@@ -271,7 +275,7 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
                 del dense
             if bias is not None and needs[2]:
                 grad_b = g2.sum(0).to(bias.dtype)
-        return (grad_x, grad_w, grad_b, None, None, None, None, *([None] * n), *grad_values)
+        return (grad_x, grad_w, grad_b, None, None, None, None, None, *([None] * n), *grad_values)
 
 
 def sparse_delta_linear(
@@ -283,6 +287,7 @@ def sparse_delta_linear(
     grad_hook: Callable[[torch.Tensor], None] | None = None,
     zero_indices: torch.Tensor | None = None,
     base_keep: torch.Tensor | None = None,
+    effective_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`F.linear(x, W ⊙ (1 - 1_Z) + sum_i scatter(indices[i], values[i]), bias)` computed in `x.dtype`
     (autocast-aware), where Z = `zero_indices` (default: none).
@@ -298,6 +303,10 @@ def sparse_delta_linear(
             re-pruned set R; on CUDA zeroing and the first delta are one Triton launch).
         base_keep: optional uint8/bool mask over `indices[0]`: where 0, W_eff there is `values[0]` alone (a delta
             grown on a re-pruned position).
+        effective_weight: optional W_eff already built by the caller, in the compute dtype (SEFT's cache,
+            seft/cache.py): forward and backward use it instead of building W_eff themselves. The caller
+            guarantees it equals the formula above; autograd's version check raises if it changes in place before
+            backward. `zero_indices` / `base_keep` must then be None and `weight` frozen.
     """
     if len(indices) != len(values):
         raise ValueError(f"got {len(indices)} index tensors but {len(values)} values tensors")
@@ -308,8 +317,16 @@ def sparse_delta_linear(
         x = x.to(torch.get_autocast_dtype(dev))
     elif x.dtype != weight.dtype and weight.dtype.is_floating_point:
         x = x.to(weight.dtype)
+    if effective_weight is not None:
+        if zero_indices is not None or base_keep is not None or weight.requires_grad:
+            raise ValueError("effective_weight excludes zero_indices / base_keep and needs a frozen weight")
+        if effective_weight.dtype != x.dtype or effective_weight.shape != weight.shape:
+            raise ValueError(
+                f"effective_weight must have the weight's shape {tuple(weight.shape)} and the compute dtype {x.dtype}; "
+                f"got {tuple(effective_weight.shape)} {effective_weight.dtype}"
+            )
     return SparseDeltaLinearFunction.apply(
-        x, weight, bias, grad_hook, len(indices), zero_indices, base_keep, *indices, *values
+        x, weight, bias, grad_hook, len(indices), zero_indices, base_keep, effective_weight, *indices, *values
     )
 
 

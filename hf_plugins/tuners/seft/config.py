@@ -66,6 +66,15 @@ class SeftConfig(PeftConfig):
             "2:4" / "4:8": the base must follow this N:M pattern (N zeros per M inputs); growth is restricted to its
             non-zero positions, so the pattern is kept exactly (no re-pruning).
 
+    > Speed and memory
+
+        cache_effective_weight (`bool`, *optional*, defaults to `True`):
+            Keep every adapted layer's effective weight W_eff = W0 ⊙ (1 - 1_R) + scatter(A, δ) between steps, in
+            one buffer in the compute dtype (seft/cache.py): one more copy of the adapted weights (0.67 GiB for a
+            0.5B model in bf16), no W_eff rebuild in each forward and backward. Our choice, not the paper's: on a
+            0.5B model the per-layer rebuilds made the step host-bound (docs/seft.md, "Performance"). `False`:
+            rebuild W_eff transiently (LoRA-sized autograd memory).
+
     > Other
 
         total_steps (`int`, *optional*):
@@ -102,6 +111,9 @@ class SeftConfig(PeftConfig):
         default=None, metadata={"help": "Fraction of zeros per matrix; default: the base's measured sparsity."}
     )
     n_m: str | None = field(default=None, metadata={"help": "Keep this N:M pattern of the base (e.g. '2:4')."})
+    cache_effective_weight: bool = field(
+        default=True, metadata={"help": "Keep W_eff between steps (+1 copy of the adapted weights, faster steps)."}
+    )
     total_steps: int | None = field(default=None, metadata={"help": "T of the drop schedule for custom loops."})
     init_seed: int = field(default=0, metadata={"help": "Seed of the initial positions and random growth."})
     target_modules: list[str] | str | None = field(

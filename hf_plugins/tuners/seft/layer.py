@@ -68,6 +68,7 @@ class SeftLayer(SparseDeltaLayer):
         self._seft_merged_base: dict[str, torch.Tensor] = {}
         self._seft_nnz_cache: tuple | None = None  # ((data_ptr, version) of W0, nnz(W0))
         self._seft_plan_cache: dict[str, tuple] = {}  # adapter -> (key, forward plan), see `_seft_plan`
+        self._seft_cache = None  # the model's SeftWeightCache (cache.py), set by SeftModel; None: transient W_eff
         _register_load_pre_hook(self, SeftLayer._seft_load_pre_hook)
 
     # -- state --------------------------------------------------------------------------------------------------
@@ -80,6 +81,7 @@ class SeftLayer(SparseDeltaLayer):
         self.seft_grow_candidates[adapter_name] = torch.zeros(0, dtype=torch.int32, device=dev)
         self.seft_grow_scores[adapter_name] = torch.zeros(0, dtype=torch.float32, device=dev)
         self.set_adapter(self.active_adapters)
+        self._seft_invalidate()
 
     def whole_base_weight(self) -> torch.Tensor:
         """The (detached) base weight W0 as a whole matrix: gathered with `full_tensor` when FSDP2 shards it (a
@@ -122,8 +124,22 @@ class SeftLayer(SparseDeltaLayer):
         if self.disable_adapters or self.merged or not active:
             return self.sparse_forward(x, *args, **kwargs)
         base = self.get_base_layer()
-        if len(active) == 1:  # the training case: R zeroed and δ added in one launch (no -W0[R] gather per call)
+        if len(active) == 1:  # the training case
             name = active[0]
+            cache = self._seft_cache
+            if cache is not None:  # W_eff kept between steps (cache.py): a plain linear on a ready weight
+                w_eff = cache.weight(self, name, self._compute_dtype(x))
+                if w_eff is not None:
+                    return sparse_delta_linear(
+                        x,
+                        base.weight,
+                        base.bias,
+                        [self.seft_indices[name]],
+                        [self.seft_values[name]],
+                        self.sparse_grad_hook,
+                        effective_weight=w_eff,
+                    )
+            # transient W_eff: R zeroed and δ added in one launch (no -W0[R] gather per call)
             zero, keep = self._seft_plan(name)
             return sparse_delta_linear(
                 x,
@@ -185,6 +201,7 @@ class SeftLayer(SparseDeltaLayer):
         """W <- W ⊙ (1 - 1_R) + scatter(A, δ), with the same single rounding as the forward (bit-identical)."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
         weight = self.get_base_layer().weight
+        self._seft_invalidate()
         for name in adapter_names:
             if name not in self.seft_values:
                 continue
@@ -205,6 +222,7 @@ class SeftLayer(SparseDeltaLayer):
         if not self.merged:
             return super().unmerge()  # warns "Already unmerged"
         weight = self.get_base_layer().weight
+        self._seft_invalidate()
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if name not in self.seft_values:
@@ -300,14 +318,17 @@ class SeftLayer(SparseDeltaLayer):
         return self._seft_nnz_cache[1]
 
     def _seft_invalidate(self) -> None:
-        """Drop caches derived from A and R (called whenever a cycle or a load changes them)."""
+        """Drop caches derived from A, R, δ or W0 (called whenever a cycle, a load or a merge changes them)."""
         self._seft_plan_cache.clear()
+        if self._seft_cache is not None:
+            self._seft_cache.invalidate()
 
     # -- loading ------------------------------------------------------------------------------------------------
     @staticmethod
     def _seft_load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         """Resize the variable-length containers (R, grow window) to the saved lengths before they load."""
         where = prefix.rstrip(".").removeprefix("base_model.model.")
+        module._seft_invalidate()
         for attr in _VARIABLE:
             container = getattr(module, "seft_" + attr)
             for name in list(container.keys()):

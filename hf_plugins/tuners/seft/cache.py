@@ -1,0 +1,225 @@
+"""SEFT's effective-weight cache: every adapted layer's W_eff kept between steps (`SeftConfig.cache_effective_weight`).
+
+Without it, a layer rebuilds W_eff = W0 ⊙ (1 - 1_R) + scatter(A, δ) in its forward and again in its backward (a copy
+and a scatter launch each time, plus their Python): the autograd footprint stays LoRA-sized, but on a 0.5B model (168
+adapted layers) that host work is what made a SEFT step slower than a full fine-tuning step (docs/seft.md,
+"Performance"). With the cache, the W_eff of all adapted layers live in ONE flat buffer in the compute dtype (one more
+copy of the adapted weights: 0.67 GiB for a 0.5B model in bf16), a layer's forward is `F.linear` on its slice, and its
+backward reads the same slice (`sparse_delta_linear(..., effective_weight=)`).
+
+Upkeep runs for the whole model at once, at the first SEFT forward that finds the cache stale:
+
+- structure rebuild (first use; after a cycle, a load, merge / unmerge; a new compute dtype or active adapter): copy
+  W0 into the buffer (one foreach copy), zero R, read back B = buffer[A] (W0[A] in the compute dtype, or 0 where A
+  meets R, so a delta grown on a re-pruned position stands alone);
+- value refresh (after each optimizer step holding a SEFT values tensor): buffer[A] = round(B + δ), one `torch.cat`
+  and one `index_put_`, with the single rounding of `add_sparse_`; cached and transient forwards are bit-identical
+  (tests/test_seft.py checks it).
+
+Staleness is tracked, not guessed: a `torch.optim` step whose parameters include a cached values tensor (a global
+post-step hook), SEFT's own cycle, loads, merges and adapter changes mark the cache stale, and each layer's forward
+compares the storages and version counters of δ, A, R and W0 with those recorded at the last refresh. An update
+written through `tensor.data` outside a torch optimizer bypasses both: call `model.seft_cache_invalidate()` after
+one, or turn the cache off.
+
+Not served (the layer takes the transient path, same result): several active adapters, a trainable base weight,
+FSDP2-sharded (DTensor) tensors, layers on another device than the first served one.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from hf_plugins.distributed import is_dtensor
+
+
+__all__ = ["SeftWeightCache"]
+
+_CACHES: weakref.WeakSet = weakref.WeakSet()
+_HOOK_HANDLE = None
+
+
+def _on_optimizer_step(optimizer, args, kwargs) -> None:
+    """Global `torch.optim` post-step hook: mark stale the caches whose values this optimizer may have changed."""
+    if not _CACHES:
+        return
+    live = [c for c in _CACHES if c.value_ids and not c.values_stale]
+    if not live:
+        return
+    ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for cache in live:
+        if not cache.value_ids.isdisjoint(ids):
+            cache.values_stale = True
+
+
+def _ensure_hook() -> None:
+    global _HOOK_HANDLE
+    if _HOOK_HANDLE is None:
+        _HOOK_HANDLE = register_optimizer_step_post_hook(_on_optimizer_step)
+
+
+def _stamp(t: torch.Tensor) -> tuple[int, int, int]:
+    return (t.data_ptr(), t._version, t.numel())
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+class SeftWeightCache:
+    """The effective weights of one SEFT model's layers (see the module docstring). `SeftModel` owns one and hands
+    it to every layer it creates; a layer asks `weight(layer, adapter, dtype)` in its forward."""
+
+    def __init__(self) -> None:
+        self.layers: list = []  # SeftLayer objects, in creation order (the buffer's layout)
+        self.enabled: dict[str, bool] = {}  # adapter -> SeftConfig.cache_effective_weight
+        self.clear()
+        _CACHES.add(self)
+        _ensure_hook()
+
+    def clear(self) -> None:
+        """Free the buffer and everything derived from it (rebuilt at the next served forward)."""
+        self.buffer: torch.Tensor | None = None
+        self.key: tuple | None = None  # (adapter, dtype, device) the buffer holds
+        self.members: list = []
+        self.entries: dict[int, tuple] = {}  # id(layer) -> (W_eff view, structure stamp, values stamp)
+        self.index: torch.Tensor | None = None  # global flat positions of every member's A
+        self.base: torch.Tensor | None = None  # buffer[A] after zeroing R, accumulation dtype
+        self.value_ids: set[int] = set()
+        self.values_stale = True
+        self.structure_stale = True
+
+    def __deepcopy__(self, memo):
+        new = SeftWeightCache()
+        memo[id(self)] = new
+        new.enabled = dict(self.enabled)
+        new.layers = copy.deepcopy(self.layers, memo)  # the copied model's layers (memo), never the originals
+        return new
+
+    # -- bookkeeping --------------------------------------------------------------------------------------------
+    def register(self, layer) -> None:
+        if not any(m is layer for m in self.layers):
+            self.layers.append(layer)
+        self.structure_stale = True
+
+    def invalidate(self) -> None:
+        """Rebuild everything at the next forward (after any change of A, R, W0 or δ made outside `torch.optim`)."""
+        self.structure_stale = True
+
+    def release(self) -> None:
+        """Drop the buffer and the layers (the model was unloaded)."""
+        self.layers = []
+        self.clear()
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
+
+    # -- serving ------------------------------------------------------------------------------------------------
+    def weight(self, layer, name: str, dtype: torch.dtype) -> torch.Tensor | None:
+        """The current W_eff of `layer` for adapter `name` in `dtype`, or None when the cache does not serve it (the
+        caller then builds W_eff itself)."""
+        if not self.enabled.get(name, False):
+            return None
+        if self.structure_stale or self.values_stale or self.key is None or self.key[:2] != (name, dtype):
+            if not self._refresh(name, dtype, layer.get_base_layer().weight.device):
+                return None
+        entry = self.entries.get(id(layer))
+        if entry is None:
+            return None
+        view, struct, values = entry
+        if struct != self._structure_stamp(layer, name):
+            self.structure_stale = True
+        elif values != _stamp(layer.seft_values[name]):
+            self.values_stale = True
+        else:
+            return view
+        if not self._refresh(name, dtype, layer.get_base_layer().weight.device):
+            return None
+        entry = self.entries.get(id(layer))
+        return None if entry is None else entry[0]
+
+    @staticmethod
+    def _structure_stamp(layer, name: str) -> tuple:
+        w = layer.get_base_layer().weight
+        return (
+            _stamp(layer.seft_indices[name]),
+            _stamp(layer.seft_pruned_indices[name]),
+            _stamp(w),
+            w.dtype,
+            len(layer.active_adapters),
+        )
+
+    @staticmethod
+    def _servable(layer, name: str, device: torch.device) -> bool:
+        if name not in layer.seft_values or layer.merged or layer.disable_adapters:
+            return False
+        if list(layer.active_adapters) != [name]:
+            return False
+        w, v = layer.get_base_layer().weight, layer.seft_values[name]
+        if is_dtensor(w) or is_dtensor(v) or w.requires_grad or not w.dtype.is_floating_point:
+            return False
+        return w.device == device and v.device == device and w.device.type != "meta"
+
+    @torch.no_grad()
+    def _refresh(self, name: str, dtype: torch.dtype, device: torch.device) -> bool:
+        """Bring the buffer up to date (structure if needed, then values). False if no layer can be served."""
+        with torch.inference_mode(False):  # a buffer created under inference_mode could not be saved for backward
+            members = [m for m in self.layers if self._servable(m, name, device)]
+            if not members:
+                self.clear()
+                return False
+            key = (name, dtype, device)
+            if (
+                self.structure_stale
+                or self.key != key
+                or len(members) != len(self.members)
+                or any(a is not b for a, b in zip(members, self.members))
+                or any(self.entries[id(m)][1] != self._structure_stamp(m, name) for m in members)
+            ):
+                self._rebuild(members, name, dtype, device)
+            values = [m.seft_values[name].detach() for m in members]
+            delta = (torch.cat(values) if len(values) > 1 else values[0]).to(self.base.dtype)
+            self.buffer.index_put_((self.index,), (self.base + delta).to(dtype))
+            for m in members:
+                view, struct, _ = self.entries[id(m)]
+                self.entries[id(m)] = (view, struct, _stamp(m.seft_values[name]))
+            self.values_stale = False
+            return True
+
+    def _rebuild(self, members: list, name: str, dtype: torch.dtype, device: torch.device) -> None:
+        numels = [m.weight_numel for m in members]
+        total = sum(numels)
+        if (
+            self.buffer is None
+            or self.buffer.numel() != total
+            or self.buffer.dtype != dtype
+            or self.buffer.device != device
+        ):
+            self.buffer = None  # free the old one first
+            self.buffer = torch.empty(total, dtype=dtype, device=device)
+        views, offsets, off = [], [], 0
+        for m, n in zip(members, numels):
+            views.append(self.buffer[off : off + n].view(m.out_features, m.in_features))
+            offsets.append(off)
+            off += n
+        weights = [m.get_base_layer().weight.detach() for m in members]
+        if all(w.dtype == dtype for w in weights):
+            torch._foreach_copy_(views, weights)
+        else:
+            for v, w in zip(views, weights):
+                v.copy_(w)
+        pruned = [m.seft_pruned_indices[name] for m in members]
+        if any(r.numel() for r in pruned):
+            self.buffer.index_fill_(0, torch.cat([r.long() + o for r, o in zip(pruned, offsets)]), 0)
+        self.index = torch.cat([m.seft_indices[name].long() + o for m, o in zip(members, offsets)])
+        self.base = self.buffer.index_select(0, self.index).to(_acc_dtype(dtype))
+        self.entries = {id(m): (v, self._structure_stamp(m, name), None) for m, v in zip(members, views)}
+        self.members = members
+        self.value_ids = {id(m.seft_values[name]) for m in members}
+        self.key = (name, dtype, device)
+        self.structure_stale = False

@@ -1,0 +1,261 @@
+"""SEFT's effective-weight cache (hf_plugins/tuners/seft/cache.py): the cached forward must be the transient one, bit
+for bit, through training with cycles, and it must never serve a stale W_eff after any change it can see. The
+reference is the transient path (W_eff rebuilt inside every forward / backward), itself checked against dense
+plain-model references in test_seft.py."""
+
+import copy
+
+import pytest
+import torch
+from peft import get_peft_model
+
+import hf_plugins  # noqa: F401  (registers PeftType.SEFT)
+from hf_plugins import SeftConfig
+from hf_plugins.pruning import arithmetic_texts, calibration_windows, prune_model
+from hf_plugins.testing import tiny_model, tiny_tokenizer
+from hf_plugins.tuners import _sparse_delta
+from hf_plugins.tuners.seft import SeftLayer
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return calibration_windows(tiny_tokenizer(), arithmetic_texts(100), nsamples=8, seqlen=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pruned(calib):
+    model = tiny_model("llama")
+    prune_model(model, "wanda", 0.5, calibration=calib)
+    return model
+
+
+def _seft(model, cache=True, **kw):
+    kw = {"density": 0.05, "update_interval": 2, "accumulation_steps": 1, "task_type": "CAUSAL_LM", **kw}
+    return get_peft_model(copy.deepcopy(model), SeftConfig(cache_effective_weight=cache, **kw))
+
+
+def _layers(pm):
+    return [m for m in pm.modules() if isinstance(m, SeftLayer)]
+
+
+def _transient_logits(pm, x):
+    """Logits of the same model through the transient path (the cache switched off for one forward)."""
+    cache = pm.base_model.seft_weight_cache
+    cache.enabled["default"] = False
+    try:
+        with torch.no_grad():
+            return pm(input_ids=x).logits
+    finally:
+        cache.enabled["default"] = True
+
+
+@pytest.fixture
+def count_builds(monkeypatch):
+    """Counts transient W_eff builds (`_effective_weight` calls)."""
+    calls = []
+    real = _sparse_delta._effective_weight
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_sparse_delta, "_effective_weight", counting)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cached_training_is_bit_identical_to_transient_training(pruned, calib, dtype, count_builds):
+    """Eight steps with four drop / grow / re-prune cycles (R non-empty, deltas on re-pruned positions): after
+    every step the cached and the transient model hold identical values, positions and R, and give identical
+    logits; with the cache on, no layer ever builds W_eff itself."""
+    base = copy.deepcopy(pruned).to(dtype)
+    runs = {}
+    for cache in (True, False):
+        pm = _seft(base, cache=cache, drop_fraction=0.5, drop_schedule="constant")
+        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+        snaps = []
+        count_builds.clear()
+        for step in range(8):
+            pm.seft_prepare_step(step, 100)
+            pm(input_ids=calib[:4], labels=calib[:4]).loss.backward()
+            opt.step()
+            pm.seft_after_optimizer_step(opt, step, 100)
+            opt.zero_grad()
+            with torch.no_grad():
+                logits = pm(input_ids=calib[4:6]).logits
+            state = [
+                (m.seft_indices["default"].clone(), m.seft_values["default"].detach().clone(),
+                 m.seft_pruned_indices["default"].clone())
+                for m in _layers(pm)
+            ]  # fmt: skip
+            snaps.append((logits, state))
+        runs[cache] = (snaps, len(count_builds), pm)
+    (cached, builds_cached, pm_c), (transient, builds_transient, _) = runs[True], runs[False]
+    assert builds_cached == 0 and builds_transient > 0
+    cache = pm_c.base_model.seft_weight_cache
+    assert len(cache.entries) == len(_layers(pm_c))
+    assert cache.nbytes == sum(m.weight_numel for m in _layers(pm_c)) * torch.tensor([], dtype=dtype).element_size()
+    assert sum(m.seft_pruned_indices["default"].numel() for m in _layers(pm_c)) > 0
+    for (lc, sc), (lt, st) in zip(cached, transient):
+        assert torch.equal(lc, lt)
+        for a, b in zip(sc, st):
+            for x, y in zip(a, b):
+                assert torch.equal(x, y)
+
+
+def test_every_visible_change_reaches_the_next_forward(pruned, calib):
+    """Each change is followed by a forward that must equal the transient one: an optimizer step (foreach and
+    fused AdamW), an in-place edit of δ, new positions A, a new re-pruned set R, a base weight loaded in place,
+    set_adapter, and a `.data` edit followed by `seft_cache_invalidate()`."""
+    pm = _seft(pruned)
+    x = calib[4:6]
+    layer = _layers(pm)[3]
+    params = [p for p in pm.parameters() if p.requires_grad]
+
+    def check():
+        with torch.no_grad():
+            assert torch.equal(pm(input_ids=x).logits, _transient_logits(pm, x))
+
+    check()
+    for fused in (False, True):
+        opt = torch.optim.AdamW(params, lr=1e-2, fused=fused, foreach=None if fused else True)
+        pm(input_ids=calib[:4], labels=calib[:4]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        check()
+    with torch.no_grad():
+        layer.seft_values["default"].add_(0.5)
+    check()
+    A = layer.seft_indices["default"]
+    layer.seft_indices["default"] = torch.flip(torch.sort(A)[0], [0]).contiguous()  # same set, new order
+    with torch.no_grad():
+        layer.seft_values["default"].copy_(torch.linspace(-1, 1, A.numel()))
+    check()
+    w0 = layer.get_base_layer().weight
+    support = torch.nonzero(w0.detach().view(-1) != 0).view(-1)
+    layer.seft_pruned_indices["default"] = support[:7].to(torch.int32)
+    check()
+    with torch.no_grad():
+        w0.copy_(w0 * 1.5)
+    check()
+    pm.add_adapter("other", SeftConfig(density=0.05, init_seed=1, task_type="CAUSAL_LM"))
+    pm.set_adapter("other")
+    with torch.no_grad():
+        for m in _layers(pm):
+            m.seft_values["other"].fill_(0.01)
+    cache = pm.base_model.seft_weight_cache
+    with torch.no_grad():
+        y_other = pm(input_ids=x).logits
+    assert cache.key[0] == "other"
+    cache.enabled["other"] = False
+    with torch.no_grad():
+        assert torch.equal(y_other, pm(input_ids=x).logits)
+    pm.set_adapter("default")
+    check()
+    layer.seft_values["default"].data.mul_(-1)  # invisible to version counters: the documented invalidate call
+    pm.base_model.seft_cache_invalidate()
+    check()
+
+
+def test_a_graph_pending_across_a_refresh_raises_instead_of_using_a_stale_weight(pruned, calib):
+    """forward -> optimizer step -> forward -> backward of the first graph: autograd's version check refuses,
+    where reusing the refreshed W_eff would silently give the gradient of other weights."""
+    pm = _seft(pruned)
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.1)
+    loss = pm(input_ids=calib[:2], labels=calib[:2]).loss
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    pm(input_ids=calib[2:4], labels=calib[2:4])
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_gradient_accumulation_and_a_second_forward_before_backward_are_exact(pruned, calib):
+    """Two forwards (e.g. policy and a disabled-adapter reference) before one backward: no refresh happens in between,
+    and the values' gradient equals the transient path's."""
+    grads = {}
+    for cache in (True, False):
+        pm = _seft(pruned, cache=cache)
+        with torch.no_grad():
+            for m in _layers(pm):
+                m.seft_values["default"].normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+        loss = pm(input_ids=calib[:2], labels=calib[:2]).loss
+        with torch.no_grad(), pm.disable_adapter():
+            pm(input_ids=calib[2:4])
+        loss = loss + pm(input_ids=calib[2:4], labels=calib[2:4]).loss
+        loss.backward()
+        grads[cache] = [m.seft_values["default"].grad.clone() for m in _layers(pm)]
+    for a, b in zip(grads[True], grads[False]):
+        assert torch.equal(a, b)
+
+
+def test_deepcopy_gets_its_own_cache_and_unload_releases_it(pruned, calib):
+    pm = _seft(pruned)
+    x = calib[4:6]
+    with torch.no_grad():
+        y = pm(input_ids=x).logits
+    twin = copy.deepcopy(pm)
+    c0, c1 = pm.base_model.seft_weight_cache, twin.base_model.seft_weight_cache
+    assert c1 is not c0 and all(any(m is t for t in _layers(twin)) for m in c1.layers)
+    with torch.no_grad():
+        for m in _layers(twin):
+            m.seft_values["default"].fill_(0.05)
+        y_twin = twin(input_ids=x).logits
+        assert torch.equal(pm(input_ids=x).logits, y)  # the original is untouched
+        assert not torch.equal(y_twin, y)
+        assert torch.equal(y_twin, _transient_logits(twin, x))
+    merged = twin.merge_and_unload()
+    assert c1.buffer is None and c1.layers == []
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=x).logits, y_twin, atol=1e-5, rtol=1e-5)
+
+
+def test_autocast_dtype_switch_and_inference_mode(pruned, calib):
+    """fp32 base under bf16 autocast: the cache holds bf16 W_eff (half the base's bytes) and equals the transient
+    path; a plain fp32 forward rebuilds it in fp32; a first forward under inference_mode leaves a cache that training
+    can still use."""
+    pm = _seft(pruned)
+    x = calib[4:6]
+    with torch.no_grad():
+        for m in _layers(pm):
+            m.seft_values["default"].normal_(0, 0.02, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y_bf16 = pm(input_ids=x).logits
+    cache = pm.base_model.seft_weight_cache
+    assert cache.buffer.dtype == torch.bfloat16
+    assert cache.nbytes == 2 * sum(m.weight_numel for m in _layers(pm))
+    cache.enabled["default"] = False
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(y_bf16, pm(input_ids=x).logits)
+    cache.enabled["default"] = True
+    with torch.no_grad():
+        assert torch.equal(pm(input_ids=x).logits, _transient_logits(pm, x))
+    assert cache.buffer.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pm(input_ids=x, labels=x).loss.backward()  # a buffer made under inference_mode could not be saved
+    assert all(m.seft_values["default"].grad is not None for m in _layers(pm))
+
+
+@pytest.mark.gpu
+def test_cuda_cached_and_transient_steps_are_bit_identical(pruned, calib):
+    """On the GPU the transient path uses the Triton zero-and-add kernel, the cache ATen ops: same bits after a cycle
+    that leaves deltas on re-pruned positions."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    base = copy.deepcopy(pruned).to("cuda", torch.bfloat16)
+    out = []
+    for cache in (True, False):
+        pm = _seft(base, cache=cache, drop_fraction=0.5, drop_schedule="constant")
+        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2, fused=True)
+        x = calib[:4].cuda()
+        for step in range(6):
+            pm.seft_prepare_step(step, 100)
+            pm(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            pm.seft_after_optimizer_step(opt, step, 100)
+            opt.zero_grad()
+        with torch.no_grad():
+            out.append(pm(input_ids=x).logits)
+    assert torch.equal(out[0], out[1])
