@@ -259,3 +259,46 @@ def test_cuda_cached_and_transient_steps_are_bit_identical(pruned, calib):
         with torch.no_grad():
             out.append(pm(input_ids=x).logits)
     assert torch.equal(out[0], out[1])
+
+
+@pytest.fixture
+def gloo_world_of_one(tmp_path):
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("units", ["blocks_and_root", "root_only"])
+def test_fsdp2_switches_the_cache_off_and_trains_as_the_transient_path(pruned, calib, gloo_world_of_one, units):
+    """FSDP2 gathers parameters per unit inside forward and shards them outside it. Sharding every decoder block: the
+    first refresh sees the other blocks' DTensors and never builds the buffer. Sharding only the root: every layer
+    looks unsharded inside forward, the first step is served from a buffer built from the gathered tensors, and the
+    first optimizer step (sharded values) switches the cache off. Both train exactly as with the cache off."""
+    from torch.distributed.fsdp import fully_shard
+
+    losses = {}
+    for cache in (True, False):
+        pm = _seft(pruned, cache=cache)
+        if units == "blocks_and_root":
+            for block in pm.base_model.model.model.layers:
+                fully_shard(block)
+        fully_shard(pm)
+        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+        out = []
+        for _ in range(3):
+            loss = pm(input_ids=calib[:4], labels=calib[:4]).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            out.append(loss.item())
+        losses[cache] = out
+        if cache:
+            c = pm.base_model.seft_weight_cache
+            assert c.sharded and c.buffer is None
+    assert losses[True] == losses[False]

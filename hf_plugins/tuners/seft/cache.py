@@ -23,7 +23,8 @@ written through `tensor.data` outside a torch optimizer bypasses both: call `mod
 one, or turn the cache off.
 
 Not served (the layer takes the transient path, same result): several active adapters, a trainable base weight,
-FSDP2-sharded (DTensor) tensors, layers on another device than the first served one.
+layers on another device than the first served one, and any model managed by FSDP2: sharded (DTensor) parameters
+seen at a refresh or, when only the root is sharded, at the first optimizer step switch the cache off for good.
 """
 
 from __future__ import annotations
@@ -47,12 +48,14 @@ def _on_optimizer_step(optimizer, args, kwargs) -> None:
     """Global `torch.optim` post-step hook: mark stale the caches whose values this optimizer may have changed."""
     if not _CACHES:
         return
-    live = [c for c in _CACHES if c.value_ids and not c.values_stale]
+    live = [c for c in _CACHES if c.value_ids]
     if not live:
         return
     ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for cache in live:
-        if not cache.value_ids.isdisjoint(ids):
+        if cache.members and any(is_dtensor(m.seft_values[cache.key[0]]) for m in cache.members):
+            cache.disable_sharded()  # FSDP2 sharding the root only: every layer looked unsharded inside forward
+        elif not cache.value_ids.isdisjoint(ids):
             cache.values_stale = True
 
 
@@ -77,6 +80,7 @@ class SeftWeightCache:
     def __init__(self) -> None:
         self.layers: list = []  # SeftLayer objects, in creation order (the buffer's layout)
         self.enabled: dict[str, bool] = {}  # adapter -> SeftConfig.cache_effective_weight
+        self.sharded = False  # set for good once FSDP2 (DTensor) parameters are seen: transient path from then on
         self.clear()
         _CACHES.add(self)
         _ensure_hook()
@@ -97,6 +101,7 @@ class SeftWeightCache:
         new = SeftWeightCache()
         memo[id(self)] = new
         new.enabled = dict(self.enabled)
+        new.sharded = self.sharded
         new.layers = copy.deepcopy(self.layers, memo)  # the copied model's layers (memo), never the originals
         return new
 
@@ -109,6 +114,12 @@ class SeftWeightCache:
     def invalidate(self) -> None:
         """Rebuild everything at the next forward (after any change of A, R, W0 or δ made outside `torch.optim`)."""
         self.structure_stale = True
+
+    def disable_sharded(self) -> None:
+        """FSDP2 manages the layers: parameters are gathered per unit inside forward and sharded outside it, so a
+        model-wide buffer could neither stay small nor see the optimizer's (sharded) updates. Off for good."""
+        self.sharded = True
+        self.clear()
 
     def release(self) -> None:
         """Drop the buffer and the layers (the model was unloaded)."""
@@ -123,7 +134,7 @@ class SeftWeightCache:
     def weight(self, layer, name: str, dtype: torch.dtype) -> torch.Tensor | None:
         """The current W_eff of `layer` for adapter `name` in `dtype`, or None when the cache does not serve it (the
         caller then builds W_eff itself)."""
-        if not self.enabled.get(name, False):
+        if self.sharded or not self.enabled.get(name, False):
             return None
         if self.structure_stale or self.values_stale or self.key is None or self.key[:2] != (name, dtype):
             if not self._refresh(name, dtype, layer.get_base_layer().weight.device):
@@ -169,6 +180,12 @@ class SeftWeightCache:
     def _refresh(self, name: str, dtype: torch.dtype, device: torch.device) -> bool:
         """Bring the buffer up to date (structure if needed, then values). False if no layer can be served."""
         with torch.inference_mode(False):  # a buffer created under inference_mode could not be saved for backward
+            if any(
+                name in m.seft_values and (is_dtensor(m.seft_values[name]) or is_dtensor(m.get_base_layer().weight))
+                for m in self.layers
+            ):  # FSDP2 units: the layers outside the running unit are sharded right now
+                self.disable_sharded()
+                return False
             members = [m for m in self.layers if self._servable(m, name, device)]
             if not members:
                 self.clear()
