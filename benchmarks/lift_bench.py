@@ -4,7 +4,9 @@ Side by side in one run, pure bf16 weights, random tokens, no gradient checkpoin
 
 - full FT: every parameter trains (bf16 states).
 - LoRA: PEFT `LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")` (fp32 adapter and states).
-- LIFT: `LiftConfig(r=16)` on the same seven projections: exactly LoRA-r16's trainable-entry budget.
+- LIFT: `LiftConfig(r=16)` on the same seven projections: exactly LoRA-r16's trainable-entry budget, with the
+  effective-weight cache (the default) and without it (`cache_effective_weight=False`: W_eff rebuilt in every layer's
+  forward and backward, the memory-lean setting).
 
 Two batch shapes: B=8 x T=2048 (activations dominate) and B=1 x T=256 (weights and states dominate). Per arm and
 shape: median step time (CUDA events, after warm-up), tokens/s, peak `torch.cuda.max_memory_allocated`, and the
@@ -84,7 +86,10 @@ def _arm_model(arm: str, config, device, r: int):
             model,
             LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
         )
-    return get_peft_model(model, LiftConfig(r=r, update_interval=None, task_type="CAUSAL_LM"))
+    cache = arm != "lift_no_cache"
+    return get_peft_model(
+        model, LiftConfig(r=r, update_interval=None, task_type="CAUSAL_LM", cache_effective_weight=cache)
+    )
 
 
 def _sync(device):
@@ -175,10 +180,7 @@ def run(smoke: bool, r: int) -> tuple[list[dict], dict]:
     shapes = [(1, 32), (2, 64)] if smoke else [(1, 256), (8, 2048)]
     warmup, timed = (1, 2) if smoke else (3, 5)
     results: dict = {"device": device.type, "r": r, "shapes": shapes}
-    for arm in ("full", "lora", "lift", "lift_bf16_grad_mm"):
-        # lift_bf16_grad_mm: the same LIFT model with the weight-gradient product in bf16 (rounded output, as full
-        # FT's weight gradient) instead of torch.mm(out_dtype=float32): which of the two is faster on this device.
-        _sparse_delta.WEIGHT_GRAD_FP32_OUT = arm != "lift_bf16_grad_mm"
+    for arm in ("full", "lora", "lift", "lift_no_cache"):
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -203,27 +205,27 @@ def run(smoke: bool, r: int) -> tuple[list[dict], dict]:
         results[arm] = info
         print(arm, json.dumps(info, indent=1))
         del model, opt, params
-    _sparse_delta.WEIGHT_GRAD_FP32_OUT = True
     return _rows(results), results
 
 
 def _rows(res: dict) -> list[dict]:
     rows = []
     lift, lora, full = res["lift"], res["lora"], res["full"]
-    lift_bf16 = res.get("lift_bf16_grad_mm")
+    no_cache = res.get("lift_no_cache")
     for b, t in res["shapes"]:
         key = f"B{b}xT{t}"
         case = f"Qwen2-0.5B shape, bf16, {key}, r={res['r']}"
-        if lift_bf16 is not None:
-            for base_name, base in (("LoRA r16", lora), ("full FT", full), ("LIFT fp32-out grad mm", lift)):
-                rows.append(
-                    {
-                        "case": case,
-                        "metric": f"ms/step, LIFT bf16-out grad mm vs {base_name}",
-                        "ours": lift_bf16[key]["ms_per_step"],
-                        "baseline": base[key]["ms_per_step"],
-                    }
-                )
+        if no_cache is not None:
+            for base_name, base in (("LoRA r16", lora), ("full FT", full), ("LIFT (cache on)", lift)):
+                for what, unit in (("ms_per_step", "ms/step"), ("peak_gib", "peak GiB")):
+                    rows.append(
+                        {
+                            "case": case,
+                            "metric": f"{unit}, LIFT cache_effective_weight=False vs {base_name}",
+                            "ours": no_cache[key][what],
+                            "baseline": base[key][what],
+                        }
+                    )
         for base_name, base in (("LoRA r16", lora), ("full FT", full)):
             rows.append(
                 {

@@ -223,7 +223,7 @@ def _measure_seft(base, batch, device, r, warmup, timed) -> dict:
     first = _timed_cycle(model, opt, batch, device, 0, warmup)
     steady = _timed_cycle(model, opt, batch, device, 20, 1)
     peak = _peak(device)
-    cache = model.base_model.seft_weight_cache
+    cache = model.base_model.weight_cache
     cache_gib = cache.nbytes / GIB
     cache.enabled["default"] = False
     cache.clear()  # frees the buffer; rebuilt when the cache is switched on again

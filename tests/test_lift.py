@@ -236,12 +236,17 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def _saved_activation_bytes(model):
-    """Bytes saved for backward that are not parameters or buffers of the model."""
+    """Bytes saved for backward that are not parameters or buffers of the model (nor its effective-weight cache,
+    persistent model state whose slices backward reads)."""
     own = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    cache = getattr(model.base_model, "weight_cache", None)
     total = []
 
     def pack(t):
-        if t.untyped_storage().data_ptr() not in own:
+        ptr = t.untyped_storage().data_ptr()
+        if cache is not None and cache.buffer is not None and ptr == cache.buffer.untyped_storage().data_ptr():
+            return t
+        if ptr not in own:
             total.append(t.numel() * t.element_size())
         return t
 
@@ -251,13 +256,17 @@ def _saved_activation_bytes(model):
     return sum(total)
 
 
-def test_activation_memory_is_no_larger_than_loras():
+@pytest.mark.parametrize("cache", [True, False])
+def test_activation_memory_is_no_larger_than_loras(cache):
     """Nothing dense per weight is saved for backward: LIFT saves no more than LoRA at the same budget (the
-    naive scatter-into-weight implementation saves about one copy of every adapted weight)."""
-    lift = _lift(r=2)
+    naive scatter-into-weight implementation saves about one copy of every adapted weight). The effective-weight
+    cache is one persistent copy of the adapted weights, not activation memory."""
+    lift = _lift(r=2, cache_effective_weight=cache)
     lift.initialize_masks()
     lora = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
     assert _saved_activation_bytes(lift) <= _saved_activation_bytes(lora)
+    adapted = sum(layer.weight_numel for _, layer in _layers(lift)) * 4  # fp32 tiny model
+    assert lift.base_model.weight_cache.nbytes == (adapted if cache else 0)
 
 
 # ------------------------------------------------------------------------------------------------------------

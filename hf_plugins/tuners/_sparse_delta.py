@@ -303,8 +303,8 @@ def sparse_delta_linear(
             re-pruned set R; on CUDA zeroing and the first delta are one Triton launch).
         base_keep: optional uint8/bool mask over `indices[0]`: where 0, W_eff there is `values[0]` alone (a delta
             grown on a re-pruned position).
-        effective_weight: optional W_eff already built by the caller, in the compute dtype (SEFT's cache,
-            seft/cache.py): forward and backward use it instead of building W_eff themselves. The caller
+        effective_weight: optional W_eff already built by the caller, in the compute dtype (the effective-weight cache,
+            _sparse_delta_cache.py): forward and backward use it instead of building W_eff themselves. The caller
             guarantees it equals the formula above; autograd's version check raises if it changes in place before
             backward. `zero_indices` / `base_keep` must then be None and `weight` frozen.
     """
@@ -480,6 +480,8 @@ class SparseDeltaLayer(BaseTunerLayer):
         self.sparse_grad_hook: Callable[[torch.Tensor], None] | None = None
         # Adapters whose ready flag was read as True (see `is_ready`); cleared when a state dict loads.
         self._sparse_ready_cache: set[str] = set()
+        # The tuner model's effective-weight cache (_sparse_delta_cache.py), set by the tuner; None: transient W_eff.
+        self._sparse_cache = None
         base = self.get_base_layer()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"sparse-delta tuners support torch.nn.Linear only, got {type(base).__name__}")
@@ -515,6 +517,19 @@ class SparseDeltaLayer(BaseTunerLayer):
         self._c("residual_values")[adapter_name] = torch.zeros(0, dtype=torch.float32, device=dev)
         self._c("ready")[adapter_name] = torch.tensor(ready, device=dev)
         self._sparse_ready_cache.discard(adapter_name)
+        self._invalidate_sparse_cache()
+
+    def _invalidate_sparse_cache(self) -> None:
+        """Mark the model's effective-weight cache stale (after any change made outside a torch optimizer)."""
+        if self._sparse_cache is not None:
+            self._sparse_cache.invalidate()
+
+    def _cache_parts(self, adapter_name: str):
+        """What the effective-weight cache builds W_eff from: `(indices, values, zero_set, frozen_deltas)`, W_eff =
+        W0 ⊙ (1 - 1_zero_set) + scatter(indices, values) + sum of the frozen `(indices, values)` deltas."""
+        s = self.sparse_state(adapter_name)
+        frozen = [(s["residual_indices"], s["residual_values"])] if s["residual_indices"].numel() else []
+        return s["indices"], s["values"], None, frozen
 
     def is_ready(self, adapter_name: str) -> bool:
         """Whether the adapter's indices were chosen. Read from the (device) buffer only until it is True: the
@@ -567,6 +582,7 @@ class SparseDeltaLayer(BaseTunerLayer):
         tensors. Collective then: every rank calls it for the same layers in the same order."""
         numel = self.weight_numel
         check_indices(indices, numel, adapter_name)
+        self._invalidate_sparse_cache()  # values are written through `.data` below
         param = self._c("values")[adapter_name]
         old = self._c("indices")[adapter_name]
         src, kept = carry_map(old, indices)
@@ -601,12 +617,36 @@ class SparseDeltaLayer(BaseTunerLayer):
         if self.merged or not active:
             return self.base_layer(x, *args, **kwargs)
         base = self.get_base_layer()
+        if len(active) == 1:
+            cached = self._cached_forward(x, active[0])
+            if cached is not None:
+                return cached
         indices, values = [], []
         for name in active:
             for idx, val in self._deltas(name):
                 indices.append(idx)
                 values.append(val)
         return sparse_delta_linear(x, base.weight, base.bias, indices, values, self.sparse_grad_hook)
+
+    def _cached_forward(self, x: torch.Tensor, name: str) -> torch.Tensor | None:
+        """The forward on the cached W_eff of adapter `name` (the only active one), or None if the cache does not
+        serve this layer now."""
+        cache = self._sparse_cache
+        if cache is None:
+            return None
+        base = self.get_base_layer()
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):
+            dtype = torch.get_autocast_dtype(dev)
+        else:  # the dtype sparse_delta_linear computes in
+            dtype = base.weight.dtype if base.weight.dtype.is_floating_point else x.dtype
+        w_eff = cache.weight(self, name, dtype)
+        if w_eff is None:
+            return None
+        indices, values, _, _ = self._cache_parts(name)
+        return sparse_delta_linear(
+            x, base.weight, base.bias, [indices], [values], self.sparse_grad_hook, effective_weight=w_eff
+        )
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """The adapter's dense delta (trainable part + residual), fp32, shape of the base weight."""
@@ -624,6 +664,7 @@ class SparseDeltaLayer(BaseTunerLayer):
         if not adapter_names:
             return
         weight = self.get_base_layer().weight
+        self._invalidate_sparse_cache()
         for name in adapter_names:
             if name not in self._c("values"):
                 continue
@@ -643,6 +684,7 @@ class SparseDeltaLayer(BaseTunerLayer):
             warnings.warn("Already unmerged. Nothing to do.", UserWarning, stacklevel=2)
             return
         weight = self.get_base_layer().weight
+        self._invalidate_sparse_cache()
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if name not in self._c("values"):
@@ -659,6 +701,7 @@ class SparseDeltaLayer(BaseTunerLayer):
         numel = module.weight_numel
         where = prefix.rstrip(".").removeprefix("base_model.model.")
         module._sparse_ready_cache.clear()  # the saved ready flags replace the cached ones
+        module._invalidate_sparse_cache()
         for attr in ("indices", "residual_indices", "residual_values", "values"):
             container = getattr(module, p + attr)
             for name in list(container.keys()):

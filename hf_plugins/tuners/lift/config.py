@@ -54,6 +54,14 @@ class LiftConfig(PeftConfig):
             model's function never changes at a refresh). `"reset"`: it is dropped (the adapter stays exactly k
             entries, but each refresh changes the function).
 
+    > Speed and memory
+
+        cache_effective_weight (`bool`, *optional*, defaults to `True`):
+            Keep every adapted layer's effective weight W0 + scatter(A, δ) + residual between optimizer steps, in
+            one buffer in the compute dtype (tuners/_sparse_delta_cache.py): one more copy of the adapted weights
+            (0.67 GiB for a 0.5B model in bf16), no rebuild in each forward and backward. Our choice, not the
+            paper's (docs/lift.md, "Performance"). `False`: rebuild W_eff transiently (LoRA-sized autograd memory).
+
     > Parameters that control which modules are adapted
 
     Args:
@@ -112,6 +120,9 @@ class LiftConfig(PeftConfig):
     trainable_token_indices: list[int] | dict[str, list[int]] | None = field(
         default=None,
         metadata={"help": "Read (not used) by TRL's SFTTrainer when it adds chat-template tokens; leave None."},
+    )
+    cache_effective_weight: bool = field(
+        default=True, metadata={"help": "Keep W_eff between steps (+1 copy of the adapted weights, faster steps)."}
     )
     init_weights: bool = field(default=True, metadata={"help": "Zero delta at creation; False is for tests only."})
     residual_sizes: dict[str, int] | None = field(

@@ -9,6 +9,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from .._sparse_delta_cache import CachedSparseDeltaTuner
 from .layer import LiftLayer, Linear, select_masks
 
 
@@ -24,7 +25,7 @@ LIFT_TARGET_MODULES: dict[str, list[str]] = {
 }
 
 
-class LiftModel(BaseTuner):
+class LiftModel(CachedSparseDeltaTuner, BaseTuner):
     """LIFT tuner: trains the principal weights (top-k of a rank-q approximation) of every target matrix.
 
     Created by `get_peft_model(model, LiftConfig(...))`. Masks are selected before training starts
@@ -52,6 +53,7 @@ class LiftModel(BaseTuner):
         residual_size = (lift_config.residual_sizes or {}).get(current_key, 0)
         if isinstance(target, LiftLayer):
             target.update_layer(adapter_name, lift_config, residual_size=residual_size)
+            self._attach_weight_cache(target, adapter_name, lift_config)
             return
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if not isinstance(base, torch.nn.Linear):
@@ -60,6 +62,7 @@ class LiftModel(BaseTuner):
                 "from `target_modules` or add it to `exclude_modules`."
             )
         new_module = Linear(target, adapter_name, lift_config, residual_size=residual_size)
+        self._attach_weight_cache(new_module, adapter_name, lift_config)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an additional adapter is not trainable until set_adapter
         self._replace_module(parent, target_name, new_module, target)

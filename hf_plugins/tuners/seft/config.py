@@ -70,7 +70,7 @@ class SeftConfig(PeftConfig):
 
         cache_effective_weight (`bool`, *optional*, defaults to `True`):
             Keep every adapted layer's effective weight W_eff = W0 ⊙ (1 - 1_R) + scatter(A, δ) between steps, in
-            one buffer in the compute dtype (seft/cache.py): one more copy of the adapted weights (0.67 GiB for a
+            one buffer in the compute dtype (tuners/_sparse_delta_cache.py): one more copy of the adapted weights (0.67 GiB for a
             0.5B model in bf16), no W_eff rebuild in each forward and backward. Our choice, not the paper's: on a
             0.5B model the per-layer rebuilds made the step host-bound (docs/seft.md, "Performance"). `False`:
             rebuild W_eff transiently (LoRA-sized autograd memory).

@@ -68,7 +68,6 @@ class SeftLayer(SparseDeltaLayer):
         self._seft_merged_base: dict[str, torch.Tensor] = {}
         self._seft_nnz_cache: tuple | None = None  # ((data_ptr, version) of W0, nnz(W0))
         self._seft_plan_cache: dict[str, tuple] = {}  # adapter -> (key, forward plan), see `_seft_plan`
-        self._seft_cache = None  # the model's SeftWeightCache (cache.py), set by SeftModel; None: transient W_eff
         _register_load_pre_hook(self, SeftLayer._seft_load_pre_hook)
 
     # -- state --------------------------------------------------------------------------------------------------
@@ -126,19 +125,9 @@ class SeftLayer(SparseDeltaLayer):
         base = self.get_base_layer()
         if len(active) == 1:  # the training case
             name = active[0]
-            cache = self._seft_cache
-            if cache is not None:  # W_eff kept between steps (cache.py): a plain linear on a ready weight
-                w_eff = cache.weight(self, name, self._compute_dtype(x))
-                if w_eff is not None:
-                    return sparse_delta_linear(
-                        x,
-                        base.weight,
-                        base.bias,
-                        [self.seft_indices[name]],
-                        [self.seft_values[name]],
-                        self.sparse_grad_hook,
-                        effective_weight=w_eff,
-                    )
+            cached = self._cached_forward(x, name)  # W_eff kept between steps (_sparse_delta_cache.py)
+            if cached is not None:
+                return cached
             # transient W_eff: R zeroed and δ added in one launch (no -W0[R] gather per call)
             zero, keep = self._seft_plan(name)
             return sparse_delta_linear(
@@ -320,8 +309,16 @@ class SeftLayer(SparseDeltaLayer):
     def _seft_invalidate(self) -> None:
         """Drop caches derived from A, R, δ or W0 (called whenever a cycle, a load or a merge changes them)."""
         self._seft_plan_cache.clear()
-        if self._seft_cache is not None:
-            self._seft_cache.invalidate()
+        self._invalidate_sparse_cache()
+
+    def _cache_parts(self, adapter_name: str):
+        """W_eff = W0 ⊙ (1 - 1_R) + scatter(A, δ) for the effective-weight cache (SEFT keeps no residual)."""
+        return (
+            self.seft_indices[adapter_name],
+            self.seft_values[adapter_name],
+            self.seft_pruned_indices[adapter_name],
+            [],
+        )
 
     # -- loading ------------------------------------------------------------------------------------------------
     @staticmethod

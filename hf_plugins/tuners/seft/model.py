@@ -9,8 +9,8 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 
 from hf_plugins.pruning.masks import check_n_m, parse_n_m
 
+from .._sparse_delta_cache import CachedSparseDeltaTuner
 from .batched import batched_ok, evolve_batched_
-from .cache import SeftWeightCache
 from .config import SeftConfig
 from .evolution import drop_fraction_at, evolve_layer_
 from .layer import Linear, SeftLayer
@@ -38,7 +38,7 @@ def _initial_positions(weight: torch.Tensor, k: int, seed: int, key: str) -> tor
     return torch.sort(pick)[0].to(device=weight.device, dtype=torch.int32)
 
 
-class SeftModel(BaseTuner):
+class SeftModel(CachedSparseDeltaTuner, BaseTuner):
     """
     SEFT tuner (arXiv 2505.24037). Created by `get_peft_model(pruned_model, SeftConfig(...))`.
 
@@ -64,36 +64,15 @@ class SeftModel(BaseTuner):
             raise TypeError(f"SEFT supports torch.nn.Linear only; `{current_key}` is a {type(base).__name__}.")
         k, target_nnz = self._validate_target(config, base, current_key)
         indices = _initial_positions(base.weight, k, config.init_seed, current_key)
-        cache = self.seft_weight_cache
-        cache.enabled[adapter_name] = config.cache_effective_weight
         if isinstance(target, SeftLayer):
             target.update_layer(adapter_name, k, indices, target_nnz)
-            target._seft_cache = cache
-            cache.register(target)
+            self._attach_weight_cache(target, adapter_name, config)
             return
         new = Linear(target, adapter_name, k, indices, target_nnz)
-        new._seft_cache = cache
-        cache.register(new)
+        self._attach_weight_cache(new, adapter_name, config)
         if adapter_name not in self.active_adapters:
             new.requires_grad_(False)
         self._replace_module(parent, target_name, new, target)
-
-    @property
-    def seft_weight_cache(self) -> SeftWeightCache:
-        """The effective-weight cache shared by this model's SEFT layers (cache.py; `cache_effective_weight`)."""
-        cache = self.__dict__.get("_seft_weight_cache")
-        if cache is None:
-            cache = self.__dict__["_seft_weight_cache"] = SeftWeightCache()
-        return cache
-
-    def seft_cache_invalidate(self) -> None:
-        """Rebuild the cached effective weights at the next forward: call after changing SEFT values, indices or the
-        base weights through `tensor.data` outside a torch optimizer (other changes are detected)."""
-        self.seft_weight_cache.invalidate()
-
-    def _unload_and_optionally_merge(self, *args, **kwargs):
-        self.seft_weight_cache.release()  # the unloaded model keeps no reference to the SEFT layers or the buffer
-        return super()._unload_and_optionally_merge(*args, **kwargs)
 
     @staticmethod
     def _validate_target(config: SeftConfig, base: torch.nn.Linear, key: str) -> tuple[int, int]:
@@ -214,7 +193,7 @@ class SeftModel(BaseTuner):
         layers = [layer for layer in all_layers if name in layer.seft_values]
         if not layers:
             return totals
-        self.seft_weight_cache.invalidate()  # values are rewritten through `.data` below
+        self.weight_cache.invalidate()  # values are rewritten through `.data` below
         cycles = torch.stack([layer.seft_cycles[name] for layer in layers]).tolist()  # one synchronisation
         p_later = drop_fraction_at(cfg.drop_fraction, cfg.drop_schedule, step + 1, total)
         fractions = [1.0 if c == 0 and cfg.full_first_reselection else p_later for c in cycles]

@@ -1,7 +1,7 @@
-"""SEFT's effective-weight cache (hf_plugins/tuners/seft/cache.py): the cached forward must be the transient one, bit
-for bit, through training with cycles, and it must never serve a stale W_eff after any change it can see. The
-reference is the transient path (W_eff rebuilt inside every forward / backward), itself checked against dense
-plain-model references in test_seft.py."""
+"""The effective-weight cache of the sparse-delta tuners (hf_plugins/tuners/_sparse_delta_cache.py): the cached
+forward must be the transient one, bit for bit, through training with SEFT cycles and LIFT refreshes, and it must
+never serve a stale W_eff after any change it can see. The reference is the transient path (W_eff rebuilt inside
+every forward / backward), itself checked against dense plain-model references in test_seft.py and test_lift.py."""
 
 import copy
 
@@ -10,10 +10,11 @@ import torch
 from peft import get_peft_model
 
 import hf_plugins  # noqa: F401  (registers PeftType.SEFT)
-from hf_plugins import SeftConfig
+from hf_plugins import LiftConfig, SeftConfig
 from hf_plugins.pruning import arithmetic_texts, calibration_windows, prune_model
 from hf_plugins.testing import tiny_model, tiny_tokenizer
 from hf_plugins.tuners import _sparse_delta
+from hf_plugins.tuners.lift import LiftLayer
 from hf_plugins.tuners.seft import SeftLayer
 
 
@@ -40,7 +41,7 @@ def _layers(pm):
 
 def _transient_logits(pm, x):
     """Logits of the same model through the transient path (the cache switched off for one forward)."""
-    cache = pm.base_model.seft_weight_cache
+    cache = pm.base_model.weight_cache
     cache.enabled["default"] = False
     try:
         with torch.no_grad():
@@ -92,7 +93,7 @@ def test_cached_training_is_bit_identical_to_transient_training(pruned, calib, d
         runs[cache] = (snaps, len(count_builds), pm)
     (cached, builds_cached, pm_c), (transient, builds_transient, _) = runs[True], runs[False]
     assert builds_cached == 0 and builds_transient > 0
-    cache = pm_c.base_model.seft_weight_cache
+    cache = pm_c.base_model.weight_cache
     assert len(cache.entries) == len(_layers(pm_c))
     assert cache.nbytes == sum(m.weight_numel for m in _layers(pm_c)) * torch.tensor([], dtype=dtype).element_size()
     assert sum(m.seft_pruned_indices["default"].numel() for m in _layers(pm_c)) > 0
@@ -103,10 +104,44 @@ def test_cached_training_is_bit_identical_to_transient_training(pruned, calib, d
                 assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lift_cached_training_is_bit_identical_to_transient_training(calib, dtype, count_builds):
+    """LIFT with three mask refreshes (on_leave="keep": a frozen residual in W_eff): after every step the cached and
+    the transient model hold identical values, masks and residuals and give identical logits."""
+    base = tiny_model("llama").to(dtype)
+    runs = {}
+    for cache in (True, False):
+        pm = get_peft_model(copy.deepcopy(base), LiftConfig(r=2, task_type="CAUSAL_LM", cache_effective_weight=cache))
+        pm.initialize_masks()
+        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=5e-2)
+        count_builds.clear()
+        snaps = []
+        for step in range(7):
+            pm(input_ids=calib[:4], labels=calib[:4]).loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if step % 2 == 1:
+                pm.refresh_masks(opt)
+            with torch.no_grad():
+                logits = pm(input_ids=calib[4:6]).logits
+            layers = [m for m in pm.modules() if isinstance(m, LiftLayer)]
+            state = [tuple(t.detach().clone() for t in m.sparse_state("default").values()) for m in layers]
+            snaps.append((logits, state))
+        runs[cache] = (snaps, len(count_builds), layers)
+    (cached, builds_cached, layers), (transient, builds_transient, _) = runs[True], runs[False]
+    assert builds_cached == 0 and builds_transient > 0
+    assert sum(m.lift_residual_indices["default"].numel() for m in layers) > 0
+    for (lc, sc), (lt, st) in zip(cached, transient):
+        assert torch.equal(lc, lt)
+        for a, b in zip(sc, st):
+            for x, y in zip(a, b):
+                assert torch.equal(x, y)
+
+
 def test_every_visible_change_reaches_the_next_forward(pruned, calib):
     """Each change is followed by a forward that must equal the transient one: an optimizer step (foreach and
     fused AdamW), an in-place edit of δ, new positions A, a new re-pruned set R, a base weight loaded in place,
-    set_adapter, and a `.data` edit followed by `seft_cache_invalidate()`."""
+    set_adapter, and a `.data` edit followed by `invalidate_weight_cache()`."""
     pm = _seft(pruned)
     x = calib[4:6]
     layer = _layers(pm)[3]
@@ -143,7 +178,7 @@ def test_every_visible_change_reaches_the_next_forward(pruned, calib):
     with torch.no_grad():
         for m in _layers(pm):
             m.seft_values["other"].fill_(0.01)
-    cache = pm.base_model.seft_weight_cache
+    cache = pm.base_model.weight_cache
     with torch.no_grad():
         y_other = pm(input_ids=x).logits
     assert cache.key[0] == "other"
@@ -153,7 +188,7 @@ def test_every_visible_change_reaches_the_next_forward(pruned, calib):
     pm.set_adapter("default")
     check()
     layer.seft_values["default"].data.mul_(-1)  # invisible to version counters: the documented invalidate call
-    pm.base_model.seft_cache_invalidate()
+    pm.base_model.invalidate_weight_cache()
     check()
 
 
@@ -197,7 +232,7 @@ def test_deepcopy_gets_its_own_cache_and_unload_releases_it(pruned, calib):
     with torch.no_grad():
         y = pm(input_ids=x).logits
     twin = copy.deepcopy(pm)
-    c0, c1 = pm.base_model.seft_weight_cache, twin.base_model.seft_weight_cache
+    c0, c1 = pm.base_model.weight_cache, twin.base_model.weight_cache
     assert c1 is not c0 and all(any(m is t for t in _layers(twin)) for m in c1.layers)
     with torch.no_grad():
         for m in _layers(twin):
@@ -223,7 +258,7 @@ def test_autocast_dtype_switch_and_inference_mode(pruned, calib):
             m.seft_values["default"].normal_(0, 0.02, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         y_bf16 = pm(input_ids=x).logits
-    cache = pm.base_model.seft_weight_cache
+    cache = pm.base_model.weight_cache
     assert cache.buffer.dtype == torch.bfloat16
     assert cache.nbytes == 2 * sum(m.weight_numel for m in _layers(pm))
     cache.enabled["default"] = False
@@ -239,25 +274,36 @@ def test_autocast_dtype_switch_and_inference_mode(pruned, calib):
 
 
 @pytest.mark.gpu
-def test_cuda_cached_and_transient_steps_are_bit_identical(pruned, calib):
-    """On the GPU the transient path uses the Triton zero-and-add kernel, the cache ATen ops: same bits after a cycle
-    that leaves deltas on re-pruned positions."""
+@pytest.mark.parametrize("tuner", ["seft", "lift"])
+def test_cuda_cached_and_transient_steps_are_bit_identical(pruned, calib, tuner):
+    """On the GPU the transient path uses the Triton scatter kernels, the cache ATen ops: same bits after SEFT cycles
+    that leave deltas on re-pruned positions, or after LIFT refreshes that leave a residual."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     base = copy.deepcopy(pruned).to("cuda", torch.bfloat16)
     out = []
     for cache in (True, False):
-        pm = _seft(base, cache=cache, drop_fraction=0.5, drop_schedule="constant")
+        if tuner == "seft":
+            pm = _seft(base, cache=cache, drop_fraction=0.5, drop_schedule="constant")
+        else:
+            cfg = LiftConfig(r=2, task_type="CAUSAL_LM", cache_effective_weight=cache)
+            pm = get_peft_model(copy.deepcopy(base), cfg)
+            pm.initialize_masks()
         opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2, fused=True)
         x = calib[:4].cuda()
         for step in range(6):
-            pm.seft_prepare_step(step, 100)
+            if tuner == "seft":
+                pm.seft_prepare_step(step, 100)
             pm(input_ids=x, labels=x).loss.backward()
             opt.step()
-            pm.seft_after_optimizer_step(opt, step, 100)
+            if tuner == "seft":
+                pm.seft_after_optimizer_step(opt, step, 100)
+            elif step % 2 == 1:
+                pm.refresh_masks(opt)
             opt.zero_grad()
         with torch.no_grad():
             out.append(pm(input_ids=x).logits)
+        assert pm.base_model.weight_cache.nbytes > 0 if cache else True
     assert torch.equal(out[0], out[1])
 
 
@@ -299,6 +345,6 @@ def test_fsdp2_switches_the_cache_off_and_trains_as_the_transient_path(pruned, c
             out.append(loss.item())
         losses[cache] = out
         if cache:
-            c = pm.base_model.seft_weight_cache
+            c = pm.base_model.weight_cache
             assert c.sharded and c.buffer is None
     assert losses[True] == losses[False]

@@ -1,26 +1,33 @@
-"""SEFT's effective-weight cache: every adapted layer's W_eff kept between steps (`SeftConfig.cache_effective_weight`).
+"""The effective-weight cache of the sparse-delta tuners (LIFT, SEFT; `cache_effective_weight`, default on).
 
-Without it, a layer rebuilds W_eff = W0 ⊙ (1 - 1_R) + scatter(A, δ) in its forward and again in its backward (a copy
-and a scatter launch each time, plus their Python): the autograd footprint stays LoRA-sized, but on a 0.5B model (168
-adapted layers) that host work is what made a SEFT step slower than a full fine-tuning step (docs/seft.md,
-"Performance"). With the cache, the W_eff of all adapted layers live in ONE flat buffer in the compute dtype (one more
-copy of the adapted weights: 0.67 GiB for a 0.5B model in bf16), a layer's forward is `F.linear` on its slice, and its
-backward reads the same slice (`sparse_delta_linear(..., effective_weight=)`).
+Without it, a layer rebuilds its effective weight in its forward and again in its backward (a copy and a scatter
+launch each time, plus their Python):
 
-Upkeep runs for the whole model at once, at the first SEFT forward that finds the cache stale:
+    LIFT: W_eff = W0 + scatter(A, δ) + scatter(residual)        SEFT: W_eff = W0 ⊙ (1 - 1_R) + scatter(A, δ)
 
-- structure rebuild (first use; after a cycle, a load, merge / unmerge; a new compute dtype or active adapter): copy
-  W0 into the buffer (one foreach copy), zero R, read back B = buffer[A] (W0[A] in the compute dtype, or 0 where A
-  meets R, so a delta grown on a re-pruned position stands alone);
-- value refresh (after each optimizer step holding a SEFT values tensor): buffer[A] = round(B + δ), one `torch.cat`
-  and one `index_put_`, with the single rounding of `add_sparse_`; cached and transient forwards are bit-identical
-  (tests/test_seft.py checks it).
+The autograd footprint stays LoRA-sized, but on a 0.5B model (168 adapted layers) that host work made a step 1.2x
+slower than a full fine-tuning step (docs/seft.md, "Performance"). With the cache, the W_eff of all adapted layers
+live in ONE flat buffer in the compute dtype (one more copy of the adapted weights: 0.67 GiB for a 0.5B model in
+bf16), a layer's forward is `F.linear` on its slice, and its backward reads the same slice
+(`sparse_delta_linear(..., effective_weight=)`).
+
+Upkeep runs for the whole model at once, at the first forward that finds the cache stale:
+
+- structure rebuild (first use; after a LIFT refresh or a SEFT cycle, a load, merge / unmerge; a new compute dtype
+  or active adapter): copy W0 into the buffer (one foreach copy), zero the layer's zero set (SEFT's R), add its
+  frozen deltas (LIFT's residual), read back B = buffer[A] (W0[A] in the compute dtype, or 0 where A meets R, so a
+  SEFT delta grown on a re-pruned position stands alone);
+- value refresh (after each optimizer step holding a cached values tensor): buffer[A] = round(B + δ), one
+  `torch.cat` and one `index_put_`, with the single rounding of `add_sparse_`; cached and transient forwards are
+  bit-identical (tests/test_sparse_delta_cache.py checks it).
+
+A layer says what its W_eff is made of through `SparseDeltaLayer._cache_parts` (SEFT overrides it).
 
 Staleness is tracked, not guessed: a `torch.optim` step whose parameters include a cached values tensor (a global
-post-step hook), SEFT's own cycle, loads, merges and adapter changes mark the cache stale, and each layer's forward
-compares the storages and version counters of δ, A, R and W0 with those recorded at the last refresh. An update
-written through `tensor.data` outside a torch optimizer bypasses both: call `model.seft_cache_invalidate()` after
-one, or turn the cache off.
+post-step hook), the tuners' own re-selections, loads, merges and adapter changes mark the cache stale, and each
+layer's forward compares the storages and version counters of δ, A, the zero set, the frozen deltas and W0 with
+those recorded at the last refresh. An update written through `tensor.data` outside a torch optimizer bypasses
+both: call the tuner model's `invalidate_weight_cache()` after one, or turn the cache off.
 
 Not served (the layer takes the transient path, same result): several active adapters, a trainable base weight,
 layers on another device than the first served one, and any model managed by FSDP2: sharded (DTensor) parameters
@@ -38,7 +45,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from hf_plugins.distributed import is_dtensor
 
 
-__all__ = ["SeftWeightCache"]
+__all__ = ["CachedSparseDeltaTuner", "SparseDeltaWeightCache"]
 
 _CACHES: weakref.WeakSet = weakref.WeakSet()
 _HOOK_HANDLE = None
@@ -53,7 +60,7 @@ def _on_optimizer_step(optimizer, args, kwargs) -> None:
         return
     ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for cache in live:
-        if cache.members and any(is_dtensor(m.seft_values[cache.key[0]]) for m in cache.members):
+        if cache.members and any(is_dtensor(m._c("values")[cache.key[0]]) for m in cache.members):
             cache.disable_sharded()  # FSDP2 sharding the root only: every layer looked unsharded inside forward
         elif not cache.value_ids.isdisjoint(ids):
             cache.values_stale = True
@@ -73,13 +80,14 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-class SeftWeightCache:
-    """The effective weights of one SEFT model's layers (see the module docstring). `SeftModel` owns one and hands
-    it to every layer it creates; a layer asks `weight(layer, adapter, dtype)` in its forward."""
+class SparseDeltaWeightCache:
+    """The effective weights of one tuner model's sparse-delta layers (see the module docstring). The tuner model
+    (`CachedSparseDeltaTuner`) owns one and hands it to every layer it creates; a layer asks
+    `weight(layer, adapter, dtype)` in its forward."""
 
     def __init__(self) -> None:
-        self.layers: list = []  # SeftLayer objects, in creation order (the buffer's layout)
-        self.enabled: dict[str, bool] = {}  # adapter -> SeftConfig.cache_effective_weight
+        self.layers: list = []  # SparseDeltaLayer objects, in creation order (the buffer's layout)
+        self.enabled: dict[str, bool] = {}  # adapter -> its config's cache_effective_weight
         self.sharded = False  # set for good once FSDP2 (DTensor) parameters are seen: transient path from then on
         self.clear()
         _CACHES.add(self)
@@ -92,13 +100,13 @@ class SeftWeightCache:
         self.members: list = []
         self.entries: dict[int, tuple] = {}  # id(layer) -> (W_eff view, structure stamp, values stamp)
         self.index: torch.Tensor | None = None  # global flat positions of every member's A
-        self.base: torch.Tensor | None = None  # buffer[A] after zeroing R, accumulation dtype
+        self.base: torch.Tensor | None = None  # buffer[A] after the zero set and frozen deltas, accumulation dtype
         self.value_ids: set[int] = set()
         self.values_stale = True
         self.structure_stale = True
 
     def __deepcopy__(self, memo):
-        new = SeftWeightCache()
+        new = SparseDeltaWeightCache()
         memo[id(self)] = new
         new.enabled = dict(self.enabled)
         new.sharded = self.sharded
@@ -112,7 +120,8 @@ class SeftWeightCache:
         self.structure_stale = True
 
     def invalidate(self) -> None:
-        """Rebuild everything at the next forward (after any change of A, R, W0 or δ made outside `torch.optim`)."""
+        """Rebuild everything at the next forward (after any change of A, δ, W0 or the zero set / frozen deltas made
+        outside `torch.optim`)."""
         self.structure_stale = True
 
     def disable_sharded(self) -> None:
@@ -145,7 +154,7 @@ class SeftWeightCache:
         view, struct, values = entry
         if struct != self._structure_stamp(layer, name):
             self.structure_stale = True
-        elif values != _stamp(layer.seft_values[name]):
+        elif values != _stamp(layer._c("values")[name]):
             self.values_stale = True
         else:
             return view
@@ -156,10 +165,12 @@ class SeftWeightCache:
 
     @staticmethod
     def _structure_stamp(layer, name: str) -> tuple:
+        indices, _, zero, frozen = layer._cache_parts(name)
         w = layer.get_base_layer().weight
         return (
-            _stamp(layer.seft_indices[name]),
-            _stamp(layer.seft_pruned_indices[name]),
+            _stamp(indices),
+            None if zero is None else _stamp(zero),
+            tuple((_stamp(i), _stamp(v)) for i, v in frozen),
             _stamp(w),
             w.dtype,
             len(layer.active_adapters),
@@ -167,11 +178,11 @@ class SeftWeightCache:
 
     @staticmethod
     def _servable(layer, name: str, device: torch.device) -> bool:
-        if name not in layer.seft_values or layer.merged or layer.disable_adapters:
+        if name not in layer._c("values") or layer.merged or layer.disable_adapters:
             return False
-        if list(layer.active_adapters) != [name]:
+        if list(layer.active_adapters) != [name] or not layer.is_ready(name):
             return False
-        w, v = layer.get_base_layer().weight, layer.seft_values[name]
+        w, v = layer.get_base_layer().weight, layer._c("values")[name]
         if is_dtensor(w) or is_dtensor(v) or w.requires_grad or not w.dtype.is_floating_point:
             return False
         return w.device == device and v.device == device and w.device.type != "meta"
@@ -181,7 +192,7 @@ class SeftWeightCache:
         """Bring the buffer up to date (structure if needed, then values). False if no layer can be served."""
         with torch.inference_mode(False):  # a buffer created under inference_mode could not be saved for backward
             if any(
-                name in m.seft_values and (is_dtensor(m.seft_values[name]) or is_dtensor(m.get_base_layer().weight))
+                name in m._c("values") and (is_dtensor(m._c("values")[name]) or is_dtensor(m.get_base_layer().weight))
                 for m in self.layers
             ):  # FSDP2 units: the layers outside the running unit are sharded right now
                 self.disable_sharded()
@@ -199,12 +210,12 @@ class SeftWeightCache:
                 or any(self.entries[id(m)][1] != self._structure_stamp(m, name) for m in members)
             ):
                 self._rebuild(members, name, dtype, device)
-            values = [m.seft_values[name].detach() for m in members]
+            values = [m._c("values")[name].detach() for m in members]
             delta = (torch.cat(values) if len(values) > 1 else values[0]).to(self.base.dtype)
             self.buffer.index_put_((self.index,), (self.base + delta).to(dtype))
             for m in members:
                 view, struct, _ = self.entries[id(m)]
-                self.entries[id(m)] = (view, struct, _stamp(m.seft_values[name]))
+                self.entries[id(m)] = (view, struct, _stamp(m._c("values")[name]))
             self.values_stale = False
             return True
 
@@ -230,13 +241,48 @@ class SeftWeightCache:
         else:
             for v, w in zip(views, weights):
                 v.copy_(w)
-        pruned = [m.seft_pruned_indices[name] for m in members]
-        if any(r.numel() for r in pruned):
-            self.buffer.index_fill_(0, torch.cat([r.long() + o for r, o in zip(pruned, offsets)]), 0)
-        self.index = torch.cat([m.seft_indices[name].long() + o for m, o in zip(members, offsets)])
+        parts = [m._cache_parts(name) for m in members]
+        zeros = [(z, o) for (_, _, z, _), o in zip(parts, offsets) if z is not None and z.numel()]
+        if zeros:
+            self.buffer.index_fill_(0, torch.cat([z.long() + o for z, o in zeros]), 0)
+        frozen = [(i.long() + o, v) for (_, _, _, f), o in zip(parts, offsets) for i, v in f if i.numel()]
+        if frozen:  # disjoint from A and from the zero set: one rounding per entry, as add_sparse_
+            idx = torch.cat([i for i, _ in frozen])
+            val = torch.cat([v.detach().to(_acc_dtype(dtype)) for _, v in frozen])
+            self.buffer.index_put_((idx,), (self.buffer.index_select(0, idx).to(val.dtype) + val).to(dtype))
+        self.index = torch.cat([a.long() + o for (a, _, _, _), o in zip(parts, offsets)])
         self.base = self.buffer.index_select(0, self.index).to(_acc_dtype(dtype))
         self.entries = {id(m): (v, self._structure_stamp(m, name), None) for m, v in zip(members, views)}
         self.members = members
-        self.value_ids = {id(m.seft_values[name]) for m in members}
+        self.value_ids = {id(m._c("values")[name]) for m in members}
         self.key = (name, dtype, device)
         self.structure_stale = False
+
+
+class CachedSparseDeltaTuner:
+    """Mixin of a PEFT tuner model (`BaseTuner`) whose layers are `SparseDeltaLayer`s: owns the model's
+    `SparseDeltaWeightCache`. Call `_attach_weight_cache(layer, adapter_name, config)` for every layer created or
+    given an adapter."""
+
+    @property
+    def weight_cache(self) -> SparseDeltaWeightCache:
+        """The effective-weight cache shared by this model's sparse-delta layers (`cache_effective_weight`)."""
+        cache = self.__dict__.get("_sparse_weight_cache")
+        if cache is None:
+            cache = self.__dict__["_sparse_weight_cache"] = SparseDeltaWeightCache()
+        return cache
+
+    def invalidate_weight_cache(self) -> None:
+        """Rebuild the cached effective weights at the next forward: call after changing values, indices or the base
+        weights through `tensor.data` outside a torch optimizer (every other change is detected)."""
+        self.weight_cache.invalidate()
+
+    def _attach_weight_cache(self, layer, adapter_name: str, config) -> None:
+        cache = self.weight_cache
+        cache.enabled[adapter_name] = bool(getattr(config, "cache_effective_weight", False))
+        layer._sparse_cache = cache
+        cache.register(layer)
+
+    def _unload_and_optionally_merge(self, *args, **kwargs):
+        self.weight_cache.release()  # the unloaded model keeps no reference to the tuner layers or the buffer
+        return super()._unload_and_optionally_merge(*args, **kwargs)
