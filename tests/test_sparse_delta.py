@@ -61,6 +61,34 @@ def test_forward_and_gradients_equal_a_dense_scatter_reference(dtype, atol):
     torch.testing.assert_close(seen[0].to(dtype), grads_ref[4], atol=atol, rtol=atol)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_prebuilt_effective_weight_gives_the_same_outputs_and_gradients(autocast):
+    """`effective_weight=` (the cache's lean function) against the transient path: same output, grad_x, grad_bias,
+    values' gradient and hook gradient, in fp32 and under bf16 autocast; bad arguments raise."""
+    torch.manual_seed(7)
+    m, n = 9, 6
+    w = torch.randn(m, n)
+    b = torch.randn(m, requires_grad=True)
+    idx = _unique_indices(m * n, 7, 8)
+    v = torch.randn(7, requires_grad=True)
+    x = torch.randn(4, 3, n, requires_grad=True)
+    dtype = torch.bfloat16 if autocast else torch.float32
+    w_eff = add_sparse_(w.to(dtype, copy=True), idx, v.detach())
+    outs = []
+    for prebuilt in (None, w_eff):
+        seen = []
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = sparse_delta_linear(x, w, b, [idx], [v], grad_hook=seen.append, effective_weight=prebuilt)
+        grads = torch.autograd.grad(y.float().sum(), (x, b, v))
+        outs.append((y, *grads, seen[0]))
+    for got, want in zip(*outs):
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="one delta"):
+        sparse_delta_linear(x, w, b, [idx, idx], [v, v], effective_weight=w_eff)
+    with pytest.raises(ValueError, match="compute dtype"):
+        sparse_delta_linear(x, w, b, [idx], [v], effective_weight=w_eff.double())
+
+
 def test_values_grad_is_the_dense_gradient_gathered_at_the_indices():
     """grad(values) == (dL/dW)[indices] for a frozen weight, computed by an explicit loop over entries."""
     torch.manual_seed(1)

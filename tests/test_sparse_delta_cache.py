@@ -138,6 +138,41 @@ def test_lift_cached_training_is_bit_identical_to_transient_training(calib, dtyp
                 assert torch.equal(x, y)
 
 
+def test_one_value_refresh_per_optimizer_step_and_one_rebuild_per_cycle(pruned, calib, monkeypatch):
+    """The upkeep is per step, not per layer: one values refresh after each optimizer step, gradient accumulation
+    and eval forwards add none, and only a cycle (new A and R) rebuilds the buffer."""
+    from hf_plugins.tuners._sparse_delta_cache import SparseDeltaWeightCache
+
+    counts = {"refresh": 0, "rebuild": 0}
+    refresh, rebuild = SparseDeltaWeightCache._refresh, SparseDeltaWeightCache._rebuild
+
+    def counting_refresh(self, *a):
+        counts["refresh"] += 1
+        return refresh(self, *a)
+
+    def counting_rebuild(self, *a):
+        counts["rebuild"] += 1
+        return rebuild(self, *a)
+
+    monkeypatch.setattr(SparseDeltaWeightCache, "_refresh", counting_refresh)
+    monkeypatch.setattr(SparseDeltaWeightCache, "_rebuild", counting_rebuild)
+    pm = _seft(pruned, update_interval=3, accumulation_steps=1)
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2, foreach=True)
+    seen = []
+    for step in range(6):
+        pm.seft_prepare_step(step, 100)
+        for micro in (calib[:2], calib[2:4]):  # two micro-batches per step
+            pm(input_ids=micro, labels=micro).loss.backward()
+        opt.step()
+        pm.seft_after_optimizer_step(opt, step, 100)
+        opt.zero_grad()
+        with torch.no_grad():
+            pm(input_ids=calib[4:6])
+        seen.append(dict(counts))
+    assert [c["refresh"] for c in seen] == [2, 3, 4, 5, 6, 7]  # first step: build + refresh after its update
+    assert [c["rebuild"] for c in seen] == [1, 1, 2, 2, 2, 3]  # cycles after steps 2 and 5
+
+
 def test_every_visible_change_reaches_the_next_forward(pruned, calib):
     """Each change is followed by a forward that must equal the transient one: an optimizer step (foreach and
     fused AdamW), an in-place edit of δ, new positions A, a new re-pruned set R, a base weight loaded in place,
@@ -320,7 +355,7 @@ def gloo_world_of_one(tmp_path):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("units", ["blocks_and_root", "root_only"])
+@pytest.mark.parametrize("units", ["blocks_and_root", "root_only", "root_only_after_a_forward"])
 def test_fsdp2_switches_the_cache_off_and_trains_as_the_transient_path(pruned, calib, gloo_world_of_one, units):
     """FSDP2 gathers parameters per unit inside forward and shards them outside it. Sharding every decoder block: the
     first refresh sees the other blocks' DTensors and never builds the buffer. Sharding only the root: every layer
@@ -331,6 +366,9 @@ def test_fsdp2_switches_the_cache_off_and_trains_as_the_transient_path(pruned, c
     losses = {}
     for cache in (True, False):
         pm = _seft(pruned, cache=cache)
+        if units == "root_only_after_a_forward":  # the cache holds the unsharded parameters when fully_shard runs
+            with torch.no_grad():
+                pm(input_ids=calib[:4])
         if units == "blocks_and_root":
             for block in pm.base_model.model.model.layers:
                 fully_shard(block)

@@ -69,6 +69,7 @@ from . import _sparse_delta_triton as _triton
 
 
 __all__ = [
+    "CachedSparseDeltaLinearFunction",
     "ResizableBufferDict",
     "SparseDeltaLayer",
     "SparseDeltaLinearFunction",
@@ -224,21 +225,21 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, grad_hook, n, zero, keep, cached, *tensors):
+    def forward(ctx, x, weight, bias, grad_hook, n, zero, keep, *tensors):
         indices, values = tensors[:n], tensors[n:]
         with torch.autocast(x.device.type, enabled=False):
-            w_eff = cached if cached is not None else _effective_weight(weight, x.dtype, indices, values, zero, keep)
+            w_eff = _effective_weight(weight, x.dtype, indices, values, zero, keep)
             b = bias.to(x.dtype) if bias is not None else None
             out = nn.functional.linear(x, w_eff, b)
         del w_eff
-        ctx.save_for_backward(x, weight, bias, zero, keep, cached, *tensors)
+        ctx.save_for_backward(x, weight, bias, zero, keep, *tensors)
         ctx.n = n
         ctx.grad_hook = grad_hook
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, bias, zero, keep, cached, *tensors = ctx.saved_tensors
+        x, weight, bias, zero, keep, *tensors = ctx.saved_tensors
         n = ctx.n
         indices, values = tensors[:n], tensors[n:]
         needs = ctx.needs_input_grad
@@ -247,13 +248,10 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
         with torch.autocast(grad_out.device.type, enabled=False):
             g2 = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
             if needs[0]:
-                if cached is not None:
-                    grad_x = (g2 @ cached).view(*x.shape)
-                else:
-                    w_eff = _effective_weight(weight, x.dtype, indices, values, zero, keep)
-                    grad_x = (g2 @ w_eff).view(*x.shape)
-                    del w_eff
-            want_values = [needs[8 + n + i] for i in range(n)]
+                w_eff = _effective_weight(weight, x.dtype, indices, values, zero, keep)
+                grad_x = (g2 @ w_eff).view(*x.shape)
+                del w_eff
+            want_values = [needs[7 + n + i] for i in range(n)]
             if any(want_values) or needs[1] or ctx.grad_hook is not None:
                 # Dense dL/dW exists for one layer at a time and is dropped as soon as it is gathered at the
                 # indices; keeping it would cost full fine-tuning memory (what the official LIFT optimizer does).
@@ -275,7 +273,57 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
                 del dense
             if bias is not None and needs[2]:
                 grad_b = g2.sum(0).to(bias.dtype)
-        return (grad_x, grad_w, grad_b, None, None, None, None, None, *([None] * n), *grad_values)
+        return (grad_x, grad_w, grad_b, None, None, None, None, *([None] * n), *grad_values)
+
+
+class CachedSparseDeltaLinearFunction(torch.autograd.Function):
+    """y = x W_eff^T + bias for a W_eff the caller keeps up to date (the effective-weight cache): the lean form of
+    `SparseDeltaLinearFunction` with one delta and a prebuilt weight, for the per-layer hot path. Saves `x` and
+    references to W_eff and the indices; backward forms the layer's dense fp32 gᵀx only to gather it at the indices
+    (and to show it to `grad_hook`). `x` must already be in W_eff's dtype."""
+
+    @staticmethod
+    def forward(ctx, x, w_eff, bias, indices, values, grad_hook):
+        b = bias.to(x.dtype) if bias is not None else None
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                out = nn.functional.linear(x, w_eff, b)
+        else:
+            out = nn.functional.linear(x, w_eff, b)
+        ctx.save_for_backward(x, w_eff, indices)
+        ctx.grad_hook = grad_hook
+        ctx.values_dtype = values.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, w_eff, indices = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        dev = grad_out.device.type
+        if torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, enabled=False):
+                return CachedSparseDeltaLinearFunction._backward(ctx, grad_out, x, w_eff, indices, needs)
+        return CachedSparseDeltaLinearFunction._backward(ctx, grad_out, x, w_eff, indices, needs)
+
+    @staticmethod
+    def _backward(ctx, grad_out, x, w_eff, indices, needs):
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        if g2.dtype != x.dtype:
+            g2 = g2.to(x.dtype)
+        grad_x = (g2 @ w_eff).view(x.shape) if needs[0] else None
+        grad_values = None
+        if needs[4] or ctx.grad_hook is not None:
+            dense = _mm_fp32(g2.t(), x.reshape(-1, x.shape[-1]))
+            if ctx.grad_hook is not None:
+                ctx.grad_hook(all_reduce_mean_(dense))
+            if needs[4]:
+                grad_values = dense.view(-1).index_select(0, indices)
+                if grad_values.dtype != ctx.values_dtype:
+                    grad_values = grad_values.to(ctx.values_dtype)
+            del dense
+        grad_b = g2.sum(0).to(ctx.bias_dtype) if ctx.bias_dtype is not None and needs[2] else None
+        return grad_x, None, grad_b, None, grad_values, None
 
 
 def sparse_delta_linear(
@@ -304,9 +352,10 @@ def sparse_delta_linear(
         base_keep: optional uint8/bool mask over `indices[0]`: where 0, W_eff there is `values[0]` alone (a delta
             grown on a re-pruned position).
         effective_weight: optional W_eff already built by the caller, in the compute dtype (the effective-weight cache,
-            _sparse_delta_cache.py): forward and backward use it instead of building W_eff themselves. The caller
-            guarantees it equals the formula above; autograd's version check raises if it changes in place before
-            backward. `zero_indices` / `base_keep` must then be None and `weight` frozen.
+            _sparse_delta_cache.py): forward and backward use it instead of building W_eff themselves
+            (`CachedSparseDeltaLinearFunction`). The caller guarantees it equals the formula above; autograd's version
+            check raises if it changes in place before backward. One delta only; `zero_indices` / `base_keep` must
+            be None and `weight` frozen.
     """
     if len(indices) != len(values):
         raise ValueError(f"got {len(indices)} index tensors but {len(values)} values tensors")
@@ -318,15 +367,16 @@ def sparse_delta_linear(
     elif x.dtype != weight.dtype and weight.dtype.is_floating_point:
         x = x.to(weight.dtype)
     if effective_weight is not None:
-        if zero_indices is not None or base_keep is not None or weight.requires_grad:
-            raise ValueError("effective_weight excludes zero_indices / base_keep and needs a frozen weight")
+        if zero_indices is not None or base_keep is not None or weight.requires_grad or len(indices) != 1:
+            raise ValueError("effective_weight takes one delta, no zero_indices / base_keep, and a frozen weight")
         if effective_weight.dtype != x.dtype or effective_weight.shape != weight.shape:
             raise ValueError(
                 f"effective_weight must have the weight's shape {tuple(weight.shape)} and the compute dtype {x.dtype}; "
                 f"got {tuple(effective_weight.shape)} {effective_weight.dtype}"
             )
+        return CachedSparseDeltaLinearFunction.apply(x, effective_weight, bias, indices[0], values[0], grad_hook)
     return SparseDeltaLinearFunction.apply(
-        x, weight, bias, grad_hook, len(indices), zero_indices, base_keep, effective_weight, *indices, *values
+        x, weight, bias, grad_hook, len(indices), zero_indices, base_keep, *indices, *values
     )
 
 
@@ -422,11 +472,25 @@ def remap_optimizer_state_(optimizer, param: torch.Tensor, src: torch.Tensor, ke
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class ResizableBufferDict(BufferDict):
-    """A persistent `BufferDict`; the owning `SparseDeltaLayer` resizes its entries to the saved shapes on load."""
+#: Bumped whenever an entry of a structural `ResizableBufferDict` (indices, zero sets, residuals, ready flags) is
+#: assigned: the effective-weight caches (_sparse_delta_cache.py) re-check their layers' structure when it moves.
+STRUCTURE_GENERATION = [0]
 
-    def __init__(self, buffers=None):
+
+class ResizableBufferDict(BufferDict):
+    """A persistent `BufferDict`; the owning `SparseDeltaLayer` resizes its entries to the saved shapes on load.
+
+    `structural=True` (the default): the entries shape the effective weight, so assigning one bumps
+    `STRUCTURE_GENERATION`. Bookkeeping containers (e.g. SEFT's grow window) pass False."""
+
+    def __init__(self, buffers=None, structural: bool = True):
+        self.structural = structural
         super().__init__(buffers, persistent=True)
+
+    def __setitem__(self, key, buffer):
+        super().__setitem__(key, buffer)
+        if self.structural:
+            STRUCTURE_GENERATION[0] += 1
 
 
 def _register_load_pre_hook(module: nn.Module, hook) -> None:
@@ -617,10 +681,6 @@ class SparseDeltaLayer(BaseTunerLayer):
         if self.merged or not active:
             return self.base_layer(x, *args, **kwargs)
         base = self.get_base_layer()
-        if len(active) == 1:
-            cached = self._cached_forward(x, active[0])
-            if cached is not None:
-                return cached
         indices, values = [], []
         for name in active:
             for idx, val in self._deltas(name):
@@ -628,24 +688,32 @@ class SparseDeltaLayer(BaseTunerLayer):
                 values.append(val)
         return sparse_delta_linear(x, base.weight, base.bias, indices, values, self.sparse_grad_hook)
 
-    def _cached_forward(self, x: torch.Tensor, name: str) -> torch.Tensor | None:
-        """The forward on the cached W_eff of adapter `name` (the only active one), or None if the cache does not
-        serve this layer now."""
+    def _try_cached_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The forward on the cached W_eff (_sparse_delta_cache.py) when one adapter is active, adapters are enabled
+        and unmerged and the cache serves this layer; None otherwise (the caller takes its usual path). Subclasses'
+        `forward` try it first: it is the training hot path, so it reads as few attributes as it can."""
         cache = self._sparse_cache
-        if cache is None:
+        if cache is None or self._disable_adapters or self.merged_adapters:
             return None
-        base = self.get_base_layer()
+        active = self.active_adapters
+        if len(active) != 1:
+            return None
+        base = self.base_layer
+        if not isinstance(base, nn.Linear):
+            base = self.get_base_layer()
+        w = base.weight
         dev = x.device.type
         if torch.is_autocast_enabled(dev):
             dtype = torch.get_autocast_dtype(dev)
         else:  # the dtype sparse_delta_linear computes in
-            dtype = base.weight.dtype if base.weight.dtype.is_floating_point else x.dtype
-        w_eff = cache.weight(self, name, dtype)
-        if w_eff is None:
+            dtype = w.dtype if w.dtype.is_floating_point else x.dtype
+        entry = cache.serve(self, active[0], dtype, w)
+        if entry is None:
             return None
-        indices, values, _, _ = self._cache_parts(name)
-        return sparse_delta_linear(
-            x, base.weight, base.bias, [indices], [values], self.sparse_grad_hook, effective_weight=w_eff
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        return CachedSparseDeltaLinearFunction.apply(
+            x, entry.view, entry.bias, entry.indices, entry.values, self.sparse_grad_hook
         )
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:

@@ -44,6 +44,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from hf_plugins.distributed import is_dtensor
 
+from ._sparse_delta import STRUCTURE_GENERATION
+
 
 __all__ = ["CachedSparseDeltaTuner", "SparseDeltaWeightCache"]
 
@@ -60,7 +62,8 @@ def _on_optimizer_step(optimizer, args, kwargs) -> None:
         return
     ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for cache in live:
-        if cache.members and any(is_dtensor(m._c("values")[cache.key[0]]) for m in cache.members):
+        ends = (cache.members[0], cache.members[-1]) if cache.members else ()
+        if any(is_dtensor(m._c("values")[cache.key[0]]) for m in ends):
             cache.disable_sharded()  # FSDP2 sharding the root only: every layer looked unsharded inside forward
         elif not cache.value_ids.isdisjoint(ids):
             cache.values_stale = True
@@ -80,10 +83,26 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+class _Entry:
+    """One served layer: its W_eff slice and the tensors it was built from, with the versions last seen."""
+
+    __slots__ = ("bias", "indices", "structure", "values", "values_version", "view", "weight", "weight_stamp")
+
+    def __init__(self, view, indices, values, weight, bias, structure):
+        self.view, self.indices, self.values, self.weight, self.bias = view, indices, values, weight, bias
+        self.structure = structure
+        self.weight_stamp = (weight.data_ptr(), weight._version)
+        self.values_version = -1
+
+
 class SparseDeltaWeightCache:
     """The effective weights of one tuner model's sparse-delta layers (see the module docstring). The tuner model
     (`CachedSparseDeltaTuner`) owns one and hands it to every layer it creates; a layer asks
-    `weight(layer, adapter, dtype)` in its forward."""
+    `serve(layer, adapter, dtype)` in its forward.
+
+    The per-forward check is a few attribute reads on tensors the entry holds (the versions of δ and W0); the
+    layers' full structure (A, the zero set, the frozen deltas, servability) is compared only after an explicit
+    invalidation or when a structural container entry was assigned anywhere (`STRUCTURE_GENERATION`)."""
 
     def __init__(self) -> None:
         self.layers: list = []  # SparseDeltaLayer objects, in creation order (the buffer's layout)
@@ -98,10 +117,11 @@ class SparseDeltaWeightCache:
         self.buffer: torch.Tensor | None = None
         self.key: tuple | None = None  # (adapter, dtype, device) the buffer holds
         self.members: list = []
-        self.entries: dict[int, tuple] = {}  # id(layer) -> (W_eff view, structure stamp, values stamp)
+        self.entries: dict[int, _Entry] = {}  # id(layer) -> entry
         self.index: torch.Tensor | None = None  # global flat positions of every member's A
         self.base: torch.Tensor | None = None  # buffer[A] after the zero set and frozen deltas, accumulation dtype
         self.value_ids: set[int] = set()
+        self.generation = -1  # STRUCTURE_GENERATION when the structure was last compared
         self.values_stale = True
         self.structure_stale = True
 
@@ -120,8 +140,8 @@ class SparseDeltaWeightCache:
         self.structure_stale = True
 
     def invalidate(self) -> None:
-        """Rebuild everything at the next forward (after any change of A, δ, W0 or the zero set / frozen deltas made
-        outside `torch.optim`)."""
+        """Re-check everything at the next forward (after a change of A, δ, W0 or the zero set / frozen deltas made
+        outside `torch.optim` and outside container assignment, e.g. in place through `.data`)."""
         self.structure_stale = True
 
     def disable_sharded(self) -> None:
@@ -140,40 +160,56 @@ class SparseDeltaWeightCache:
         return 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
 
     # -- serving ------------------------------------------------------------------------------------------------
-    def weight(self, layer, name: str, dtype: torch.dtype) -> torch.Tensor | None:
-        """The current W_eff of `layer` for adapter `name` in `dtype`, or None when the cache does not serve it (the
-        caller then builds W_eff itself)."""
+    def serve(self, layer, name: str, dtype: torch.dtype, weight: torch.Tensor | None = None) -> _Entry | None:
+        """The current entry of `layer` for adapter `name` in `dtype` (`.view` is its W_eff), or None when the cache
+        does not serve it (the caller then builds W_eff itself). `weight`: the layer's base weight as the caller
+        reads it now (a different object than the one cached, e.g. after `fully_shard`, forces a re-check)."""
         if self.sharded or not self.enabled.get(name, False):
             return None
-        if self.structure_stale or self.values_stale or self.key is None or self.key[:2] != (name, dtype):
+        key = self.key
+        if (
+            self.values_stale
+            or self.structure_stale
+            or self.generation != STRUCTURE_GENERATION[0]
+            or key is None
+            or key[0] != name
+            or key[1] != dtype
+        ):
             if not self._refresh(name, dtype, layer.get_base_layer().weight.device):
                 return None
         entry = self.entries.get(id(layer))
         if entry is None:
             return None
-        view, struct, values = entry
-        if struct != self._structure_stamp(layer, name):
-            self.structure_stale = True
-        elif values != _stamp(layer._c("values")[name]):
+        w = entry.weight
+        if entry.values._version != entry.values_version:
             self.values_stale = True
+        elif (weight is not None and weight is not w) or (w.data_ptr(), w._version) != entry.weight_stamp:
+            self.structure_stale = True
         else:
-            return view
-        if not self._refresh(name, dtype, layer.get_base_layer().weight.device):
+            return entry
+        if not self._refresh(name, dtype, w.device):
             return None
-        entry = self.entries.get(id(layer))
-        return None if entry is None else entry[0]
+        return self.entries.get(id(layer))
+
+    def weight(self, layer, name: str, dtype: torch.dtype) -> torch.Tensor | None:
+        """The current W_eff of `layer` (see `serve`), or None."""
+        entry = self.serve(layer, name, dtype, layer.get_base_layer().weight)
+        return None if entry is None else entry.view
 
     @staticmethod
     def _structure_stamp(layer, name: str) -> tuple:
-        indices, _, zero, frozen = layer._cache_parts(name)
-        w = layer.get_base_layer().weight
+        indices, values, zero, frozen = layer._cache_parts(name)
+        base = layer.get_base_layer()
+        w = base.weight
         return (
             _stamp(indices),
+            id(values),
             None if zero is None else _stamp(zero),
             tuple((_stamp(i), _stamp(v)) for i, v in frozen),
             _stamp(w),
             w.dtype,
-            len(layer.active_adapters),
+            None if base.bias is None else _stamp(base.bias),
+            tuple(layer.active_adapters),
         )
 
     @staticmethod
@@ -191,33 +227,41 @@ class SparseDeltaWeightCache:
     def _refresh(self, name: str, dtype: torch.dtype, device: torch.device) -> bool:
         """Bring the buffer up to date (structure if needed, then values). False if no layer can be served."""
         with torch.inference_mode(False):  # a buffer created under inference_mode could not be saved for backward
-            if any(
-                name in m._c("values") and (is_dtensor(m._c("values")[name]) or is_dtensor(m.get_base_layer().weight))
-                for m in self.layers
-            ):  # FSDP2 units: the layers outside the running unit are sharded right now
-                self.disable_sharded()
-                return False
-            members = [m for m in self.layers if self._servable(m, name, device)]
-            if not members:
-                self.clear()
-                return False
             key = (name, dtype, device)
-            if (
-                self.structure_stale
-                or self.key != key
-                or len(members) != len(self.members)
-                or any(a is not b for a, b in zip(members, self.members))
-                or any(self.entries[id(m)][1] != self._structure_stamp(m, name) for m in members)
-            ):
-                self._rebuild(members, name, dtype, device)
-            values = [m._c("values")[name].detach() for m in members]
+            if self.structure_stale or self.generation != STRUCTURE_GENERATION[0] or self.key != key:
+                if not self._check_structure(name, key):
+                    return False
+            entries = [self.entries[id(m)] for m in self.members]
+            values = [e.values.detach() for e in entries]
             delta = (torch.cat(values) if len(values) > 1 else values[0]).to(self.base.dtype)
             self.buffer.index_put_((self.index,), (self.base + delta).to(dtype))
-            for m in members:
-                view, struct, _ = self.entries[id(m)]
-                self.entries[id(m)] = (view, struct, _stamp(m._c("values")[name]))
+            for e in entries:
+                e.values_version = e.values._version
             self.values_stale = False
             return True
+
+    def _check_structure(self, name: str, key: tuple) -> bool:
+        """Compare every layer with what the buffer was built from; rebuild if anything differs."""
+        if any(
+            name in m._c("values") and (is_dtensor(m._c("values")[name]) or is_dtensor(m.get_base_layer().weight))
+            for m in self.layers
+        ):  # FSDP2 units: the layers outside the running unit are sharded right now
+            self.disable_sharded()
+            return False
+        members = [m for m in self.layers if self._servable(m, name, key[2])]
+        if not members:
+            self.clear()
+            return False
+        if (
+            self.key != key
+            or len(members) != len(self.members)
+            or any(a is not b for a, b in zip(members, self.members))
+            or any(self.entries[id(m)].structure != self._structure_stamp(m, name) for m in members)
+        ):
+            self._rebuild(members, name, key[1], key[2])
+        self.generation = STRUCTURE_GENERATION[0]
+        self.structure_stale = False
+        return True
 
     def _rebuild(self, members: list, name: str, dtype: torch.dtype, device: torch.device) -> None:
         numels = [m.weight_numel for m in members]
@@ -235,7 +279,8 @@ class SparseDeltaWeightCache:
             views.append(self.buffer[off : off + n].view(m.out_features, m.in_features))
             offsets.append(off)
             off += n
-        weights = [m.get_base_layer().weight.detach() for m in members]
+        bases = [m.get_base_layer() for m in members]
+        weights = [b.weight.detach() for b in bases]
         if all(w.dtype == dtype for w in weights):
             torch._foreach_copy_(views, weights)
         else:
@@ -252,11 +297,13 @@ class SparseDeltaWeightCache:
             self.buffer.index_put_((idx,), (self.buffer.index_select(0, idx).to(val.dtype) + val).to(dtype))
         self.index = torch.cat([a.long() + o for (a, _, _, _), o in zip(parts, offsets)])
         self.base = self.buffer.index_select(0, self.index).to(_acc_dtype(dtype))
-        self.entries = {id(m): (v, self._structure_stamp(m, name), None) for m, v in zip(members, views)}
+        self.entries = {
+            id(m): _Entry(v, a, val, b.weight, b.bias, self._structure_stamp(m, name))
+            for m, v, (a, val, _, _), b in zip(members, views, parts, bases)
+        }
         self.members = members
-        self.value_ids = {id(m._c("values")[name]) for m in members}
+        self.value_ids = {id(val) for _, val, _, _ in parts}
         self.key = (name, dtype, device)
-        self.structure_stale = False
 
 
 class CachedSparseDeltaTuner:

@@ -128,6 +128,9 @@ class Linear(nn.Module, LiftLayer):
         self.update_layer(adapter_name, config, **kwargs)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        cached = self._try_cached_forward(x)  # W_eff kept between steps (_sparse_delta_cache.py): the training path
+        if cached is not None:
+            return cached
         _check_unsharded(self, "lift_values")
         if self.training and not self.disable_adapters and not self.merged:
             # Fallback when neither LiftRefreshCallback.on_train_begin nor model.initialize_masks() ran: select

@@ -58,10 +58,12 @@ class SeftLayer(SparseDeltaLayer):
         super().__init__(base_layer, **kwargs)
         # Persistent, so a checkpoint holds everything a resumed run needs (spec: resume exactly):
         self.seft_pruned_indices = ResizableBufferDict()  # R, int32, variable length
-        self.seft_target_nnz = ResizableBufferDict()  # Z, 0-d int64
-        self.seft_cycles = ResizableBufferDict()  # completed cycles, 0-d int64 (the first one drops everything)
-        self.seft_grow_candidates = ResizableBufferDict()  # grow window: candidate positions (int32) ...
-        self.seft_grow_scores = ResizableBufferDict()  # ... and their summed gradients (fp32); empty between windows
+        self.seft_target_nnz = ResizableBufferDict(structural=False)  # Z, 0-d int64
+        # completed cycles, 0-d int64 (the first one drops everything)
+        self.seft_cycles = ResizableBufferDict(structural=False)
+        # grow window: candidate positions (int32) and their summed gradients (fp32); empty between windows
+        self.seft_grow_candidates = ResizableBufferDict(structural=False)
+        self.seft_grow_scores = ResizableBufferDict(structural=False)
         # Transient state of the current step, set by SeftModel.seft_prepare_step (never saved):
         self._seft_step: dict | None = None
         self._seft_sens: dict | None = None
@@ -118,6 +120,9 @@ class SeftLayer(SparseDeltaLayer):
         return out
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        cached = self._try_cached_forward(x)  # W_eff kept between steps (_sparse_delta_cache.py): the training path
+        if cached is not None:
+            return cached
         _check_unsharded(self, "seft_values")
         active = self._active_sparse_adapters()
         if self.disable_adapters or self.merged or not active:
@@ -125,9 +130,6 @@ class SeftLayer(SparseDeltaLayer):
         base = self.get_base_layer()
         if len(active) == 1:  # the training case
             name = active[0]
-            cached = self._cached_forward(x, name)  # W_eff kept between steps (_sparse_delta_cache.py)
-            if cached is not None:
-                return cached
             # transient W_eff: R zeroed and δ added in one launch (no -W0[R] gather per call)
             zero, keep = self._seft_plan(name)
             return sparse_delta_linear(
