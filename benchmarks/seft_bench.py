@@ -14,7 +14,8 @@ Side by side in one run, pure bf16 weights, random tokens, no gradient checkpoin
   cycle): the second cycle. The first cycle re-selects every delta (`full_first_reselection`, once per run) and is
   reported on its own. A third cycle repeats the second with the effective-weight cache off
   (`cache_effective_weight=False`: W_eff rebuilt in every layer's forward and backward), the memory-lean setting.
-  Two more steady cycles run interleaved step by step with full FT (both arms see the same machine state).
+  Four more steady cycles run interleaved step by step with full FT (both arms see the same machine state),
+  alternating the cache on (cycles 4, 6) and off (5, 7).
 
 Goals (issue 4): SEFT step time <= 1.2x full FT's; SEFT peak memory <= LoRA's.
 
@@ -234,8 +235,16 @@ def _measure_seft(base, batch, device, r, warmup, timed) -> dict:
     transient = _timed_cycle(model, opt, batch, device, 40, 1)
     transient["peak_gib"] = _peak(device)
     cache.enabled["default"] = True
-    full_model, full_opt, _ = _arm("full", base, r)  # interleaved with SEFT, two more steady cycles
-    interleaved = [_timed_cycle(model, opt, batch, device, s, 1, (full_model, full_opt)) for s in (60, 80)]
+    full_model, full_opt, _ = _arm("full", base, r)  # four more steady cycles, each interleaved with full FT
+    interleaved, interleaved_off = [], []
+    for first_step in (60, 80, 100, 120):
+        on = first_step in (60, 100)
+        cache.enabled["default"] = on
+        if not on:
+            cache.clear()
+        cycle = _timed_cycle(model, opt, batch, device, first_step, 1, (full_model, full_opt))
+        (interleaved if on else interleaved_off).append(cycle)
+    cache.enabled["default"] = True
     del full_model, full_opt
     sparsity = model.seft_sparsity()
     kept = all(v["support"] == v["target_nnz"] for v in sparsity.values())
@@ -245,6 +254,7 @@ def _measure_seft(base, batch, device, r, warmup, timed) -> dict:
         "transient": transient,
         "cache_gib": cache_gib,
         "interleaved": interleaved,
+        "interleaved_cache_off": interleaved_off,
         "peak_gib": peak,
         "trainable": trainable,
         "support_equals_target": kept,
@@ -324,15 +334,24 @@ def _rows(raw: dict, smoke: bool) -> list[dict]:
         *(
             row(
                 case,
-                f"step ms, SEFT (mean over steady ΔT=20 cycle {i + 4}) vs full FT interleaved step by step",
+                f"step ms, SEFT (mean over steady ΔT=20 cycle {n}) vs full FT interleaved step by step",
                 c["mean_step_ms"],
                 c["full_mean_ms"],
             )
-            for i, c in enumerate(s["interleaved"])
+            for n, c in zip((4, 6), s["interleaved"])
+        ),
+        *(
+            row(
+                case,
+                f"step ms, SEFT cache_effective_weight=False (mean over steady cycle {n}) vs full FT interleaved",
+                c["mean_step_ms"],
+                c["full_mean_ms"],
+            )
+            for n, c in zip((5, 7), s.get("interleaved_cache_off", []))
         ),
         row(
             case,
-            "step ms, SEFT plain step vs full FT, interleaved (medians, cycles 4-5)",
+            "step ms, SEFT plain step vs full FT, interleaved (medians, cycles 4 and 6)",
             statistics.median([c["plain_ms"] for c in s["interleaved"]]),
             statistics.median([c["full_ms"] for c in s["interleaved"]]),
         ),
