@@ -4,9 +4,9 @@ Side by side in one run, pure bf16 weights, random tokens, no gradient checkpoin
 
 - full FT: every parameter trains (bf16 states).
 - LoRA: PEFT `LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")` (fp32 adapter and states).
-- LIFT: `LiftConfig(r=16)` on the same seven projections: exactly LoRA-r16's trainable-entry budget, with the
-  effective-weight cache (the default) and without it (`cache_effective_weight=False`: W_eff rebuilt in every layer's
-  forward and backward, the memory-lean setting).
+- LIFT: `LiftConfig(r=16)` on the same seven projections: exactly LoRA-r16's trainable-entry budget, as configured
+  by default (W_eff rebuilt in every layer's forward and backward, the memory-lean setting) and with the
+  effective-weight cache (`cache_effective_weight=True`: W_eff kept between steps, one more copy of the weights).
 
 Two batch shapes: B=8 x T=2048 (activations dominate) and B=1 x T=256 (weights and states dominate). Per arm and
 shape: median step time (CUDA events, after warm-up), tokens/s, peak `torch.cuda.max_memory_allocated`, and the
@@ -86,7 +86,7 @@ def _arm_model(arm: str, config, device, r: int):
             model,
             LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
         )
-    cache = arm != "lift_no_cache"
+    cache = arm == "lift_cache"
     return get_peft_model(
         model, LiftConfig(r=r, update_interval=None, task_type="CAUSAL_LM", cache_effective_weight=cache)
     )
@@ -180,7 +180,7 @@ def run(smoke: bool, r: int) -> tuple[list[dict], dict]:
     shapes = [(1, 32), (2, 64)] if smoke else [(1, 256), (8, 2048)]
     warmup, timed = (1, 2) if smoke else (3, 5)
     results: dict = {"device": device.type, "r": r, "shapes": shapes}
-    for arm in ("full", "lora", "lift", "lift_no_cache"):
+    for arm in ("full", "lora", "lift", "lift_cache"):
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -211,18 +211,18 @@ def run(smoke: bool, r: int) -> tuple[list[dict], dict]:
 def _rows(res: dict) -> list[dict]:
     rows = []
     lift, lora, full = res["lift"], res["lora"], res["full"]
-    no_cache = res.get("lift_no_cache")
+    cached = res.get("lift_cache")
     for b, t in res["shapes"]:
         key = f"B{b}xT{t}"
         case = f"Qwen2-0.5B shape, bf16, {key}, r={res['r']}"
-        if no_cache is not None:
-            for base_name, base in (("LoRA r16", lora), ("full FT", full), ("LIFT (cache on)", lift)):
+        if cached is not None:
+            for base_name, base in (("LoRA r16", lora), ("full FT", full), ("LIFT (cache off)", lift)):
                 for what, unit in (("ms_per_step", "ms/step"), ("peak_gib", "peak GiB")):
                     rows.append(
                         {
                             "case": case,
-                            "metric": f"{unit}, LIFT cache_effective_weight=False vs {base_name}",
-                            "ours": no_cache[key][what],
+                            "metric": f"{unit}, LIFT cache_effective_weight=True vs {base_name}",
+                            "ours": cached[key][what],
                             "baseline": base[key][what],
                         }
                     )

@@ -83,17 +83,22 @@ def lookup(table: dict[str, Entry], kind: str, name: str) -> Entry:
 
 def parse_options(pairs: list[str] | None, flag: str) -> dict[str, Any]:
     """Parse `KEY=VALUE` strings; values are Python literals when they parse as one (`16`, `0.1`, `None`,
-    `True`, `[1, 2]`), plain strings otherwise."""
+    `True`, `[1, 2]`), booleans and None also in shell spelling (`true`, `false`, `none`, `null`, any case, so
+    `flag=false` never arrives as the truthy string "false"), plain strings otherwise."""
     import ast
 
+    words = {"true": True, "false": False, "none": None, "null": None}
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
+        if raw.strip().lower() in words:
+            value = words[raw.strip().lower()]
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
         out[key.strip().replace("-", "_")] = value
     return out

@@ -386,3 +386,19 @@ def test_fsdp2_switches_the_cache_off_and_trains_as_the_transient_path(pruned, c
             c = pm.base_model.weight_cache
             assert c.sharded and c.buffer is None
     assert losses[True] == losses[False]
+
+
+def test_the_switch_is_a_validated_bool_and_the_cli_parses_shell_booleans():
+    """`--method-arg cache_effective_weight=false` must switch the cache off (not arrive as the truthy string
+    "false"), and a config given a non-bool names the field."""
+    from hf_plugins import registry
+
+    opts = registry.parse_options(["cache_effective_weight=false", "r=4", "x=None", "y=TRUE", "z=abc"], "--method-arg")
+    assert opts == {"cache_effective_weight": False, "r": 4, "x": None, "y": True, "z": "abc"}
+    for method in ("seft", "lift"):
+        cfg = registry.METHODS[method].build(None, {"cache_effective_weight": False})
+        assert cfg.cache_effective_weight is False
+    assert LiftConfig().cache_effective_weight is False and SeftConfig().cache_effective_weight is True
+    for cls in (LiftConfig, SeftConfig):
+        with pytest.raises(ValueError, match="`cache_effective_weight`"):
+            cls(cache_effective_weight="false")

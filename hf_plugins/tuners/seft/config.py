@@ -140,6 +140,8 @@ class SeftConfig(PeftConfig):
             self.exclude_modules = set(self.exclude_modules)
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"`density` must be in (0, 1], got {self.density}.")
+        if not isinstance(self.cache_effective_weight, bool):
+            raise ValueError(f"`cache_effective_weight` must be True or False, got {self.cache_effective_weight!r}.")
         if self.r is not None and self.r < 1:
             raise ValueError(f"`r` must be a positive integer or None, got {self.r}.")
         if self.update_interval is not None and self.update_interval < 1:
