@@ -402,3 +402,37 @@ def test_the_switch_is_a_validated_bool_and_the_cli_parses_shell_booleans():
     for cls in (LiftConfig, SeftConfig):
         with pytest.raises(ValueError, match="`cache_effective_weight`"):
             cls(cache_effective_weight="false")
+
+
+def test_a_model_the_cache_cannot_serve_is_checked_once_not_at_every_forward(pruned, calib, monkeypatch):
+    """A trainable base weight (here: every layer's) is not served; the cache notes it once and the transient path
+    runs without a structure check per forward, until something changes."""
+    from hf_plugins.tuners._sparse_delta_cache import SparseDeltaWeightCache
+
+    checks = []
+    real = SparseDeltaWeightCache._check_structure
+
+    def counting(self, *a):
+        checks.append(1)
+        return real(self, *a)
+
+    monkeypatch.setattr(SparseDeltaWeightCache, "_check_structure", counting)
+    pm = _seft(pruned)
+    for m in _layers(pm):
+        m.get_base_layer().weight.requires_grad_(True)
+    with torch.no_grad():
+        for _ in range(3):
+            y = pm(input_ids=calib[4:6]).logits
+    assert len(checks) == 1 and pm.base_model.weight_cache.buffer is None
+    pm.base_model.invalidate_weight_cache()
+    for m in _layers(pm):
+        m.get_base_layer().weight.requires_grad_(False)
+    with torch.no_grad():
+        assert torch.equal(pm(input_ids=calib[4:6]).logits, y)
+    assert len(checks) == 2 and pm.base_model.weight_cache.buffer is not None
+    layer = _layers(pm)[0]
+    w = layer.get_base_layer().weight
+    w.requires_grad_(True)  # unfrozen after the build: this layer must leave the cache and give W0 its gradient
+    pm(input_ids=calib[4:6], labels=calib[4:6]).loss.backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+    assert id(layer) not in pm.base_model.weight_cache.entries

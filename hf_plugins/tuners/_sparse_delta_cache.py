@@ -183,7 +183,11 @@ class SparseDeltaWeightCache:
         w = entry.weight
         if entry.values._version != entry.values_version:
             self.values_stale = True
-        elif (weight is not None and weight is not w) or (w.data_ptr(), w._version) != entry.weight_stamp:
+        elif (
+            (weight is not None and weight is not w)
+            or (w.data_ptr(), w._version) != entry.weight_stamp
+            or w.requires_grad  # unfrozen since the build: only the transient path gives W0 its gradient
+        ):
             self.structure_stale = True
         else:
             return entry
@@ -249,8 +253,10 @@ class SparseDeltaWeightCache:
             self.disable_sharded()
             return False
         members = [m for m in self.layers if self._servable(m, name, key[2])]
-        if not members:
+        if not members:  # nothing to serve: remember it, so that forwards do not re-check until something changes
             self.clear()
+            self.key, self.generation = key, STRUCTURE_GENERATION[0]
+            self.structure_stale = self.values_stale = False
             return False
         if (
             self.key != key
