@@ -22,3 +22,23 @@ def tiny_tok():
     from hf_plugins.testing import tiny_tokenizer
 
     return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def calib():
+    """Tokenised arithmetic calibration windows (8 x 32) for the pruning and sparse-tuner tests."""
+    from hf_plugins.pruning import arithmetic_texts, calibration_windows
+    from hf_plugins.testing import tiny_tokenizer
+
+    return calibration_windows(tiny_tokenizer(), arithmetic_texts(100), nsamples=8, seqlen=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pruned_llama(calib):
+    """A tiny Llama pruned to 50% with Wanda on `calib` (tests copy it before changing it)."""
+    from hf_plugins.pruning import prune_model
+    from hf_plugins.testing import tiny_model
+
+    model = tiny_model("llama")
+    prune_model(model, "wanda", 0.5, calibration=calib)
+    return model

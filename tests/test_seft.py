@@ -11,27 +11,13 @@ from peft import PeftModel, get_peft_model
 import hf_plugins  # noqa: F401  (registers PeftType.SEFT)
 from hf_plugins import SeftConfig
 from hf_plugins.pruning import (
-    arithmetic_texts,
-    calibration_windows,
     check_n_m,
     prunable_linears,
     prune_model,
     sparsity_report,
 )
-from hf_plugins.testing import tiny_model, tiny_tokenizer
+from hf_plugins.testing import tiny_model
 from hf_plugins.tuners.seft import SeftLayer
-
-
-@pytest.fixture(scope="module")
-def calib():
-    return calibration_windows(tiny_tokenizer(), arithmetic_texts(100), nsamples=8, seqlen=32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def pruned_llama(calib):
-    model = tiny_model("llama")
-    prune_model(model, "wanda", 0.5, calibration=calib)
-    return model
 
 
 @pytest.fixture(scope="module")

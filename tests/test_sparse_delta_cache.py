@@ -11,23 +11,10 @@ from peft import get_peft_model
 
 import hf_plugins  # noqa: F401  (registers PeftType.SEFT)
 from hf_plugins import LiftConfig, SeftConfig
-from hf_plugins.pruning import arithmetic_texts, calibration_windows, prune_model
-from hf_plugins.testing import tiny_model, tiny_tokenizer
+from hf_plugins.testing import tiny_model
 from hf_plugins.tuners import _sparse_delta
 from hf_plugins.tuners.lift import LiftLayer
 from hf_plugins.tuners.seft import SeftLayer
-
-
-@pytest.fixture(scope="module")
-def calib():
-    return calibration_windows(tiny_tokenizer(), arithmetic_texts(100), nsamples=8, seqlen=32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def pruned(calib):
-    model = tiny_model("llama")
-    prune_model(model, "wanda", 0.5, calibration=calib)
-    return model
 
 
 def _seft(model, cache=True, **kw):
@@ -65,11 +52,11 @@ def count_builds(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cached_training_is_bit_identical_to_transient_training(pruned, calib, dtype, count_builds):
+def test_cached_training_is_bit_identical_to_transient_training(pruned_llama, calib, dtype, count_builds):
     """Eight steps with four drop / grow / re-prune cycles (R non-empty, deltas on re-pruned positions): after
     every step the cached and the transient model hold identical values, positions and R, and give identical
     logits; with the cache on, no layer ever builds W_eff itself."""
-    base = copy.deepcopy(pruned).to(dtype)
+    base = copy.deepcopy(pruned_llama).to(dtype)
     runs = {}
     for cache in (True, False):
         pm = _seft(base, cache=cache, drop_fraction=0.5, drop_schedule="constant")
@@ -138,7 +125,7 @@ def test_lift_cached_training_is_bit_identical_to_transient_training(calib, dtyp
                 assert torch.equal(x, y)
 
 
-def test_one_value_refresh_per_optimizer_step_and_one_rebuild_per_cycle(pruned, calib, monkeypatch):
+def test_one_value_refresh_per_optimizer_step_and_one_rebuild_per_cycle(pruned_llama, calib, monkeypatch):
     """The upkeep is per step, not per layer: one values refresh after each optimizer step, gradient accumulation
     and eval forwards add none, and only a cycle (new A and R) rebuilds the buffer."""
     from hf_plugins.tuners._sparse_delta_cache import SparseDeltaWeightCache
@@ -156,7 +143,7 @@ def test_one_value_refresh_per_optimizer_step_and_one_rebuild_per_cycle(pruned, 
 
     monkeypatch.setattr(SparseDeltaWeightCache, "_refresh", counting_refresh)
     monkeypatch.setattr(SparseDeltaWeightCache, "_rebuild", counting_rebuild)
-    pm = _seft(pruned, update_interval=3, accumulation_steps=1)
+    pm = _seft(pruned_llama, update_interval=3, accumulation_steps=1)
     opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2, foreach=True)
     seen = []
     for step in range(6):
@@ -173,11 +160,11 @@ def test_one_value_refresh_per_optimizer_step_and_one_rebuild_per_cycle(pruned, 
     assert [c["rebuild"] for c in seen] == [1, 1, 2, 2, 2, 3]  # cycles after steps 2 and 5
 
 
-def test_every_visible_change_reaches_the_next_forward(pruned, calib):
+def test_every_visible_change_reaches_the_next_forward(pruned_llama, calib):
     """Each change is followed by a forward that must equal the transient one: an optimizer step (foreach and
     fused AdamW), an in-place edit of δ, new positions A, a new re-pruned set R, a base weight loaded in place,
     set_adapter, and a `.data` edit followed by `invalidate_weight_cache()`."""
-    pm = _seft(pruned)
+    pm = _seft(pruned_llama)
     x = calib[4:6]
     layer = _layers(pm)[3]
     params = [p for p in pm.parameters() if p.requires_grad]
@@ -227,10 +214,10 @@ def test_every_visible_change_reaches_the_next_forward(pruned, calib):
     check()
 
 
-def test_a_graph_pending_across_a_refresh_raises_instead_of_using_a_stale_weight(pruned, calib):
+def test_a_graph_pending_across_a_refresh_raises_instead_of_using_a_stale_weight(pruned_llama, calib):
     """forward -> optimizer step -> forward -> backward of the first graph: autograd's version check refuses,
     where reusing the refreshed W_eff would silently give the gradient of other weights."""
-    pm = _seft(pruned)
+    pm = _seft(pruned_llama)
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.1)
     loss = pm(input_ids=calib[:2], labels=calib[:2]).loss
@@ -242,12 +229,12 @@ def test_a_graph_pending_across_a_refresh_raises_instead_of_using_a_stale_weight
         loss.backward()
 
 
-def test_gradient_accumulation_and_a_second_forward_before_backward_are_exact(pruned, calib):
+def test_gradient_accumulation_and_a_second_forward_before_backward_are_exact(pruned_llama, calib):
     """Two forwards (e.g. policy and a disabled-adapter reference) before one backward: no refresh happens in between,
     and the values' gradient equals the transient path's."""
     grads = {}
     for cache in (True, False):
-        pm = _seft(pruned, cache=cache)
+        pm = _seft(pruned_llama, cache=cache)
         with torch.no_grad():
             for m in _layers(pm):
                 m.seft_values["default"].normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
@@ -261,8 +248,8 @@ def test_gradient_accumulation_and_a_second_forward_before_backward_are_exact(pr
         assert torch.equal(a, b)
 
 
-def test_deepcopy_gets_its_own_cache_and_unload_releases_it(pruned, calib):
-    pm = _seft(pruned)
+def test_deepcopy_gets_its_own_cache_and_unload_releases_it(pruned_llama, calib):
+    pm = _seft(pruned_llama)
     x = calib[4:6]
     with torch.no_grad():
         y = pm(input_ids=x).logits
@@ -282,11 +269,11 @@ def test_deepcopy_gets_its_own_cache_and_unload_releases_it(pruned, calib):
         torch.testing.assert_close(merged(input_ids=x).logits, y_twin, atol=1e-5, rtol=1e-5)
 
 
-def test_autocast_dtype_switch_and_inference_mode(pruned, calib):
+def test_autocast_dtype_switch_and_inference_mode(pruned_llama, calib):
     """fp32 base under bf16 autocast: the cache holds bf16 W_eff (half the base's bytes) and equals the transient
     path; a plain fp32 forward rebuilds it in fp32; a first forward under inference_mode leaves a cache that training
     can still use."""
-    pm = _seft(pruned)
+    pm = _seft(pruned_llama)
     x = calib[4:6]
     with torch.no_grad():
         for m in _layers(pm):
@@ -310,12 +297,12 @@ def test_autocast_dtype_switch_and_inference_mode(pruned, calib):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("tuner", ["seft", "lift"])
-def test_cuda_cached_and_transient_steps_are_bit_identical(pruned, calib, tuner):
+def test_cuda_cached_and_transient_steps_are_bit_identical(pruned_llama, calib, tuner):
     """On the GPU the transient path uses the Triton scatter kernels, the cache ATen ops: same bits after SEFT cycles
     that leave deltas on re-pruned positions, or after LIFT refreshes that leave a residual."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    base = copy.deepcopy(pruned).to("cuda", torch.bfloat16)
+    base = copy.deepcopy(pruned_llama).to("cuda", torch.bfloat16)
     out = []
     for cache in (True, False):
         if tuner == "seft":
@@ -356,7 +343,7 @@ def gloo_world_of_one(tmp_path):
 
 
 @pytest.mark.parametrize("units", ["blocks_and_root", "root_only", "root_only_after_a_forward"])
-def test_fsdp2_switches_the_cache_off_and_trains_as_the_transient_path(pruned, calib, gloo_world_of_one, units):
+def test_fsdp2_switches_the_cache_off_and_trains_as_the_transient_path(pruned_llama, calib, gloo_world_of_one, units):
     """FSDP2 gathers parameters per unit inside forward and shards them outside it. Sharding every decoder block: the
     first refresh sees the other blocks' DTensors and never builds the buffer. Sharding only the root: every layer
     looks unsharded inside forward, the first step is served from a buffer built from the gathered tensors, and the
@@ -365,7 +352,7 @@ def test_fsdp2_switches_the_cache_off_and_trains_as_the_transient_path(pruned, c
 
     losses = {}
     for cache in (True, False):
-        pm = _seft(pruned, cache=cache)
+        pm = _seft(pruned_llama, cache=cache)
         if units == "root_only_after_a_forward":  # the cache holds the unsharded parameters when fully_shard runs
             with torch.no_grad():
                 pm(input_ids=calib[:4])
@@ -404,7 +391,7 @@ def test_the_switch_is_a_validated_bool_and_the_cli_parses_shell_booleans():
             cls(cache_effective_weight="false")
 
 
-def test_a_model_the_cache_cannot_serve_is_checked_once_not_at_every_forward(pruned, calib, monkeypatch):
+def test_a_model_the_cache_cannot_serve_is_checked_once_not_at_every_forward(pruned_llama, calib, monkeypatch):
     """A trainable base weight (here: every layer's) is not served; the cache notes it once and the transient path
     runs without a structure check per forward, until something changes."""
     from hf_plugins.tuners._sparse_delta_cache import SparseDeltaWeightCache
@@ -417,7 +404,7 @@ def test_a_model_the_cache_cannot_serve_is_checked_once_not_at_every_forward(pru
         return real(self, *a)
 
     monkeypatch.setattr(SparseDeltaWeightCache, "_check_structure", counting)
-    pm = _seft(pruned)
+    pm = _seft(pruned_llama)
     for m in _layers(pm):
         m.get_base_layer().weight.requires_grad_(True)
     with torch.no_grad():
