@@ -21,6 +21,7 @@ Functions:
         and merge, so a merged bf16 model equals the unmerged forward bit for bit).
     dense_delta(shape, indices, values, dtype=float32, device=None) -> Tensor
     gather_flat(dense, indices) -> Tensor                        # dense.view(-1)[indices]
+    compute_dtype(x, weight) -> dtype                            # autocast's, else the weight's (floating), else x's
     isin_sorted(x, sorted_set) -> Tensor                         # torch.isin against an ascending set
     carry_map(old_indices, new_indices) -> (src, kept)
         for every new position j: kept[j] = (new[j] in old), src[j] = its slot in old (0 where not kept).
@@ -55,6 +56,7 @@ Why a custom autograd function: `F.linear(x, W0 + scatter(...))` makes autograd 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -76,6 +78,7 @@ __all__ = [
     "add_sparse_",
     "carry_map",
     "check_indices",
+    "compute_dtype",
     "dense_delta",
     "gather_flat",
     "isin_sorted",
@@ -94,6 +97,15 @@ __all__ = [
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype in which W[idx] + v is formed before the single rounding back to W's dtype."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype a sparse-delta layer computes (and builds W_eff) in: autocast's when it is on, else the weight's
+    (floating weights), else the input's."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return weight.dtype if weight.dtype.is_floating_point else x.dtype
 
 
 def add_sparse_(weight: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -285,10 +297,7 @@ class CachedSparseDeltaLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_eff, bias, indices, values, grad_hook):
         b = bias.to(x.dtype) if bias is not None else None
-        if torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
-                out = nn.functional.linear(x, w_eff, b)
-        else:
+        with _no_autocast(x.device.type):
             out = nn.functional.linear(x, w_eff, b)
         ctx.save_for_backward(x, w_eff, indices)
         ctx.grad_hook = grad_hook
@@ -300,30 +309,33 @@ class CachedSparseDeltaLinearFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, w_eff, indices = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        dev = grad_out.device.type
-        if torch.is_autocast_enabled(dev):
-            with torch.autocast(dev, enabled=False):
-                return CachedSparseDeltaLinearFunction._backward(ctx, grad_out, x, w_eff, indices, needs)
-        return CachedSparseDeltaLinearFunction._backward(ctx, grad_out, x, w_eff, indices, needs)
-
-    @staticmethod
-    def _backward(ctx, grad_out, x, w_eff, indices, needs):
-        g2 = grad_out.reshape(-1, grad_out.shape[-1])
-        if g2.dtype != x.dtype:
-            g2 = g2.to(x.dtype)
-        grad_x = (g2 @ w_eff).view(x.shape) if needs[0] else None
-        grad_values = None
-        if needs[4] or ctx.grad_hook is not None:
-            dense = _mm_fp32(g2.t(), x.reshape(-1, x.shape[-1]))
-            if ctx.grad_hook is not None:
-                ctx.grad_hook(all_reduce_mean_(dense))
-            if needs[4]:
-                grad_values = dense.view(-1).index_select(0, indices)
-                if grad_values.dtype != ctx.values_dtype:
-                    grad_values = grad_values.to(ctx.values_dtype)
-            del dense
-        grad_b = g2.sum(0).to(ctx.bias_dtype) if ctx.bias_dtype is not None and needs[2] else None
+        grad_x = grad_values = grad_b = None
+        with _no_autocast(grad_out.device.type):
+            g2 = grad_out.reshape(-1, grad_out.shape[-1])
+            if g2.dtype != x.dtype:
+                g2 = g2.to(x.dtype)
+            if needs[0]:
+                grad_x = (g2 @ w_eff).view(x.shape)
+            if needs[4] or ctx.grad_hook is not None:
+                dense = _mm_fp32(g2.t(), x.reshape(-1, x.shape[-1]))
+                if ctx.grad_hook is not None:
+                    ctx.grad_hook(all_reduce_mean_(dense))
+                if needs[4]:
+                    grad_values = dense.view(-1).index_select(0, indices)
+                    if grad_values.dtype != ctx.values_dtype:
+                        grad_values = grad_values.to(ctx.values_dtype)
+                del dense
+            if ctx.bias_dtype is not None and needs[2]:
+                grad_b = g2.sum(0).to(ctx.bias_dtype)
         return grad_x, None, grad_b, None, grad_values, None
+
+
+def _no_autocast(device_type: str):
+    """`torch.autocast(device_type, enabled=False)` when autocast is on, else a no-op context (the hot path skips
+    building an autocast context it does not need)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def sparse_delta_linear(
@@ -361,11 +373,9 @@ def sparse_delta_linear(
         raise ValueError(f"got {len(indices)} index tensors but {len(values)} values tensors")
     if base_keep is not None and (not indices or base_keep.numel() != indices[0].numel()):
         raise ValueError("base_keep needs one entry per position of indices[0]")
-    dev = x.device.type
-    if torch.is_autocast_enabled(dev):
-        x = x.to(torch.get_autocast_dtype(dev))
-    elif x.dtype != weight.dtype and weight.dtype.is_floating_point:
-        x = x.to(weight.dtype)
+    dtype = compute_dtype(x, weight)
+    if x.dtype != dtype:
+        x = x.to(dtype)
     if effective_weight is not None:
         if zero_indices is not None or base_keep is not None or weight.requires_grad or len(indices) != 1:
             raise ValueError("effective_weight takes one delta, no zero_indices / base_keep, and a frozen weight")
@@ -702,11 +712,7 @@ class SparseDeltaLayer(BaseTunerLayer):
         if not isinstance(base, nn.Linear):
             base = self.get_base_layer()
         w = base.weight
-        dev = x.device.type
-        if torch.is_autocast_enabled(dev):
-            dtype = torch.get_autocast_dtype(dev)
-        else:  # the dtype sparse_delta_linear computes in
-            dtype = w.dtype if w.dtype.is_floating_point else x.dtype
+        dtype = compute_dtype(x, w)
         entry = cache.serve(self, active[0], dtype, w)
         if entry is None:
             return None

@@ -44,7 +44,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from hf_plugins.distributed import is_dtensor
 
-from ._sparse_delta import STRUCTURE_GENERATION
+from ._sparse_delta import STRUCTURE_GENERATION, _acc_dtype, add_sparse_
 
 
 __all__ = ["CachedSparseDeltaTuner", "SparseDeltaWeightCache"]
@@ -77,10 +77,6 @@ def _ensure_hook() -> None:
 
 def _stamp(t: torch.Tensor) -> tuple[int, int, int]:
     return (t.data_ptr(), t._version, t.numel())
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
 
 
 class _Entry:
@@ -195,11 +191,6 @@ class SparseDeltaWeightCache:
             return None
         return self.entries.get(id(layer))
 
-    def weight(self, layer, name: str, dtype: torch.dtype) -> torch.Tensor | None:
-        """The current W_eff of `layer` (see `serve`), or None."""
-        entry = self.serve(layer, name, dtype, layer.get_base_layer().weight)
-        return None if entry is None else entry.view
-
     @staticmethod
     def _structure_stamp(layer, name: str) -> tuple:
         indices, values, zero, frozen = layer._cache_parts(name)
@@ -222,8 +213,8 @@ class SparseDeltaWeightCache:
             return False
         if list(layer.active_adapters) != [name] or not layer.is_ready(name):
             return False
-        w, v = layer.get_base_layer().weight, layer._c("values")[name]
-        if is_dtensor(w) or is_dtensor(v) or w.requires_grad or not w.dtype.is_floating_point:
+        w, v = layer.get_base_layer().weight, layer._c("values")[name]  # never DTensors here: `_check_structure`
+        if w.requires_grad or not w.dtype.is_floating_point:
             return False
         return w.device == device and v.device == device and w.device.type != "meta"
 
@@ -258,18 +249,19 @@ class SparseDeltaWeightCache:
             self.key, self.generation = key, STRUCTURE_GENERATION[0]
             self.structure_stale = self.values_stale = False
             return False
+        stamps = [self._structure_stamp(m, name) for m in members]
         if (
             self.key != key
             or len(members) != len(self.members)
             or any(a is not b for a, b in zip(members, self.members))
-            or any(self.entries[id(m)].structure != self._structure_stamp(m, name) for m in members)
+            or any(self.entries[id(m)].structure != st for m, st in zip(members, stamps))
         ):
-            self._rebuild(members, name, key[1], key[2])
+            self._rebuild(members, stamps, name, key[1], key[2])
         self.generation = STRUCTURE_GENERATION[0]
         self.structure_stale = False
         return True
 
-    def _rebuild(self, members: list, name: str, dtype: torch.dtype, device: torch.device) -> None:
+    def _rebuild(self, members: list, stamps: list, name: str, dtype: torch.dtype, device: torch.device) -> None:
         numels = [m.weight_numel for m in members]
         total = sum(numels)
         if (
@@ -297,15 +289,13 @@ class SparseDeltaWeightCache:
         if zeros:
             self.buffer.index_fill_(0, torch.cat([z.long() + o for z, o in zeros]), 0)
         frozen = [(i.long() + o, v) for (_, _, _, f), o in zip(parts, offsets) for i, v in f if i.numel()]
-        if frozen:  # disjoint from A and from the zero set: one rounding per entry, as add_sparse_
-            idx = torch.cat([i for i, _ in frozen])
-            val = torch.cat([v.detach().to(_acc_dtype(dtype)) for _, v in frozen])
-            self.buffer.index_put_((idx,), (self.buffer.index_select(0, idx).to(val.dtype) + val).to(dtype))
+        if frozen:  # disjoint from A and from the zero set, so adding them first changes no entry of A
+            add_sparse_(self.buffer, torch.cat([i for i, _ in frozen]), torch.cat([v for _, v in frozen]))
         self.index = torch.cat([a.long() + o for (a, _, _, _), o in zip(parts, offsets)])
         self.base = self.buffer.index_select(0, self.index).to(_acc_dtype(dtype))
         self.entries = {
-            id(m): _Entry(v, a, val, b.weight, b.bias, self._structure_stamp(m, name))
-            for m, v, (a, val, _, _), b in zip(members, views, parts, bases)
+            id(m): _Entry(v, a, val, b.weight, b.bias, st)
+            for m, v, (a, val, _, _), b, st in zip(members, views, parts, bases, stamps)
         }
         self.members = members
         self.value_ids = {id(val) for _, val, _, _ in parts}

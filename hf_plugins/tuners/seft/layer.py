@@ -27,6 +27,7 @@ from hf_plugins.tuners._sparse_delta import (
     _register_load_pre_hook,
     add_sparse_,
     check_indices,
+    compute_dtype,
     gather_flat,
     isin_sorted,
     sparse_delta_linear,
@@ -102,14 +103,6 @@ class SeftLayer(SparseDeltaLayer):
         return int(self.support_mask(adapter_name).sum())
 
     # -- forward / merge ----------------------------------------------------------------------------------------
-    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
-        # The dtype sparse_delta_linear builds W_eff in (its autocast rule), so -W0[R] cancels W0[R] exactly.
-        dev = x.device.type
-        if torch.is_autocast_enabled(dev):
-            return torch.get_autocast_dtype(dev)
-        w = self.get_base_layer().weight
-        return w.dtype if w.dtype.is_floating_point else x.dtype
-
     def _seft_deltas(self, adapter_name: str, dtype: torch.dtype):
         w = self.get_base_layer().weight
         R = self.seft_pruned_indices[adapter_name]
@@ -142,7 +135,8 @@ class SeftLayer(SparseDeltaLayer):
                 zero_indices=zero,
                 base_keep=keep,
             )
-        dtype = self._compute_dtype(x)
+        # the dtype sparse_delta_linear builds W_eff in, so -W0[R] cancels W0[R] exactly
+        dtype = compute_dtype(x, base.weight)
         indices, values = [], []
         pruned = [a for a in active if self.seft_pruned_indices[a].numel()]
         if len(pruned) > 1:
