@@ -22,6 +22,7 @@ Functions:
     dense_delta(shape, indices, values, dtype=float32, device=None) -> Tensor
     gather_flat(dense, indices) -> Tensor                        # dense.view(-1)[indices]
     compute_dtype(x, weight) -> dtype                            # autocast's, else the weight's (floating), else x's
+    tensor_stamp(t) -> (data_ptr, version, numel)                # a cache key that moves when t changes
     isin_sorted(x, sorted_set) -> Tensor                         # torch.isin against an ascending set
     carry_map(old_indices, new_indices) -> (src, kept)
         for every new position j: kept[j] = (new[j] in old), src[j] = its slot in old (0 where not kept).
@@ -85,6 +86,7 @@ __all__ = [
     "optimizer_state",
     "remap_optimizer_state_",
     "sparse_delta_linear",
+    "tensor_stamp",
     "zero_add_",
 ]
 
@@ -97,6 +99,12 @@ __all__ = [
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype in which W[idx] + v is formed before the single rounding back to W's dtype."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def tensor_stamp(t: torch.Tensor) -> tuple[int, int, int]:
+    """(storage address, version counter, numel): changes when `t` is replaced or modified in place (except through
+    `.data`). Keys of caches derived from a tensor."""
+    return (t.data_ptr(), t._version, t.numel())
 
 
 def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:

@@ -44,7 +44,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from hf_plugins.distributed import is_dtensor
 
-from ._sparse_delta import STRUCTURE_GENERATION, _acc_dtype, add_sparse_
+from ._sparse_delta import STRUCTURE_GENERATION, _acc_dtype, add_sparse_, tensor_stamp
 
 
 __all__ = ["CachedSparseDeltaTuner", "SparseDeltaWeightCache"]
@@ -73,10 +73,6 @@ def _ensure_hook() -> None:
     global _HOOK_HANDLE
     if _HOOK_HANDLE is None:
         _HOOK_HANDLE = register_optimizer_step_post_hook(_on_optimizer_step)
-
-
-def _stamp(t: torch.Tensor) -> tuple[int, int, int]:
-    return (t.data_ptr(), t._version, t.numel())
 
 
 class _Entry:
@@ -197,13 +193,13 @@ class SparseDeltaWeightCache:
         base = layer.get_base_layer()
         w = base.weight
         return (
-            _stamp(indices),
+            tensor_stamp(indices),
             id(values),
-            None if zero is None else _stamp(zero),
-            tuple((_stamp(i), _stamp(v)) for i, v in frozen),
-            _stamp(w),
+            None if zero is None else tensor_stamp(zero),
+            tuple((tensor_stamp(i), tensor_stamp(v)) for i, v in frozen),
+            tensor_stamp(w),
             w.dtype,
-            None if base.bias is None else _stamp(base.bias),
+            None if base.bias is None else tensor_stamp(base.bias),
             tuple(layer.active_adapters),
         )
 

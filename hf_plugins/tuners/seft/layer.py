@@ -31,6 +31,7 @@ from hf_plugins.tuners._sparse_delta import (
     gather_flat,
     isin_sorted,
     sparse_delta_linear,
+    tensor_stamp,
 )
 from hf_plugins.tuners.lift.layer import _check_unsharded
 
@@ -155,7 +156,7 @@ class SeftLayer(SparseDeltaLayer):
         position (W_eff = δ there), None when A ∩ R is empty. Cached until A or R changes (their storage or
         version), so a training step computes nothing here; recomputing costs two host synchronisations."""
         R, A = self.seft_pruned_indices[name], self.seft_indices[name]
-        key = (R.data_ptr(), R._version, R.numel(), A.data_ptr(), A._version, A.numel())
+        key = (tensor_stamp(R), tensor_stamp(A))
         hit = self._seft_plan_cache.get(name)
         if hit is not None and hit[0] == key:
             return hit[1]

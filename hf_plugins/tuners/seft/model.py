@@ -193,7 +193,6 @@ class SeftModel(CachedSparseDeltaTuner, BaseTuner):
         layers = [layer for layer in all_layers if name in layer.seft_values]
         if not layers:
             return totals
-        self.weight_cache.invalidate()  # values are rewritten through `.data` below
         cycles = torch.stack([layer.seft_cycles[name] for layer in layers]).tolist()  # one synchronisation
         p_later = drop_fraction_at(cfg.drop_fraction, cfg.drop_schedule, step + 1, total)
         fractions = [1.0 if c == 0 and cfg.full_first_reselection else p_later for c in cycles]
