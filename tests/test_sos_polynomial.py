@@ -5,14 +5,14 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from hf_plugins.sos.polynomial import (
+from hf_plugins.sos.parse import (
     SPREADSHEET_CELL_LIMIT,
-    Polynomial,
+    ParseLimits,
     PolynomialParseError,
     TruncatedPolynomialError,
-    format_number,
     parse_polynomial,
 )
+from hf_plugins.sos.polynomial import Polynomial, format_number
 
 
 sympy = pytest.importorskip("sympy")

@@ -126,10 +126,10 @@ def test_sft_rows_say_where_the_trace_comes_from():
 def test_sft_trace_falls_back_to_the_certificate_when_the_checker_quotes_no_evidence(monkeypatch):
     """Regression: an odd-degree verdict without a point (no negative direction found) proves the label but carries
     no evidence; the row used to get an empty trace. It now quotes the item's own exact point."""
-    from hf_plugins.sos import CheckerConfig, check_polynomial, search
+    from hf_plugins.sos import CheckerConfig, check_polynomial, checker
 
     item = generate_item("odd_degree", seed=0)
-    monkeypatch.setattr(search, "negative_direction_point", lambda p, rng, samples=2000: None)
+    monkeypatch.setattr(checker, "negative_direction_point", lambda p, rng, samples=2000: None)
     cfg = CheckerConfig(use_sdp=False)
     verdict = check_polynomial(item.polynomial, cfg)
     assert verdict.method == "odd degree" and verdict.evidence is None and verdict.proved_label == 0

@@ -27,7 +27,8 @@ from .generators import (
     generate_items,
     generate_splits,
 )
-from .polynomial import Polynomial, PolynomialParseError, TruncatedPolynomialError, parse_polynomial
+from .parse import ParseLimits, PolynomialParseError, TruncatedPolynomialError, parse_polynomial
+from .polynomial import Polynomial
 from .prompts import PROMPT_STYLES, build_prompt, parse_boxed_answer
 from .rewards import make_sos_reward, sos_reward
 from .sft import make_grpo_rows, make_sft_rows, reasoning_trace, to_dataset

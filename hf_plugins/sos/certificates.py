@@ -1,11 +1,13 @@
-"""Evidence objects. Each one can be re-verified on its own, by code separate from the code that found it
-(spec, "What a small-scale check should show": certificates are verified independently).
+"""Evidence objects. Each one can be re-verified on its own, by code separate from the code that found it.
 
 - `PointCertificate`: a rational point with p(point) < 0, evaluated exactly -> p is not nonnegative, not SoS.
 - `GramCertificate`: a monomial basis z and a rational Q with z^T Q z = p and Q PSD (exact LDL^T) -> SoS.
 - `SquaresCertificate`: weights w_k >= 0 and polynomials q_k with p = sum w_k q_k^2, expanded exactly -> SoS.
 - `NewtonCertificate`: a monomial alpha of p that no Gram matrix over the half Newton polytope can produce,
   or can produce only on a diagonal entry while c_alpha < 0 -> not SoS (says nothing about nonnegativity).
+- `DualCertificate`: a linear functional L (moments y_alpha) with a PSD moment matrix [y_{b_i + b_j}] over a basis
+  that holds every monomial a square in an SoS decomposition of p can use, and L(p) < 0 -> not SoS (says nothing
+  about nonnegativity: Robinson's form, for one, is nonnegative).
 - `UnivariateCertificate`: an even-degree univariate p with positive leading coefficient and no real root of
   odd multiplicity (sympy's exact root counting) -> p >= 0 -> SoS (Hilbert, n = 1).
 - `ConstantCertificate`: p is a constant c; SoS iff c >= 0.
@@ -19,11 +21,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from .exact import is_psd, ldl
+from .lattice import candidate_box, half_newton_lattice_points
+from .parse import parse_polynomial
 from .polynomial import Exponent, Polynomial, format_number
 
 
 __all__ = [
     "ConstantCertificate",
+    "DualCertificate",
     "GramCertificate",
     "NewtonCertificate",
     "PointCertificate",
@@ -180,8 +185,6 @@ class NewtonCertificate:
     proves: str = field(default="not_sos", init=False)
 
     def verify(self, p: Polynomial) -> bool:
-        from .newton import half_newton_lattice_points
-
         c = p.coefficient(self.alpha)
         if c == 0:
             return False
@@ -215,6 +218,57 @@ class NewtonCertificate:
             "alpha": list(self.alpha),
             "reason": self.reason,
             "basis": [list(b) for b in self.basis],
+        }
+
+
+@dataclass
+class DualCertificate:
+    """A separating moment functional: moments y_alpha (alpha in B + B) with
+
+    - B containing every integer point of `candidate_box(p)`, a superset of N(p)/2, so any SoS decomposition of p
+      is p = z_B^T Q z_B with Q PSD (Reznick);
+    - the moment matrix M = [y_{b_i + b_j}] PSD;
+    - L(p) = sum_alpha c_alpha y_alpha < 0.
+
+    Then p is not SoS: L(z_B^T Q z_B) = trace(Q M) >= 0 for every PSD Q. `verify` checks the three conditions in
+    exact rational arithmetic (PSD by exact elimination)."""
+
+    basis: list[Exponent]
+    moments: dict[Exponent, Fraction]
+    value: Fraction  # L(p)
+    note: str = ""
+    kind: str = field(default="dual", init=False)
+    proves: str = field(default="not_sos", init=False)
+
+    def moment_matrix(self) -> list[list[Fraction]]:
+        add = lambda a, b: tuple(x + y for x, y in zip(a, b))  # noqa: E731
+        return [[self.moments[add(a, b)] for b in self.basis] for a in self.basis]
+
+    def verify(self, p: Polynomial) -> bool:
+        if p.is_zero or any(len(b) != p.nvars for b in self.basis):
+            return False
+        if not set(candidate_box(p)) <= set(self.basis):
+            return False
+        pairs = {tuple(x + y for x, y in zip(a, b)) for a in self.basis for b in self.basis}
+        if not (pairs | set(p.terms)) <= set(self.moments):
+            return False
+        value = sum((c * self.moments[e] for e, c in p.terms.items()), Fraction(0))
+        return value < 0 and value == self.value and is_psd(self.moment_matrix())
+
+    def describe(self) -> str:
+        return (
+            f"a linear functional L on the monomials has a positive semidefinite {len(self.basis)}x{len(self.basis)} "
+            f"moment matrix over every monomial a square in a decomposition of p could use, and L(p) = "
+            f"{format_number(self.value)} < 0, while L(q) >= 0 for every sum of squares q"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "basis": [list(b) for b in self.basis],
+            "moments": [[list(e), str(v)] for e, v in sorted(self.moments.items())],
+            "value": str(self.value),
+            "note": self.note,
         }
 
 
@@ -313,13 +367,15 @@ def certificate_from_dict(d: dict):
             [tuple(b) for b in d["basis"]], [[F(x) for x in row] for row in d["gram"]], d.get("note", "")
         )
     if kind == "squares":
-        from .polynomial import parse_polynomial
-
         return SquaresCertificate([F(w) for w in d["weights"]], [parse_polynomial(q) for q in d["squares"]])
     if kind == "newton":
         return NewtonCertificate(tuple(d["alpha"]), d["reason"], [tuple(b) for b in d["basis"]])
     if kind == "univariate":
         return UnivariateCertificate(d["var"])
+    if kind == "dual":
+        return DualCertificate(
+            [tuple(b) for b in d["basis"]], {tuple(e): F(v) for e, v in d["moments"]}, F(d["value"]), d.get("note", "")
+        )
     if kind == "theory":
         return TheoryCertificate(
             d["family"], tuple(d["variables"]), tuple(F(x) for x in d["scalings"]), F(d["scale"]), F(d["shift"])

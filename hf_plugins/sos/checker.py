@@ -1,10 +1,10 @@
-"""The SoS checker: a verdict with its evidence, never more than the evidence shows (spec, "Checking SoS
-computationally").
+"""The SoS checker: a verdict with its evidence, never more than the evidence shows.
 
 Order, cheapest first: constant; odd degree or a direction where the top form is negative (exact point);
-quadratics (unique Gram matrix, exact LDL^T); univariate (exact root counting); point search (exact point);
-Newton polytope (support / diagonal argument); Gram SDP with exact rounding, else a numerical certificate, else
-"unknown" with the solver status.
+quadratics (unique Gram matrix, exact LDL^T); univariate (exact root counting); point search, also in rescaled
+variables (exact point); Newton polytope (support / diagonal argument); Gram SDP with exact rounding; when it
+gives no certificate, a harder point search, then a dual (moment) SDP with exact rounding; else a numerical
+certificate, else "unknown" with the solver status.
 """
 
 from __future__ import annotations
@@ -23,8 +23,14 @@ from .certificates import (
     UnivariateCertificate,
     univariate_nonnegative,
 )
+from .dual import find_dual_certificate
 from .exact import ldl
-from .polynomial import Polynomial, PolynomialParseError, parse_polynomial
+from .lattice import half_newton_lattice_points
+from .newton import newton_certificate, prune_diagonal
+from .parse import PolynomialParseError, parse_polynomial
+from .polynomial import Polynomial
+from .sdp import solve_gram_sdp
+from .search import find_negative_point, find_negative_point_balanced, negative_direction_point
 
 
 __all__ = ["CheckerConfig", "SosLabel", "Verdict", "check_polynomial", "quadratic_gram"]
@@ -36,7 +42,8 @@ class SosLabel:
     NOT_SOS = "not_sos"
     NONNEG_NOT_SOS = "nonneg_not_sos"  # only from theory certificates (the generator's Motzkin family)
     UNKNOWN = "unknown"
-    REJECTED = "rejected"  # truncated or malformed input
+    REJECTED = "rejected"  # truncated, malformed or over-limit text (`ParseLimits`)
+    ERROR = "error"  # the check itself failed on this input; the message says why
 
 
 @dataclass
@@ -46,7 +53,7 @@ class CheckerConfig:
     Args:
         seed (`int`, defaults to `0`): seed of the point and direction searches.
         max_basis (`int`, defaults to `150`): largest Gram basis sent to the SDP; larger gives UNKNOWN with the
-            size (spec, "Performance notes": skip the SDP when N > 150 on CI).
+            size (N = 150 keeps one solve under about a minute on 2 CPU cores).
         max_candidates (`int`, defaults to `20000`): largest box of candidate monomials for the Newton basis.
         point_samples (`int`, defaults to `512`): Gaussian samples per scale in the first point search.
         point_time_limit (`float`, defaults to `0.5`): seconds of local descent in the first point search (the
@@ -58,6 +65,9 @@ class CheckerConfig:
         hard_point_samples (`int`, defaults to `4096`): samples per scale of the second, harder point search that
             runs when the SDP gives no certificate.
         hard_point_time_limit (`float`, defaults to `10.0`): seconds of local descent in that second search.
+        dual (`bool`, defaults to `True`): when the Gram SDP finds no certificate and no point is found, look for a
+            dual (moment) certificate that p is not SoS.
+        max_dual_basis (`int`, defaults to `60`): largest candidate box for the dual SDP.
         verify (`bool`, defaults to `True`): re-verify every certificate with the independent verifier before
             returning it.
     """
@@ -72,11 +82,15 @@ class CheckerConfig:
     sdp_time_limit: float = 60.0
     hard_point_samples: int = 4096
     hard_point_time_limit: float = 10.0
+    dual: bool = True
+    max_dual_basis: int = 60
     verify: bool = True
 
     def __post_init__(self):
         if self.max_basis < 1:
             raise ValueError(f"`max_basis` must be >= 1, got {self.max_basis}")
+        if self.max_dual_basis < 1:
+            raise ValueError(f"`max_dual_basis` must be >= 1, got {self.max_dual_basis}")
         if self.point_samples < 0:
             raise ValueError(f"`point_samples` must be >= 0, got {self.point_samples}")
         if self.point_time_limit < 0 or self.hard_point_time_limit < 0:
@@ -136,6 +150,18 @@ class Verdict:
 def _not_sos(cert, method: str) -> Verdict:
     nonneg = False if isinstance(cert, PointCertificate) else None
     return Verdict(SosLabel.NOT_SOS, cert, method, nonnegative=nonneg, message=cert.describe())
+
+
+def _odd_degree(p: Polynomial) -> Verdict:
+    """Odd degree without a point (reached only if no direction with f(u) != 0 was found): the text says why."""
+    return Verdict(
+        SosLabel.NOT_SOS,
+        None,
+        "odd degree",
+        nonnegative=False,
+        message=f"odd total degree {p.degree}: p(t u) and p(-t u) have opposite signs for large t along any direction "
+        "u where the top-degree form is nonzero, so p takes negative values",
+    )
 
 
 def quadratic_gram(p: Polynomial) -> list[list[Fraction]]:
@@ -218,9 +244,6 @@ def _univariate_point(p: Polynomial, var: int) -> PointCertificate | None:
 
 
 def _check(p: Polynomial, config: CheckerConfig) -> Verdict:
-    from .newton import half_newton_lattice_points, newton_certificate, prune_diagonal
-    from .search import find_negative_point, negative_direction_point
-
     rng = np.random.default_rng(config.seed)
     if p.degree <= 0:
         cert = ConstantCertificate(p.constant_term())
@@ -230,7 +253,7 @@ def _check(p: Polynomial, config: CheckerConfig) -> Verdict:
     if cert is not None:
         return _not_sos(cert, "degree / top form")
     if p.degree % 2:
-        return Verdict(SosLabel.NOT_SOS, None, "odd degree", nonnegative=False, message="odd total degree")
+        return _odd_degree(p)
     if p.degree == 2:
         return _quadratic(p)
     occurring = p.occurring_variables()
@@ -247,7 +270,7 @@ def _check(p: Polynomial, config: CheckerConfig) -> Verdict:
             cert = _univariate_point(p, var)
             if cert is not None:
                 return _not_sos(cert, "univariate")
-    cert = find_negative_point(p, rng, num_samples=config.point_samples, time_limit=config.point_time_limit)
+    cert = find_negative_point_balanced(p, rng, num_samples=config.point_samples, time_limit=config.point_time_limit)
     if cert is not None:
         return _not_sos(cert, "point search")
     lattice = half_newton_lattice_points(p, limit=config.max_candidates)
@@ -273,8 +296,6 @@ def _check(p: Polynomial, config: CheckerConfig) -> Verdict:
             else f"Gram basis of {len(basis)} monomials exceeds max_basis={config.max_basis}"
         )
         return Verdict(SosLabel.UNKNOWN, method="gram sdp", basis_size=len(basis), message=f"{why}; SDP not attempted")
-    from .sdp import solve_gram_sdp
-
     res = solve_gram_sdp(p, basis, solvers=config.solvers, time_limit=config.sdp_time_limit)
     details = {
         "t_star": res.t_star,
@@ -304,13 +325,23 @@ def _check(p: Polynomial, config: CheckerConfig) -> Verdict:
         v = _not_sos(cert, "point search (after the SDP)")
         v.basis_size, v.solver_status, v.details = len(basis), res.status, details
         return v
+    if config.dual and not res.numerical_ok:
+        dual = find_dual_certificate(p, max_basis=config.max_dual_basis, time_limit=config.sdp_time_limit)
+        details["dual"] = {"status": dual.status, "s_star": dual.s_star, "seconds": round(dual.seconds, 3),
+                           "notes": dual.notes}  # fmt: skip
+        if dual.certificate is not None:
+            v = _not_sos(dual.certificate, "dual sdp + exact rounding")
+            v.message += f" ({dual.certificate.note})"
+            v.basis_size, v.solver_status, v.details = dual.basis_size, dual.status, details
+            return v
     if res.numerical_ok:
         return Verdict(
             SosLabel.SOS_NUMERICAL,
             None,
             "gram sdp (numerical only)",
             message=(
-                f"the solver found a Gram matrix with residual {res.residual:.1e} and smallest eigenvalue "
+                f"the solver found a Gram matrix with relative coefficient residual {res.residual:.1e} and smallest "
+                f"eigenvalue "
                 f"{res.lambda_min:.1e}, but exact rounding failed: not a proof"
             ),
             solver_status=res.status,
@@ -329,8 +360,21 @@ def _check(p: Polynomial, config: CheckerConfig) -> Verdict:
     )
 
 
+def _verified(p: Polynomial, config: CheckerConfig) -> Verdict:
+    verdict = _check(p, config)
+    if config.verify and verdict.evidence is not None and not verdict.evidence.verify(p):
+        raise AssertionError(
+            f"internal error: the {verdict.method} certificate does not verify; please report this polynomial: {p}"
+        )
+    return verdict
+
+
 def check_polynomial(poly: Polynomial | str, config: CheckerConfig | None = None) -> Verdict:
     """Decide SoS for `poly` (a `Polynomial` or its text) with evidence.
+
+    Text never raises: malformed, truncated or over-limit text (`ParseLimits`) gives a `rejected` verdict, and any
+    failure of the check itself an `error` verdict whose message names the exception, so a batch goes on with the
+    next row. A `Polynomial` is checked as is and internal errors propagate.
 
     Example:
 
@@ -340,15 +384,19 @@ def check_polynomial(poly: Polynomial | str, config: CheckerConfig | None = None
     """
     config = config or CheckerConfig()
     t0 = time.perf_counter()
-    if isinstance(poly, str):
+    if isinstance(poly, Polynomial):
+        verdict = _verified(poly, config)
+    elif isinstance(poly, str):
         try:
-            poly = parse_polynomial(poly)
+            p = parse_polynomial(poly)
         except PolynomialParseError as exc:
             return Verdict(SosLabel.REJECTED, method="parser", message=str(exc), seconds=time.perf_counter() - t0)
-    verdict = _check(poly, config)
-    if config.verify and verdict.evidence is not None and not verdict.evidence.verify(poly):
-        raise AssertionError(
-            f"internal error: the {verdict.method} certificate does not verify; please report this polynomial: {poly}"
-        )
+        try:
+            verdict = _verified(p, config)
+        except Exception as exc:  # noqa: BLE001  (text input: report, never raise)
+            message = f"the check failed with {type(exc).__name__}: {str(exc)[:300]}"
+            return Verdict(SosLabel.ERROR, method="checker", message=message, seconds=time.perf_counter() - t0)
+    else:
+        raise TypeError(f"`poly` must be a Polynomial or its text, got {type(poly).__name__}")
     verdict.seconds = time.perf_counter() - t0
     return verdict

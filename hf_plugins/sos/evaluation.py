@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 
-from .polynomial import PolynomialParseError, parse_polynomial
+from .parse import PolynomialParseError, parse_polynomial
 from .prompts import build_prompt, parse_boxed_answer
 
 

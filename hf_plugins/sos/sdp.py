@@ -1,4 +1,4 @@
-"""The Gram-matrix SDP (spec, "Step 3"), its numerical check, and Peyrl-Parrilo rounding to an exact certificate.
+"""The Gram-matrix SDP, its numerical check, and Peyrl-Parrilo rounding to an exact certificate.
 
     maximise t  s.t.  Q - t I PSD,  sum_{beta_i + beta_j = alpha} Q_ij = c_alpha for every alpha in B+B,  t <= 1
 
@@ -22,9 +22,9 @@ from .exact import is_psd
 from .polynomial import Exponent, Polynomial
 
 
-__all__ = ["SdpResult", "gram_classes", "round_gram", "solve_gram_sdp"]
+__all__ = ["SdpResult", "gram_classes", "numerical_check", "round_gram", "solve_gram_sdp"]
 
-# Spec, "Defaults and sources": numerical certificate tolerances and the rounding denominators.
+# Numerical-certificate tolerances and the rounding denominators (docs/sos.md, "Defaults and their sources").
 RESIDUAL_TOL = 1e-8
 EIG_TOL = 1e-9
 DENOMINATORS = (10**6, 10**9, 10**12)
@@ -77,6 +77,25 @@ def _solve(N, A, c, solver, time_limit):
     if P.value is None or t.value is None:
         return prob.status, None, None
     return prob.status, np.array(P.value) + float(t.value) * np.eye(N), float(t.value)
+
+
+def numerical_check(S: np.ndarray, A, c: np.ndarray) -> tuple[bool, float, float]:
+    """Is the float Gram matrix S a numerical certificate for the coefficients c (scaled to max |c| = 1)?
+
+    Scale-aware: S is first clipped to its PSD part V max(lambda, 0) V^T, and the clipped matrix must reproduce
+    *every* coefficient to `RESIDUAL_TOL` relative to that coefficient's own size (monomials absent from p: relative
+    to the smallest nonzero |c|). An absolute tolerance on p / max|c| accepted `1e-20*x1^4 + 1e20*x2^4 - 3*x1^2*x2^2`,
+    whose Gram matrices all miss its 1e-40 and 3e-20 scaled coefficients by about their own size; it is -1e20 at
+    (1e10, 1). Returns (ok, max relative residual, lambda_min(S))."""
+    lam, V = np.linalg.eigh(S)
+    clipped = (V * np.maximum(lam, 0.0)) @ V.T
+    residual = np.abs(A @ clipped.flatten(order="F") - c)
+    nonzero = np.abs(c[c != 0])
+    floor = float(nonzero.min()) if nonzero.size else 1.0
+    rel = residual / np.where(c != 0, np.abs(c), floor)
+    worst = float(rel.max()) if rel.size else 0.0
+    ok = worst <= RESIDUAL_TOL and lam[0] >= -EIG_TOL * max(1.0, float(np.abs(lam).max()))
+    return bool(ok), worst, float(lam[0])
 
 
 def round_gram(
@@ -150,12 +169,10 @@ def solve_gram_sdp(
                 result.status = status
             continue
         S = (Qf + Qf.T) / 2
-        residual = float(np.abs(A @ S.flatten(order="F") - c).max())  # c is scaled to max|c| = 1
-        eig = np.linalg.eigvalsh(S)
-        numerical_ok = residual <= RESIDUAL_TOL and eig[0] >= -EIG_TOL * max(1.0, float(np.abs(eig).max()))
+        numerical_ok, residual, lam_min = numerical_check(S, A, c)
         if result.solver is None or numerical_ok or (t_star is not None and t_star > (result.t_star or -np.inf)):
             result.status, result.solver, result.t_star = status, solver, t_star
-            result.residual, result.lambda_min, result.numerical_ok = residual, float(eig[0]), numerical_ok
+            result.residual, result.lambda_min, result.numerical_ok = residual, lam_min, numerical_ok
         if exact and t_star is not None and t_star > -1e-6:
             for D in DENOMINATORS:
                 Q = round_gram(S, classes, coeffs, D)
@@ -165,7 +182,7 @@ def solve_gram_sdp(
                         list(basis), Q, note=f"{solver}, rounded to 1/{D} and projected"
                     )
                     result.status, result.solver, result.t_star = status, solver, t_star
-                    result.residual, result.lambda_min, result.numerical_ok = residual, float(eig[0]), numerical_ok
+                    result.residual, result.lambda_min, result.numerical_ok = residual, lam_min, numerical_ok
                     break
         if result.certificate is not None or (t_star is not None and t_star < -1e-3):
             break  # proved, or clearly no PSD Gram matrix: a second solver would not change the verdict

@@ -1,11 +1,13 @@
-"""Search for exact rational points where p < 0 (spec, "Step 1", items 2, 3 and 5).
+"""Search for exact rational points where p < 0: along directions where the top form is negative, by sampling and
+local descent, and on badly scaled polynomials in rescaled variables.
 
 Floats only *propose* points; every accepted point is rationalised and evaluated exactly. Evaluation is
-vectorised over a precomputed exponent matrix (the spec's screen spent 438 s in sympy-based evaluation).
+vectorised over a precomputed exponent matrix (sympy-based evaluation made a whole-file screen take minutes).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from fractions import Fraction
 
@@ -15,7 +17,14 @@ from .certificates import PointCertificate
 from .polynomial import Polynomial
 
 
-__all__ = ["FloatPolynomial", "find_negative_point", "negative_direction_point", "rationalize_negative"]
+__all__ = [
+    "FloatPolynomial",
+    "balancing_scales",
+    "find_negative_point",
+    "find_negative_point_balanced",
+    "negative_direction_point",
+    "rationalize_negative",
+]
 
 
 class FloatPolynomial:
@@ -82,9 +91,36 @@ def rationalize_negative(p: Polynomial, x: np.ndarray, reason: str) -> PointCert
     return None
 
 
+def _escape_point(p: Polynomial, u: tuple[Fraction, ...]) -> tuple[tuple[Fraction, ...], Fraction] | None:
+    """A point t*u with p(t*u) < 0 for a direction u where the top form is negative: t doubles from 1, and at most
+    jumps to a power of 2 above Cauchy's root bound 1 + max_k |a_k| / |a_d| of g(t) = p(t u) = sum_k a_k t^k, beyond
+    which g has the sign of a_d < 0. So the loop always ends, however small a_d is against the lower terms
+    (`1e-80*x1^3 + x1^2 + 1` needs t ~ 1e80)."""
+    coeffs: dict[int, Fraction] = {}
+    for e, c in p.terms.items():
+        v = c
+        for ui, k in zip(u, e):
+            if k:
+                v *= ui**k
+        if v:
+            coeffs[sum(e)] = coeffs.get(sum(e), Fraction(0)) + v
+    d = p.degree
+    lead = coeffs.get(d, Fraction(0))
+    if lead >= 0:
+        return None
+    bound = 1 + max((abs(a) for k, a in coeffs.items() if k != d), default=Fraction(0)) / -lead
+    k_max = max(0, math.ceil(bound).bit_length())  # 2**k_max > bound
+    for k in list(range(min(k_max, 64))) + [k_max]:
+        pt = tuple(Fraction(2**k) * x for x in u)
+        value = p.evaluate(pt)
+        if value < 0:
+            return pt, value
+    return None  # unreachable: g(2**k_max) < 0 by Cauchy's bound
+
+
 def negative_direction_point(p: Polynomial, rng: np.random.Generator, samples: int = 2000) -> PointCertificate | None:
     """Odd degree, or a direction u where the top form f is negative: then p(t u) -> -inf. Try unit vectors, then
-    random directions rationalised; double t with exact evaluation until p(t u) < 0."""
+    random directions rationalised (for odd degree, -u when f(u) > 0); `_escape_point` finds t."""
     d = p.degree
     if d <= 0:
         return None
@@ -112,17 +148,20 @@ def negative_direction_point(p: Polynomial, rng: np.random.Generator, samples: i
                     break
             if found is not None:
                 break
+        if found is None and d % 2:  # an odd form is negative at -u wherever it is positive at u
+            for idx in range(min(samples, 64)):
+                u = _to_fraction_grid(U[idx] * 2, 8)
+                fu = f.evaluate(u)
+                if fu:
+                    found = u if fu < 0 else tuple(-x for x in u)
+                    break
     if found is None:
         return None
-    t = Fraction(1)
-    for _ in range(200):
-        pt = tuple(t * x for x in found)
-        value = p.evaluate(pt)
-        if value < 0:
-            reason = "odd total degree" if d % 2 else "the top-degree form is negative along a direction"
-            return PointCertificate(pt, value, reason)
-        t *= 2
-    return None
+    hit = _escape_point(p, found)
+    if hit is None:
+        return None
+    reason = "odd total degree" if d % 2 else "the top-degree form is negative along a direction"
+    return PointCertificate(hit[0], hit[1], reason)
 
 
 def find_negative_point(
@@ -174,3 +213,35 @@ def find_negative_point(
             if cert is not None:
                 return cert
     return None
+
+
+def balancing_scales(p: Polynomial, min_shift: int = 4) -> tuple[Fraction, ...] | None:
+    """Per-variable scales s_i = 2^k_i that make the coefficients of p(s * x) as even in size as a least-squares fit
+    of log2 |c_alpha| + alpha . k allows; None when every |k_i| < `min_shift` (p is already balanced enough for the
+    plain search, whose sample scales span 0.1-5). `1e-20*x1^4 + 1e20*x2^4 - 3*x1^2*x2^2` gets s = (2^17, 2^-17)
+    and is negative near s * (1, 1); unscaled, its negative region lies beyond x1 ~ 1e9."""
+    if p.nvars == 0 or len(p.terms) < 2:
+        return None
+    E = np.array(list(p.terms), dtype=float).reshape(len(p.terms), p.nvars)
+    logs = np.array([math.log2(abs(c.numerator)) - math.log2(c.denominator) for c in p.terms.values()])
+    A = np.hstack([E, -np.ones((len(logs), 1))])
+    sol = np.linalg.lstsq(A, -logs, rcond=None)[0]
+    k = np.rint(sol[: p.nvars]).astype(int)
+    if np.abs(k).max() < min_shift:
+        return None
+    return tuple(Fraction(2) ** int(v) for v in k)
+
+
+def find_negative_point_balanced(p: Polynomial, rng: np.random.Generator, **kwargs) -> PointCertificate | None:
+    """`find_negative_point` on p, then (when `balancing_scales` finds p badly scaled) on p(s * x); a point x found
+    there is mapped back to s * x and evaluated exactly on p."""
+    cert = find_negative_point(p, rng, **kwargs)
+    scales = None if cert is not None else balancing_scales(p)
+    if scales is None:
+        return cert
+    images = [Polynomial.variable(i, p.nvars) * s for i, s in enumerate(scales)]
+    inner = find_negative_point(p.substitute(images), rng, **kwargs)
+    if inner is None:
+        return None
+    point = tuple(s * x for s, x in zip(scales, inner.point))
+    return PointCertificate(point, p.evaluate(point), inner.reason + " (on the variables rescaled by powers of 2)")
