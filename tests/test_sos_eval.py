@@ -156,3 +156,51 @@ def test_token_budget_batching_gives_the_same_answers():
         )
     with pytest.raises(ValueError, match="batch_size"):
         evaluate_sos_model(model, tok, items, batch_size=0, **kw)
+
+
+def test_eval_proved_uses_the_stored_labels_without_the_checker(monkeypatch, tmp_path):
+    """`sos eval --proved` on the SoS1 file scores against `sos1_proved_labels` (the recorded whole-file run); it
+    used to re-run the checker without the SDP on every row (9 minutes, 199 of 334 rows proved)."""
+    from hf_plugins.sos import checker, sos1
+
+    if not sos1.default_sos1_path().is_file():
+        pytest.skip("SoS1 evaluation file not present")
+
+    def no_checker(*args, **kwargs):
+        raise AssertionError("the checker must not run")
+
+    monkeypatch.setattr(checker, "check_polynomial", no_checker)
+    monkeypatch.setattr(sos1, "check_polynomial", no_checker)
+    out = tmp_path / "eval.json"
+    args = ["sos", "eval", "--model", "tiny", "--proved", "--limit", "12", "--style", "plain", "--max-new-tokens", "2"]
+    assert main([*args, "--output", str(out)]) == 0
+    records = json.loads(out.read_text())["records"]
+    rows = sos1.load_sos1()[:12]
+    assert [r["proved_label"] for r in records] == sos1.sos1_proved_labels(rows)
+    assert records[9]["proved_label"] == 0 and rows[9]["ans"] == 1  # a corrected row: not the released label
+
+
+def test_eval_records_a_per_row_error_and_goes_on(tmp_path):
+    """Rows without text or with a label that is not 0/1, and a broken JSON line, are reported per row; the other
+    rows are still answered by the model."""
+    path = tmp_path / "items.jsonl"
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({"polynomial": "x1^2 + 1", "label": 1, "class": "q"}),
+                json.dumps({"label": 1}),
+                "[1, 2",
+                json.dumps({"polynomial": "x1^3", "label": "0"}),
+                json.dumps({"polynomial": "x1^3 + 2", "label": 0, "class": "odd"}),
+            ]
+        )
+    )
+    out = tmp_path / "eval.json"
+    assert main(["sos", "eval", "--model", "tiny", "--file", str(path), "--style", "plain", "--max-new-tokens",
+                 "3", "--output", str(out)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    errors = [r["error"] for r in result["records"]]
+    assert errors[0] is None and errors[4] is None
+    assert "no polynomial text" in errors[1] and "not valid JSON" in errors[2] and "expected 0 or 1" in errors[3]
+    assert result["metrics"]["errors"] == 3 and result["metrics"]["released"]["n"] == 2
+    assert result["records"][4]["tokens"] is not None  # the row after the bad ones was generated

@@ -1,4 +1,4 @@
-"""Exact polynomials, the parser and the printer of `hf_plugins.sos` (spec `sos.md`, "Step 0")."""
+"""Exact polynomials, the parser and the printer of `hf_plugins.sos`."""
 
 from fractions import Fraction
 
@@ -7,7 +7,6 @@ import pytest
 
 from hf_plugins.sos.parse import (
     SPREADSHEET_CELL_LIMIT,
-    ParseLimits,
     PolynomialParseError,
     TruncatedPolynomialError,
     parse_polynomial,

@@ -1,4 +1,4 @@
-"""Boxed answers, prompts, the GRPO reward and the SFT traces (spec `sos.md`, "Boxed-answer parser and reward")."""
+"""Boxed answers, prompts, the GRPO reward and the SFT traces."""
 
 import inspect
 
@@ -137,3 +137,10 @@ def test_sft_trace_falls_back_to_the_certificate_when_the_checker_quotes_no_evid
     text = row["messages"][1]["content"]
     assert row["evidence"] == "certificate" and text.startswith("Step 1:")
     assert "the polynomial equals -" in text and parse_boxed_answer(text) == 0
+
+
+@pytest.mark.parametrize("label", ["1", "0", 2, True, 1.0])
+def test_reward_rejects_labels_that_are_not_0_1_or_none(label):
+    """A string label ("1", as a CSV or JSON column might give) used to make every reward None silently."""
+    with pytest.raises(ValueError, match="integers 0 or 1"):
+        sos_reward(completions=["\\boxed{1}", "\\boxed{0}"], proved_label=[1, label])

@@ -1,8 +1,9 @@
 """The checker on the released SoS1 evaluation file (third-party data, not shipped): skipped when absent.
 
 Located at $HF_PLUGINS_SHARED_DIR/data/sos1/evaluation.jsonl, falling back to <repo>/../shared/... The expected
-numbers are the spec's (`sos.md`, "Reference results" and defects 1-4); our checker decides two more rows than
-the spec's reference run (Test_Set_2 rows 55 and 333, with exact points along a negative top-form direction).
+numbers are an earlier independent whole-file run's (docs/sos.md, "Results on the released SoS1 file"); our
+checker decides two more rows than that run (Test_Set_2 rows 55 and 333, with exact points along a negative top-form
+direction).
 Every point is re-evaluated here by Python's own Fraction arithmetic on the raw text, not by our parser.
 """
 
@@ -33,8 +34,8 @@ from hf_plugins.sos.sos1 import (
 pytestmark = pytest.mark.skipif(not default_sos1_path().is_file(), reason="SoS1 evaluation file not present")
 
 TRUNCATED = {39, 98, 218, 220, 247, 281}
-SPEC_DISPROVED_SET2 = {9, 20, 48, 69, 73, 127, 150, 224, 238, 271, 277, 295}
-SPEC_SOS_IN_5_2_NEGATIVE = {54, 57, 96, 112, 137, 147, 157, 174, 235, 256, 327}
+REFERENCE_DISPROVED_SET2 = {9, 20, 48, 69, 73, 127, 150, 224, 238, 271, 277, 295}
+REFERENCE_SOS_IN_5_2_NEGATIVE = {54, 57, 96, 112, 137, 147, 157, 174, 235, 256, 327}
 CHEAP = CheckerConfig(use_sdp=False, hard_point_time_limit=3.0)
 
 
@@ -63,7 +64,7 @@ def test_file_shape_and_truncated_rows_are_rejected(rows):
     assert rejected == TRUNCATED
 
 
-@pytest.mark.parametrize("row", sorted(SPEC_DISPROVED_SET2 | {55, 309, 333}))
+@pytest.mark.parametrize("row", sorted(REFERENCE_DISPROVED_SET2 | {55, 309, 333}))
 def test_mislabelled_rows_are_disproved_with_exact_points(rows, row):
     r = rows[row]
     assert r["ans"] == 1
@@ -83,11 +84,11 @@ def test_label_0_rows_with_an_exact_sos_certificate(rows, row):
 
 
 def test_recorded_proved_labels(rows):
-    """`sos1_proved_labels` (the recorded whole-file run) against the spec's lists above: 15 label-1 rows proved not
+    """`sos1_proved_labels` (the recorded whole-file run) against the lists above: 15 label-1 rows proved not
     SoS, 11 label-0 rows proved SoS, the truncated rows unscored; 154 SoS and 180 not SoS remain."""
     assert SOS1_TRUNCATED_ROWS == TRUNCATED
-    assert {r for r, v in SOS1_CORRECTED_LABELS.items() if v == 0} == SPEC_DISPROVED_SET2 | {55, 309, 333}
-    assert {r for r, v in SOS1_CORRECTED_LABELS.items() if v == 1} == SPEC_SOS_IN_5_2_NEGATIVE
+    assert {r for r, v in SOS1_CORRECTED_LABELS.items() if v == 0} == REFERENCE_DISPROVED_SET2 | {55, 309, 333}
+    assert {r for r, v in SOS1_CORRECTED_LABELS.items() if v == 1} == REFERENCE_SOS_IN_5_2_NEGATIVE
     proved = sos1_proved_labels(rows)
     assert [i for i, p in enumerate(proved) if p is None] == sorted(TRUNCATED)
     changed = {r["row"] for r, p in zip(rows, proved) if p is not None and p != r["ans"]}
@@ -108,7 +109,7 @@ def test_cheap_checks_on_a_subset_agree_per_subset(rows):
     cfg = CheckerConfig(use_sdp=False, point_time_limit=0.1, hard_point_time_limit=0.1, hard_point_samples=128)
     summary = summarize_sos1(check_sos1(picked, cfg))
     for d in summary["disproved"]:
-        assert d["row"] in SPEC_DISPROVED_SET2 | SPEC_SOS_IN_5_2_NEGATIVE | {55, 309, 333}
+        assert d["row"] in REFERENCE_DISPROVED_SET2 | REFERENCE_SOS_IN_5_2_NEGATIVE | {55, 309, 333}
     assert summary["totals"].get("rejected", 0) == len(TRUNCATED & {r["row"] for r in picked})
 
 

@@ -7,6 +7,7 @@ them.
 
 from .certificates import (
     ConstantCertificate,
+    DualCertificate,
     GramCertificate,
     NewtonCertificate,
     PointCertificate,
@@ -17,12 +18,13 @@ from .certificates import (
     motzkin,
 )
 from .checker import CheckerConfig, SosLabel, Verdict, check_polynomial
-from .evaluation import chat_prompt, evaluate_sos_model, score_answers, surface_rule
+from .evaluation import chat_prompt, evaluate_sos_model, load_eval_items, score_answers, surface_rule
 from .generators import (
     CLASS_LABELS,
     CLASS_TABLE3,
     GeneratorConfig,
     SosItem,
+    generate_balanced,
     generate_item,
     generate_items,
     generate_splits,
@@ -41,9 +43,11 @@ __all__ = [
     "PROMPT_STYLES",
     "CheckerConfig",
     "ConstantCertificate",
+    "DualCertificate",
     "GeneratorConfig",
     "GramCertificate",
     "NewtonCertificate",
+    "ParseLimits",
     "PointCertificate",
     "Polynomial",
     "PolynomialParseError",
@@ -61,9 +65,11 @@ __all__ = [
     "check_sos1",
     "default_sos1_path",
     "evaluate_sos_model",
+    "generate_balanced",
     "generate_item",
     "generate_items",
     "generate_splits",
+    "load_eval_items",
     "load_sos1",
     "make_grpo_rows",
     "make_sft_rows",

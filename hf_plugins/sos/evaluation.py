@@ -1,9 +1,10 @@
 """Evaluate any causal LM on SoS items: greedy answers, accuracy on valid answers and on all items, the invalid
-rate, tokens and seconds per answer (spec, "hf_plugins metric"). No retries; prompts longer than the model's
-context are reported as "too long", never truncated silently.
+rate, tokens and seconds per answer. No retries; prompts longer than the model's context are reported as
+"too long", never truncated silently.
 
 Items are dicts with `polynomial` (text) and `label` (the released or generated label), optionally
-`proved_label` (the checker's, None if undecided) and `class` / `subset` for per-class accuracy.
+`proved_label` (the checker's, None if undecided) and `class` / `subset` for per-class accuracy. An item with an
+`error` (or without polynomial text) is recorded with its error and not sent to the model; the rest go on.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from collections.abc import Sequence
 
 from .parse import PolynomialParseError, parse_polynomial
 from .prompts import build_prompt, parse_boxed_answer
+from .sos1 import binary_label, load_sos1, read_jsonl_rows, sos1_proved_labels
 
 
-__all__ = ["chat_prompt", "evaluate_sos_model", "score_answers", "surface_rule"]
+__all__ = ["chat_prompt", "evaluate_sos_model", "load_eval_items", "score_answers", "surface_rule"]
 
 
 def surface_rule(text: str) -> int:
-    """The spec's surface-cue baseline (defect 6): 0 if the degree is odd or the constant term is <= 0, else 1.
-    Rejected (truncated) text is guessed 1."""
+    """The no-model surface-cue baseline: 0 ("not SoS") if the total degree is odd or the constant term is <= 0,
+    else 1. It needs no reasoning beyond reading two coefficients, yet scores 0.84 against the proved labels of the
+    released SoS1 file (0.77 against its released labels), where every SoS row has a positive constant term; on our
+    generated data, whose shifts are randomised, it is near 0.5. Rejected (truncated) text is guessed 1."""
     try:
         p = parse_polynomial(text)
     except PolynomialParseError:
@@ -31,7 +35,7 @@ def surface_rule(text: str) -> int:
 
 
 def _acc(records: list[dict], key: str) -> dict:
-    scored = [r for r in records if r.get(key) is not None]
+    scored = [r for r in records if r.get(key) is not None and not r.get("error")]  # errors are counted apart
     valid = [r for r in scored if r["answer"] is not None]
     correct = sum(r["answer"] == r[key] for r in valid)
     n = len(scored)
@@ -47,7 +51,8 @@ def _acc(records: list[dict], key: str) -> dict:
 
 def score_answers(records: list[dict]) -> dict:
     """Metrics from records with `answer` (0, 1 or None), `label`, optional `proved_label`, `class`, `tokens`,
-    `seconds`. Accuracy is reported against the released labels and against the proved labels."""
+    `seconds`, `error`. Accuracy is reported against the released labels and against the proved labels; records
+    with an `error` (no prompt could be built) are left out of both and counted in `errors`."""
     out = {"released": _acc(records, "label"), "proved": _acc(records, "proved_label")}
     by_class = defaultdict(list)
     for r in records:
@@ -58,6 +63,7 @@ def score_answers(records: list[dict]) -> dict:
     toks = [r["tokens"] for r in records if r.get("tokens") is not None]
     secs = [r["seconds"] for r in records if r.get("seconds") is not None]
     out["too_long"] = sum(bool(r.get("too_long")) for r in records)
+    out["errors"] = sum(bool(r.get("error")) for r in records)
     out["tokens_mean"] = statistics.fmean(toks) if toks else 0.0
     out["tokens_median"] = statistics.median(toks) if toks else 0.0
     out["seconds_mean"] = statistics.fmean(secs) if secs else 0.0
@@ -121,31 +127,38 @@ def evaluate_sos_model(
         max_prompt_tokens = max(1, ctx - max_new_tokens)
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
-    prompts = [chat_prompt(tokenizer, it["polynomial"], style, use_chat_template) for it in items]
+    prompts: list[str | None] = []
     records = []
-    for it, prompt in zip(items, prompts):
-        n_tok = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    for it in items:
+        text = it.get("polynomial")
+        error = it.get("error") or (
+            None if isinstance(text, str) else f"no polynomial text (got {type(text).__name__})"
+        )
+        prompt = None if error else chat_prompt(tokenizer, text, style, use_chat_template)
+        n_tok = None if prompt is None else len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        prompts.append(prompt)
         records.append(
             {
                 "label": it.get("label"),
                 "proved_label": it.get("proved_label"),
                 "class": it.get("class") or it.get("subset"),
                 "prompt_tokens": n_tok,
-                "too_long": n_tok > max_prompt_tokens,
+                "too_long": n_tok is not None and n_tok > max_prompt_tokens,
+                "error": error,
                 "answer": None,
                 "completion": None,
                 "tokens": None,
                 "seconds": None,
             }
         )
-    todo = [i for i, r in enumerate(records) if not r["too_long"]]
+    todo = [i for i, r in enumerate(records) if not r["too_long"] and not r["error"]]
     todo.sort(key=lambda i: records[i]["prompt_tokens"])  # similar lengths per batch: less padding
     was_training = model.training
     model.eval()
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
-    lengths = [r["prompt_tokens"] for r in records]
+    lengths = [r["prompt_tokens"] or 0 for r in records]
     batches = list(_batches(lengths, todo, batch_size, max_batch_tokens, max_new_tokens))
     if progress:
         from tqdm.auto import tqdm
@@ -184,3 +197,36 @@ def evaluate_sos_model(
         tokenizer.padding_side = old_side
         model.train(was_training)
     return {"metrics": score_answers(records), "records": records}
+
+
+def load_eval_items(path=None, *, proved: bool = False) -> list[dict]:
+    """Items for `evaluate_sos_model`.
+
+    With `path`, JSON lines from `hf-plugins sos generate` (`polynomial`, 0/1 `label`, `class`): the generator's
+    certificates prove those labels, so `proved_label` is the label. A line that is not JSON, or has no polynomial
+    text or 0/1 label, becomes an item with an `error`: reported per row, not evaluated. Without `path`, the
+    released SoS1 file; with `proved`, `proved_label` is the stored proved label of each row (`sos1_proved_labels`:
+    the recorded whole-file checker run, no checker or solver at evaluation time; None for truncated rows).
+    """
+    if path is None:
+        rows = load_sos1()
+        labels = sos1_proved_labels(rows) if proved else [None] * len(rows)
+        return [
+            {"polynomial": r["polynomial"], "label": int(r["ans"]), "proved_label": pl, "class": r["label"],
+             "row": r["row"]}
+            for r, pl in zip(rows, labels)
+        ]  # fmt: skip
+    items = []
+    for r in read_jsonl_rows(path):
+        label = binary_label(r.get("label"))
+        error = r.get("error")
+        if not error and not isinstance(r.get("polynomial"), str):
+            error = f"line {r['row'] + 1} has no polynomial text"
+        if not error and label is None:
+            error = f"line {r['row'] + 1} has label {r.get('label')!r}; expected 0 or 1"
+        item = {"polynomial": r.get("polynomial"), "label": label, "proved_label": label, "class": r.get("class"),
+                "row": r["row"]}  # fmt: skip
+        if error:
+            item["error"] = error
+        items.append(item)
+    return items

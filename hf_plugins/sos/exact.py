@@ -1,7 +1,7 @@
 """Exact rational linear algebra for certificates: LDL^T of a symmetric matrix of Fractions.
 
 A symmetric Q is PSD iff its LDL^T elimination (no pivoting) meets only pivots >= 0, and every zero pivot has a
-zero remaining column. When it fails we return a rational vector v with v^T Q v < 0 (spec, "Step 2").
+zero remaining column. When it fails we return a rational vector v with v^T Q v < 0.
 """
 
 from __future__ import annotations

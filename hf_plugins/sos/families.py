@@ -80,7 +80,7 @@ def _gram_negative(rng, squares, weights, basis, n, style) -> tuple[Polynomial, 
             continue
         base = sum((w * q.evaluate(x0) ** 2 for w, q in zip(weights, squares)), Fraction(0))
         # s > base / rv^2 makes p(x0) < 0; round it up to a multiple of 1/4 so that the printed coefficients do not
-        # betray the negative class by odd denominators (spec, defect 6)
+        # betray the negative class by odd denominators
         s = Fraction(math.floor(base / rv**2 * 4) + int(rng.integers(1, 5)), 4)
         p = Polynomial({}, n)
         for w, q in zip(weights, squares):

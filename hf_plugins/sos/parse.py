@@ -56,7 +56,7 @@ class ParseLimits:
         max_degree (`int`, defaults to `256`): largest total degree of any intermediate result.
         max_terms (`int`, defaults to `100_000`): most terms of any intermediate result; a power `(...)^k` of m
             terms is refused when it could reach more (at most C(m + k - 1, k) terms).
-        max_work (`int`, defaults to `1_000_000`): most term-by-term products in one parse (about a second).
+        max_work (`int`, defaults to `300_000`): most term-by-term products in one parse (well under a second).
         max_digits (`int`, defaults to `1000`): most digits in one number.
         max_decimal_exponent (`int`, defaults to `1000`): largest |e| in `1.5e-7` style numbers.
         max_coefficient_bits (`int`, defaults to `100_000`): largest numerator or denominator of any coefficient,
@@ -69,7 +69,7 @@ class ParseLimits:
     max_power: int = 64
     max_degree: int = 256
     max_terms: int = 100_000
-    max_work: int = 1_000_000
+    max_work: int = 300_000
     max_digits: int = 1000
     max_decimal_exponent: int = 1000
     max_coefficient_bits: int = 100_000
@@ -203,11 +203,16 @@ class _Parser:
             )
 
     def cost(self, a: Terms, b: Terms, pos: int):
-        """Refuse a product a * b that would exceed the work, degree or coefficient-size limits."""
+        """Refuse a product a * b that would exceed the work, degree, term-count or coefficient-size limits. Its
+        terms are at most len(a) * len(b), and at most the C(v + D, v) monomials of degree <= D in its v variables."""
         lim = self.limits
         self.work += len(a) * len(b)
         self.limit("the parse's term-by-term products", self.work, lim.max_work, "max_work", pos)
-        self.limit("the total degree", _degree(a) + _degree(b), lim.max_degree, "max_degree", pos)
+        degree = _degree(a) + _degree(b)
+        self.limit("the total degree", degree, lim.max_degree, "max_degree", pos)
+        v = sum(any(e[i] for e in a) or any(e[i] for e in b) for i in range(self.n))
+        bound = min(len(a) * len(b), math.comb(v + degree, v))
+        self.limit("the number of terms of a product", bound, lim.max_terms, "max_terms", pos)
         self.limit("the coefficient size in bits", _bits(a) + _bits(b), lim.max_coefficient_bits,
                    "max_coefficient_bits", pos)  # fmt: skip
 

@@ -1,9 +1,8 @@
 """The three prompt styles of SoS-1K (plain, simple, reasoning), written in our own words, and the boxed-answer
 parser.
 
-Same information content as the official `data/prompts/SoS_{Plain,Simple,Reasoning}.yaml` (spec, "Prompt
-styles"), with its errors fixed (spec, "What the official material gets wrong", item 10): the Gram basis is the
-monomials of degree <= d (not 2d) including 1, a PSD (not PD) Gram matrix suffices, examples are consistent,
+Same information content as the official `data/prompts/SoS_{Plain,Simple,Reasoning}.yaml`, with its errors fixed
+(docs/sos.md, "Choices ... and differences from the official code"): the Gram basis is the monomials of degree <= d (not 2d) including 1, a PSD (not PD) Gram matrix suffices, examples are consistent,
 and the answer asks for `\\boxed{1}` / `\\boxed{0}` with the backslash.
 """
 
@@ -95,7 +94,7 @@ def parse_boxed_answer(text: str | None) -> int | None:
 
     Accepted inside the box: `1`, ` 1 ` (spaces), `\\text{1}` / `\\mathbf{1}` wrappers. Anything else in the last
     box, e.g. `\\boxed{2}` or `\\boxed{yes}`, makes the answer invalid even if an earlier box held 0 or 1 (the
-    official regex would skip non-digit boxes; we count the last box, as the issue asks).
+    official regex would skip non-digit boxes; we count the last box, the model's final word).
 
         >>> parse_boxed_answer("first \\\\boxed{0}, on reflection \\\\boxed{1}")
         1

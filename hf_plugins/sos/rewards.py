@@ -2,10 +2,13 @@
 `reward(prompts=..., completions=..., completion_ids=..., **dataset_columns) -> list[float | None]`.
 
 1.0 when the last valid box equals the *checker-proved* label, 0.0 when it is wrong or invalid, and `None` when
-the label is not proved (the sample is then skipped, not trained on a guess; spec, "hf_plugins defaults").
+the label is not proved (the sample is then skipped, not trained on a guess). A label that is neither 0, 1 nor
+None (the string `"1"`, `2`, `True`, `1.0`) raises: it would otherwise silently make every reward None.
 """
 
 from __future__ import annotations
+
+import numbers
 
 from .prompts import parse_boxed_answer
 
@@ -37,10 +40,15 @@ def make_sos_reward(label_key: str = "proved_label", correct: float = 1.0, wrong
         if len(labels) != len(completions):
             raise ValueError(f"{len(completions)} completions but {len(labels)} labels in `{label_key}`")
         rewards: list[float | None] = []
-        for completion, label in zip(completions, labels):
-            if label is None or label not in (0, 1):
+        for i, (completion, label) in enumerate(zip(completions, labels)):
+            if label is None:
                 rewards.append(None)
                 continue
+            if not isinstance(label, numbers.Integral) or isinstance(label, bool) or label not in (0, 1):
+                raise ValueError(
+                    f"`{label_key}`[{i}] is {label!r} ({type(label).__name__}); SoS labels must be the integers 0 or 1, "
+                    "or None when unproved. Convert the column (e.g. `int(label)`) when building the data set."
+                )
             answer = parse_boxed_answer(completion_text(completion))
             rewards.append(correct if answer is not None and answer == int(label) else wrong)
         return rewards

@@ -1,6 +1,6 @@
 """SFT and GRPO data: prompts in one of our styles, and (for SFT) assistant answers whose reasoning is written
-from the checker's own evidence, ending in `\\boxed{label}` (spec, "hf_plugins defaults": the target text is
-the checker's evidence trace followed by the boxed label).
+from the checker's own evidence, ending in `\\boxed{label}` (the target text is the checker's evidence trace
+followed by the boxed label).
 
 Only proved labels are used. Rows are plain dicts in TRL's conversational format; `to_dataset` wraps them in a
 `datasets.Dataset` (imported lazily: the GPU image has no `datasets`).

@@ -1,5 +1,7 @@
 """The released SoS1 evaluation file (340 rows, arXiv 2502.20545, github.com/Joe-2002/SoS1, Apache-2.0): loading,
-and the checker's report against its labels (spec, "Reference results" and defects 1-4).
+and the checker's report against its labels (docs/sos.md, "Results on the released SoS1 file"). The batch functions
+take any rows of the same shape (or our generated items, `load_check_rows`) and never stop at a bad row: it gets
+an `error` or `rejected` record and the batch goes on.
 
 The file is not shipped with hf_plugins. It is looked up at `$HF_PLUGINS_SHARED_DIR/data/sos1/evaluation.jsonl`,
 falling back to `<repo>/../shared/data/sos1/evaluation.jsonl`.
@@ -22,12 +24,14 @@ __all__ = [
     "SOS1_TRUNCATED_ROWS",
     "check_sos1",
     "default_sos1_path",
+    "load_check_rows",
     "load_sos1",
+    "read_jsonl_rows",
     "sos1_proved_labels",
     "summarize_sos1",
 ]
 
-#: Rows (0-based) cut at 32,767 characters; the checker rejects them (spec, defect 1).
+#: Rows (0-based) cut at 32,767 characters, the spreadsheet cell limit; the checker rejects them.
 SOS1_TRUNCATED_ROWS = frozenset({39, 98, 218, 220, 247, 281})
 #: Rows whose released label the whole-file run (`check_sos1` with the default `CheckerConfig`; docs/sos.md,
 #: "Results on the released SoS1 file") proves wrong, with the proved label: exact points for 14 Test_Set_2 rows
@@ -47,7 +51,7 @@ def default_sos1_path() -> Path:
 
 
 def load_sos1(path: str | os.PathLike | None = None) -> list[dict]:
-    """Rows of the file, each with an added `row` (0-based line number, as the spec's row numbers)."""
+    """Rows of the file, each with an added `row` (0-based line number, as in docs/sos.md)."""
     path = Path(path) if path else default_sos1_path()
     if not path.is_file():
         raise FileNotFoundError(
@@ -60,6 +64,46 @@ def load_sos1(path: str | os.PathLike | None = None) -> list[dict]:
                 row = json.loads(line)
                 row["row"] = i
                 rows.append(row)
+    return rows
+
+
+def read_jsonl_rows(path: str | os.PathLike) -> list[dict]:
+    """JSON lines as dicts with an added `row` (0-based line number). A line that is not a JSON object becomes
+    `{"row": i, "error": "..."}` instead of stopping the read."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                rows.append({"row": i, "error": f"line {i + 1} is not valid JSON: {exc}"})
+                continue
+            if not isinstance(row, dict):
+                rows.append({"row": i, "error": f"line {i + 1} is a JSON {type(row).__name__}, not an object"})
+                continue
+            rows.append({**row, "row": i})
+    return rows
+
+
+def binary_label(value) -> int | None:
+    """0 or 1 from an int-like label (`True`, `1`, `"1"` are not accepted: 0/1 integers only), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1) else None
+
+
+def load_check_rows(path: str | os.PathLike) -> list[dict]:
+    """Rows for `check_sos1` from a JSON-lines file: SoS1-shaped rows (`polynomial`, `ans`, subset in `label`) or
+    our generated items (`polynomial`, 0/1 `label`, `class`)."""
+    rows = read_jsonl_rows(path)
+    for r in rows:
+        if "ans" not in r and binary_label(r.get("label")) is not None:
+            r["ans"] = r["label"]
+        if not isinstance(r.get("label"), str):
+            r["label"] = r.get("class", "all")
     return rows
 
 
@@ -89,18 +133,29 @@ def check_sos1(
     progress: Callable[[dict, Verdict], None] | None = None,
 ) -> list[dict]:
     """Run the checker on each row. Returns one record per row: row, subset, released label, verdict, and the
-    outcome "consistent" / "inconsistent" (the checker proves the released label wrong) / "undecided" /
-    "rejected"."""
+    outcome "consistent" / "inconsistent" (the checker proves the released label wrong) / "undecided" / "decided"
+    (proved, but the row has no 0/1 label) / "rejected" (text the parser refuses) / "error" (a row without
+    polynomial text, an unreadable line, or a check that failed; the message says which). A bad row never stops
+    the batch."""
     config = config or CheckerConfig()
     out = []
     for row in rows:
-        verdict = check_polynomial(row["polynomial"], config)
-        released = int(row["ans"])
+        released = binary_label(row.get("ans"))
+        text = row.get("polynomial")
+        if "error" in row or not isinstance(text, str):
+            why = row.get("error") or f"the row has no polynomial text (got {type(text).__name__})"
+            verdict = Verdict(SosLabel.ERROR, method="input", message=why)
+        else:
+            verdict = check_polynomial(text, config)  # never raises on text
         proved = verdict.proved_label
         if verdict.label == SosLabel.REJECTED:
             outcome = "rejected"
+        elif verdict.label == SosLabel.ERROR:
+            outcome = "error"
         elif proved is None:
             outcome = "undecided"
+        elif released is None:
+            outcome = "decided"  # no released label to compare with
         else:
             outcome = "consistent" if proved == released else "inconsistent"
         rec = {
@@ -122,12 +177,13 @@ def summarize_sos1(records: list[dict]) -> dict:
     evidence (exact points where there is one)."""
     per_subset: dict[str, Counter] = defaultdict(Counter)
     methods: dict[str, Counter] = defaultdict(Counter)
-    disproved, rejected = [], []
+    disproved, rejected, errors = [], [], []
     seconds = 0.0
     for rec in records:
         v: Verdict = rec["verdict"]
-        per_subset[rec["subset"]][rec["outcome"]] += 1
-        methods[rec["subset"]][v.method or v.label] += 1
+        subset = str(rec["subset"] or "all")
+        per_subset[subset][rec["outcome"]] += 1
+        methods[subset][v.method or v.label] += 1
         seconds += v.seconds
         if rec["outcome"] == "inconsistent":
             disproved.append(
@@ -142,6 +198,8 @@ def summarize_sos1(records: list[dict]) -> dict:
             )
         if rec["outcome"] == "rejected":
             rejected.append({"row": rec["row"], "subset": rec["subset"], "reason": v.message})
+        if rec["outcome"] == "error":
+            errors.append({"row": rec["row"], "subset": rec["subset"], "reason": v.message})
     totals = Counter()
     for c in per_subset.values():
         totals.update(c)
@@ -151,6 +209,7 @@ def summarize_sos1(records: list[dict]) -> dict:
         "totals": dict(totals),
         "disproved": disproved,
         "rejected": rejected,
+        "errors": errors,
         "seconds": seconds,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -53,17 +53,10 @@ def register(sub) -> None:
     e.add_argument("--limit", type=int, default=None, help="first N items only")
     e.add_argument("--max-new-tokens", type=int, default=512, help="generation length")
     e.add_argument("--batch-size", type=int, default=8, help="generation batch size")
-    e.add_argument("--proved", action="store_true", help="SoS1 only: run the checker (cheap checks) for proved labels")
+    e.add_argument("--proved", action="store_true", help="SoS1 only: also score against the stored proved labels")
     e.add_argument("--output", default=None, help="write metrics and per-item records to this JSON file")
     e.set_defaults(func=run_eval)
     p.set_defaults(func=lambda args: p.print_help() or 0)
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_generate(args) -> int:
@@ -91,7 +84,7 @@ def run_generate(args) -> int:
 
 def run_check(args) -> int:
     from hf_plugins.sos.checker import CheckerConfig, check_polynomial
-    from hf_plugins.sos.sos1 import check_sos1, load_sos1, summarize_sos1
+    from hf_plugins.sos.sos1 import check_sos1, load_check_rows, load_sos1, summarize_sos1
 
     cfg = CheckerConfig(max_basis=args.max_basis, use_sdp=not args.no_sdp)
     if args.polynomial is not None:
@@ -102,12 +95,7 @@ def run_check(args) -> int:
         return 0
     if not args.file and not args.sos1:
         raise ValueError("give a polynomial, --file FILE.jsonl or --sos1")
-    rows = load_sos1() if args.sos1 else _read_jsonl(args.file)
-    for i, r in enumerate(rows):
-        r.setdefault("row", i)
-        r.setdefault("ans", r.get("label") if isinstance(r.get("label"), int) else -1)
-        if not isinstance(r.get("label"), str):
-            r["label"] = r.get("class", "all")
+    rows = load_sos1() if args.sos1 else load_check_rows(args.file)
     rows = rows[: args.limit] if args.limit else rows
 
     def show(rec, v):
@@ -127,34 +115,9 @@ def run_check(args) -> int:
 
 
 def run_eval(args) -> int:
-    from hf_plugins.sos.evaluation import evaluate_sos_model
+    from hf_plugins.sos.evaluation import evaluate_sos_model, load_eval_items
 
-    if args.file:
-        items = [
-            {
-                "polynomial": r["polynomial"],
-                "label": int(r["label"]),
-                "proved_label": int(r["label"]),
-                "class": r.get("class"),
-            }
-            for r in _read_jsonl(args.file)
-        ]
-    else:
-        from hf_plugins.sos.checker import CheckerConfig, check_polynomial
-        from hf_plugins.sos.sos1 import load_sos1
-
-        rows = load_sos1()
-        rows = rows[: args.limit] if args.limit else rows
-        cfg = CheckerConfig(use_sdp=False)
-        items = [
-            {
-                "polynomial": r["polynomial"],
-                "label": int(r["ans"]),
-                "proved_label": check_polynomial(r["polynomial"], cfg).proved_label if args.proved else None,
-                "class": r["label"],
-            }
-            for r in rows
-        ]
+    items = load_eval_items(args.file, proved=args.proved)
     items = items[: args.limit] if args.limit else items
     model, tokenizer = common.load_model(args.model, args.dtype)
     if args.adapter:
