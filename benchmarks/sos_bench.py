@@ -1,7 +1,8 @@
 """SoS-1K checker benchmark (CPU): time per polynomial by class and size, and the share of the SoS1 evaluation
 file it decides.
 
-"ours" is the full checker (exact cheap checks, point search, Newton polytope, Gram SDP with exact rounding).
+"ours" is the full checker (exact cheap checks, point searches, Newton polytope, Gram SDP with exact rounding, dual
+moment SDP with exact rounding).
 For the "share decided" metrics, "baseline" counts the items the same pass decided *without* the SDP (exact cheap
 checks, Newton polytope, point searches), i.e. what a solver-free screen proves. There is no stock tool to time
 against. Rows: `| date | script | device | torch / transformers | case | metric | ours |

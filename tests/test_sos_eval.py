@@ -28,6 +28,14 @@ def test_scores_by_hand():
     }
     assert m["proved"]["n"] == 3 and m["proved"]["correct"] == 2 and m["proved"]["acc_total"] == 2 / 3
     assert m["per_class"]["a"]["released"]["correct"] == 1
+    assert m["confusion"]["released"] == {
+        "true 1": {"0": 1, "1": 1, "invalid": 0},
+        "true 0": {"0": 1, "1": 0, "invalid": 1},
+    }
+    assert m["confusion"]["proved"] == {
+        "true 1": {"0": 0, "1": 1, "invalid": 0},
+        "true 0": {"0": 1, "1": 0, "invalid": 1},
+    }
     assert m["tokens_median"] == 5 and m["seconds_mean"] == 2.0
 
 

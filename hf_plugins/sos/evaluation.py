@@ -49,11 +49,22 @@ def _acc(records: list[dict], key: str) -> dict:
     }
 
 
+def _confusion(records: list[dict], key: str) -> dict:
+    """Counts of answers (0, 1, invalid) per true label `key` (records with an error or no label left out)."""
+    out = {f"true {t}": {"0": 0, "1": 0, "invalid": 0} for t in (0, 1)}
+    for r in records:
+        if r.get(key) in (0, 1) and not r.get("error"):
+            out[f"true {r[key]}"]["invalid" if r["answer"] is None else str(r["answer"])] += 1
+    return out
+
+
 def score_answers(records: list[dict]) -> dict:
     """Metrics from records with `answer` (0, 1 or None), `label`, optional `proved_label`, `class`, `tokens`,
-    `seconds`, `error`. Accuracy is reported against the released labels and against the proved labels; records
-    with an `error` (no prompt could be built) are left out of both and counted in `errors`."""
+    `seconds`, `error`. Accuracy and the confusion matrix (answers 0 / 1 / invalid per true label) are reported
+    against the released labels and against the proved labels; records with an `error` (no prompt could be built)
+    are left out of both and counted in `errors`."""
     out = {"released": _acc(records, "label"), "proved": _acc(records, "proved_label")}
+    out["confusion"] = {"released": _confusion(records, "label"), "proved": _confusion(records, "proved_label")}
     by_class = defaultdict(list)
     for r in records:
         by_class[r.get("class") or "all"].append(r)
@@ -199,17 +210,17 @@ def evaluate_sos_model(
     return {"metrics": score_answers(records), "records": records}
 
 
-def load_eval_items(path=None, *, proved: bool = False) -> list[dict]:
+def load_eval_items(path=None, *, proved: bool = False, sos1_path=None) -> list[dict]:
     """Items for `evaluate_sos_model`.
 
     With `path`, JSON lines from `hf-plugins sos generate` (`polynomial`, 0/1 `label`, `class`): the generator's
     certificates prove those labels, so `proved_label` is the label. A line that is not JSON, or has no polynomial
     text or 0/1 label, becomes an item with an `error`: reported per row, not evaluated. Without `path`, the
-    released SoS1 file; with `proved`, `proved_label` is the stored proved label of each row (`sos1_proved_labels`:
+    released SoS1 file (at `sos1_path`, default `default_sos1_path()`); with `proved`, `proved_label` is the stored proved label of each row (`sos1_proved_labels`:
     the recorded whole-file checker run, no checker or solver at evaluation time; None for truncated rows).
     """
     if path is None:
-        rows = load_sos1()
+        rows = load_sos1(sos1_path)
         labels = sos1_proved_labels(rows) if proved else [None] * len(rows)
         return [
             {"polynomial": r["polynomial"], "label": int(r["ans"]), "proved_label": pl, "class": r["label"],

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .certificates import (
     ConstantCertificate,
+    DualCertificate,
     GramCertificate,
     NewtonCertificate,
     PointCertificate,
@@ -64,6 +65,9 @@ def reasoning_trace(p: Polynomial, evidence, method: str = "") -> str:
         )
     elif isinstance(evidence, NewtonCertificate):
         lines.append("No negative value is visible; look at which monomials a sum of squares can produce.")
+        lines.append("Step 2: " + evidence.describe() + ". So p is not SoS.")
+    elif isinstance(evidence, DualCertificate):
+        lines.append("No negative value is found and every monomial can come from a square; test the moments.")
         lines.append("Step 2: " + evidence.describe() + ". So p is not SoS.")
     elif isinstance(evidence, UnivariateCertificate):
         lines.append("Step 2: " + evidence.describe() + ". So p is SoS.")
