@@ -156,3 +156,17 @@ def test_surface_rule_is_at_chance_on_balanced_generated_data():
     assert len({it.cls for it in items}) == len(CLASS_LABELS)
     acc = sum(surface_rule(it.text) == it.label for it in items) / len(items)
     assert 0.4 <= acc <= 0.6, acc
+
+
+def test_squared_forms_of_both_labels_print_a_subtracted_constant():
+    """`(q_1)^2 + ... - c` for both labels: the SoS items' first square is w^2 + m with c <= m^2, so the tail that
+    used to appear on the negatives only is no cue. The labels stay proved (squares / exact point), and the
+    checker never contradicts them."""
+    import re
+
+    cfg = GeneratorConfig(num_vars=2, degree=4, num_terms=4)
+    for cls in ("sos_squared", "sos_squared_negative"):
+        for it in generate_items([cls], 6, seed=2, config=cfg):
+            assert re.search(r"\)\^2 - [0-9.]+$", it.text), it.text
+            assert it.verify() and parse_polynomial(it.text) == it.polynomial
+            assert check_polynomial(it.text, FAST).proved_label in (None, it.label)

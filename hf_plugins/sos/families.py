@@ -19,7 +19,7 @@ from .search import FloatPolynomial, negative_direction_point
 __all__ = ["build"]
 
 
-# --------------------------------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------------------------- building blocks
 def _rat(rng: np.random.Generator, m: int, nonzero: bool = False) -> Fraction:
     while True:
         q = (
@@ -133,10 +133,33 @@ def _shift_below(rng, s: Polynomial, n: int) -> tuple[tuple[Fraction, ...], Frac
     return None
 
 
+def _squared_with_tail(rng, cfg, n: int, squares: list[Polynomial]):
+    """An SoS item printed like the negatives, `(q_1)^2 + ... - c`: q_1 = w^2 + m with w of degree <= degree / 4
+    and m > 0, so (w^2 + m)^2 - c = (w^2)^2 + 2m w^2 + (m^2 - c) is SoS for 0 < c <= m^2 (explicit squares)."""
+    w = Polynomial({}, n)
+    while w.is_zero:
+        w = Polynomial({_random_exponent(rng, n, int(rng.integers(1, max(1, cfg.degree // 4) + 1))):
+                        _rat(rng, cfg.coef_max, nonzero=True) for _ in range(2)}, n)  # fmt: skip
+    m = Fraction(int(rng.integers(1, cfg.coef_max + 1)))
+    c = Fraction(int(rng.integers(1, 4 * int(m * m) + 1)), 4)  # 0 < c <= m^2
+    squares = [w * w + m, *squares[1:]]
+    p = sum((q * q for q in squares), Polynomial({}, n)) - c
+    cert = SquaresCertificate([Fraction(1)] * (len(squares) - 1) + [Fraction(1), 2 * m, m * m - c],
+                              [*squares[1:], w * w, w, Polynomial.constant(1, n)])  # fmt: skip
+    order = rng.permutation(len(squares)).tolist()  # the w^2 + m square is not always first
+    text = " + ".join(f"({squares[i].to_str(cfg.style)})^2" for i in order) + f" - {format_number(c)}"
+    return p, text, cert
+
+
 def _sos(rng, cfg, n, squared: bool, negative: bool):
+    """Sum of squares (positive), or s - C with C drawn between s(x0) and s(0) (negative). In squared form both
+    print as `(q_1)^2 + ... - c`, so the subtracted constant is no cue: the positive's first square is w^2 + m with
+    c <= m^2."""
     k = max(1, cfg.num_terms // 2)
     squares = _random_squares(rng, cfg, n, k)
     weights = [Fraction(1)] * k
+    if squared and not negative:
+        return _squared_with_tail(rng, cfg, n, squares)
     p, text, cert = _squares_item("sos", squares, weights, n, cfg.style, {})
     if negative:
         shift = _shift_below(rng, p, n)
@@ -147,9 +170,8 @@ def _sos(rng, cfg, n, squared: bool, negative: bool):
         cert = PointCertificate(x0, p.evaluate(x0), "constructed: p(x0) < 0")
         text = p.to_str(cfg.style)
         if squared:
-            text = " + ".join(f"({q.to_str(cfg.style)})^2" for q in squares) + f" - {format_number(C)}"
-    elif squared:
-        text = " + ".join(f"({q.to_str(cfg.style)})^2" for q in squares)
+            order = rng.permutation(len(squares)).tolist()
+            text = " + ".join(f"({squares[i].to_str(cfg.style)})^2" for i in order) + f" - {format_number(C)}"
     return p, text, cert
 
 

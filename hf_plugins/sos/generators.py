@@ -17,7 +17,8 @@ are in `families.py`.
 Negative Gram items use Q = L L^T - s w w^T with s chosen so that p(x0) = -delta at a random rational x0: Q is
 indefinite and the point is exact, so no "non-PD Q means not SoS" shortcut is needed (an indefinite Q does not make
 p non-SoS: Gram matrices are not unique). Surface cues are removed: the shift C of the `sos_*_negative` classes is
-drawn at random between s(x0) and s(0), so their constant term is positive like that of the SoS classes, and no
+drawn at random between s(x0) and s(0), so their constant term is positive like that of the SoS classes (and
+`sos_squared` prints a subtracted constant too: one square is w^2 + m, minus c <= m^2), and no
 `*_negative` item is kept with a negative constant term (p(0) < 0 would give the label away to the rule "constant
 <= 0 means not SoS", which scored 0.84 on the released SoS1 file). `generate_balanced` draws equally many items of
 each label, spread evenly over the classes of that label.
