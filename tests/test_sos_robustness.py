@@ -48,13 +48,13 @@ HOSTILE = [
 
 @pytest.mark.parametrize("text, names", HOSTILE)
 def test_hostile_input_fails_fast_with_a_clear_error(text, names):
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time of this process: robust to other jobs on a shared machine
     with pytest.raises(PolynomialParseError) as info:
         parse_polynomial(text)
     assert names in str(info.value)
     verdict = check_polynomial(text)  # text never raises: a rejected verdict with the same message
     assert verdict.label == SosLabel.REJECTED and names in verdict.message and verdict.proved_label is None
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
 
 
 def test_work_limit_counts_every_product():

@@ -216,8 +216,9 @@ def load_eval_items(path=None, *, proved: bool = False, sos1_path=None) -> list[
     With `path`, JSON lines from `hf-plugins sos generate` (`polynomial`, 0/1 `label`, `class`): the generator's
     certificates prove those labels, so `proved_label` is the label. A line that is not JSON, or has no polynomial
     text or 0/1 label, becomes an item with an `error`: reported per row, not evaluated. Without `path`, the
-    released SoS1 file (at `sos1_path`, default `default_sos1_path()`); with `proved`, `proved_label` is the stored proved label of each row (`sos1_proved_labels`:
-    the recorded whole-file checker run, no checker or solver at evaluation time; None for truncated rows).
+    released SoS1 file (at `sos1_path`, default `default_sos1_path()`); with `proved`, `proved_label` is the
+    stored proved label of each row (`sos1_proved_labels`: the recorded whole-file checker run, no checker or
+    solver at evaluation time; None for truncated rows).
     """
     if path is None:
         rows = load_sos1(sos1_path)

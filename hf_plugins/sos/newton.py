@@ -1,8 +1,8 @@
 """The exact "not SoS" tests the Newton polytope gives, and the pruning of the Gram basis.
 
 If p = sum q_i^2 then every q_i is supported in the integer points of N(p)/2, N(p) = conv(supp p) (Reznick; see
-`lattice.py`). So with B those points: a monomial of p outside B+B, or one reachable only as 2*beta while its coefficient is
-negative (Q_beta,beta >= 0), proves p is not SoS.
+`lattice.py`). So with B those points: a monomial of p outside B+B, or one reachable only as 2*beta while its
+coefficient is negative (Q_beta,beta >= 0), proves p is not SoS.
 """
 
 from __future__ import annotations

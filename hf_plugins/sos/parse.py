@@ -143,8 +143,9 @@ def _tokenize(text: str, limits: ParseLimits) -> list[tuple[str, object, int]]:
                     f"bad variable at position {pos}: {text[pos : pos + 12]!r}; write x1..xn or x(1)..x(n)"
                 )
             raise PolynomialParseError(
-                f"unexpected character {text[pos]!r} at position {pos} (context {text[max(0, pos - 10) : pos + 10]!r}); "
-                "a polynomial uses numbers, x1..xn or x(1)..x(n), + - * / ^ ** and parentheses"
+                f"unexpected character {text[pos]!r} at position {pos} (context "
+                f"{text[max(0, pos - 10) : pos + 10]!r}); a polynomial uses numbers, x1..xn or x(1)..x(n), "
+                "+ - * / ^ ** and parentheses"
             )
         start = m.start() + (len(m.group(0)) - len(m.group(0).lstrip()))
         if m.group("num") is not None:

@@ -2,7 +2,8 @@
 parser.
 
 Same information content as the official `data/prompts/SoS_{Plain,Simple,Reasoning}.yaml`, with its errors fixed
-(docs/sos.md, "Choices ... and differences from the official code"): the Gram basis is the monomials of degree <= d (not 2d) including 1, a PSD (not PD) Gram matrix suffices, examples are consistent,
+(docs/sos.md, "Choices, and differences from the official code"): the Gram basis is the monomials of degree <= d
+(not 2d) including 1, a PSD (not PD) Gram matrix suffices, examples are consistent,
 and the answer asks for `\\boxed{1}` / `\\boxed{0}` with the backslash.
 """
 

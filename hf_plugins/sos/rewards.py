@@ -46,8 +46,8 @@ def make_sos_reward(label_key: str = "proved_label", correct: float = 1.0, wrong
                 continue
             if not isinstance(label, numbers.Integral) or isinstance(label, bool) or label not in (0, 1):
                 raise ValueError(
-                    f"`{label_key}`[{i}] is {label!r} ({type(label).__name__}); SoS labels must be the integers 0 or 1, "
-                    "or None when unproved. Convert the column (e.g. `int(label)`) when building the data set."
+                    f"`{label_key}`[{i}] is {label!r} ({type(label).__name__}); SoS labels must be the integers "
+                    "0 or 1, or None when unproved. Convert the column (e.g. `int(label)`) when building the data set."
                 )
             answer = parse_boxed_answer(completion_text(completion))
             rewards.append(correct if answer is not None and answer == int(label) else wrong)
