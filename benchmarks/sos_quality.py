@@ -459,7 +459,7 @@ def main(argv=None) -> int:
     p.add_argument("--sos1", default=None, help="SoS1 evaluation.jsonl (default: the shared data folder)")
     p.add_argument("--no-sos1", action="store_true", help="skip the SoS1 part")
     p.add_argument("--sos1-per-subset", type=int, default=0, help="shortest N rows per SoS1 subset (0: all)")
-    p.add_argument("--train-per-label", type=int, default=2000, help="training items of each label, per seed")
+    p.add_argument("--train-per-label", type=int, default=1500, help="training items of each label, per seed")
     p.add_argument("--test-per-label", type=int, default=220, help="held-out items of each label, over its classes")
     p.add_argument("--target", choices=("short", "trace"), default="short", help="answer alone, or checker trace")
     p.add_argument("--workers", type=int, default=0, help="data-generation processes (0: all cores)")
