@@ -17,7 +17,7 @@ import threading
 
 import torch
 
-from .esd import alphas_from_eigenvalues, prepare_grams
+from .esd import alphas_from_eigenvalues, default_cpu_threads, prepare_grams, resolve_backend
 
 
 __all__ = ["BackgroundRefresh", "can_overlap"]
@@ -38,6 +38,10 @@ class BackgroundRefresh:
         self._error: BaseException | None = None
         self._side = self._done = None
         device = weights[0].device
+        # The synchronous refresh's backend, with one LAPACK thread fewer: a core stays free for the training thread
+        # (LAPACK decomposes each matrix on one thread either way, so the eigenvalues are the same).
+        threads = default_cpu_threads()
+        kw = {"backend": resolve_backend("auto", threads, device.type), "cpu_threads": max(1, threads - 1)}
         if device.type == "cuda":
             current = torch.cuda.current_stream(device)
             self._side = torch.cuda.Stream(device)
@@ -45,12 +49,12 @@ class BackgroundRefresh:
             for w in weights:
                 w.record_stream(self._side)  # e.g. gathered FSDP2 matrices freed by the caller meanwhile
             with torch.cuda.stream(self._side):
-                self._prepared = prepare_grams(weights)
+                self._prepared = prepare_grams(weights, **kw)
             self._done = torch.cuda.Event()
             self._done.record(self._side)
             self._device = device
         else:
-            self._prepared = prepare_grams(weights)
+            self._prepared = prepare_grams(weights, **kw)
         self._thread = threading.Thread(target=self._run, name="alphadecay-esd", daemon=True)
         self._thread.start()
 

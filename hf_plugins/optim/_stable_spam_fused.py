@@ -110,14 +110,15 @@ def prepare(opt, key: tuple, entries: list) -> Bucket:
     grads = [g for _, _, _, gs in entries for g in gs]
     states = [opt._init_state(p) for p in params]
     layout = _layout(opt, key, params, tuple(len(ps) for _, _, ps, _ in entries))
+    ptrs = layout.pointers(params, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states])
+    is_bf16 = params[0].dtype == torch.bfloat16
+    kernels.block_stats(layout, ptrs, is_bf16)  # launched first: the host work below overlaps with it
     packed = packed_state(opt._packs, ("bucket", key), states)
     rows = torch.tensor([group_row(g, g["T"] + 1) for _, g, _, _ in entries], dtype=torch.float64)
     if layout.device.type == "cuda":
         rows = rows.pin_memory()  # asynchronous copy; the caching host allocator keeps it alive
     groups = rows.to(layout.device, non_blocking=True)
-    ptrs = layout.pointers(params, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states])
-    is_bf16 = params[0].dtype == torch.bfloat16
-    kernels.statistics(layout, ptrs, is_bf16, layout.tensor_group, groups, packed["step"], packed["m_max"])
+    kernels.thresholds(layout, layout.tensor_group, groups, packed["step"], packed["m_max"])
     n_el = sum(p.numel() for p in params)
     return Bucket(key, entries, layout, ptrs, is_bf16, layout.tensor_group, groups, packed, n_el)
 

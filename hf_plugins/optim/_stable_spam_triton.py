@@ -358,12 +358,25 @@ class Layout:
         return self._ptrs
 
 
-def statistics(layout: Layout, ptrs, is_bf16, tensor_group, groups, step, m_max) -> None:
-    """Passes 1 and 2: block max|g| and sum g^2, then per tensor the AdaClip threshold, clip factor and finiteness
-    (`layout.scal`, `layout.new_m_max`, `layout.finite`). Nothing of the optimizer state is written."""
-    common = {"IS_BF16": is_bf16, "ALIGNED": layout.aligned, "BLOCK_SIZE": layout.block, "num_warps": NUM_WARPS}
-    blocks = layout.block_tensor, layout.block_start, layout.numels
-    _stats_kernel[(layout.n_blocks,)](ptrs[1], *blocks, layout.bmax, layout.bsq, **common)
+def block_stats(layout: Layout, ptrs: torch.Tensor, is_bf16: bool) -> None:
+    """Pass 1: block max|g| and sum g^2 (`layout.bmax`, `layout.bsq`)."""
+    _stats_kernel[(layout.n_blocks,)](
+        ptrs[1],
+        layout.block_tensor,
+        layout.block_start,
+        layout.numels,
+        layout.bmax,
+        layout.bsq,
+        IS_BF16=is_bf16,
+        ALIGNED=layout.aligned,
+        BLOCK_SIZE=layout.block,
+        num_warps=NUM_WARPS,
+    )
+
+
+def thresholds(layout: Layout, tensor_group, groups, step, m_max) -> None:
+    """Pass 2: per tensor the AdaClip threshold, clip factor and finiteness (`layout.scal`, `layout.new_m_max`,
+    `layout.finite`). Nothing of the optimizer state is written."""
     _threshold_kernel[(layout.n_tensors,)](
         layout.bmax,
         layout.seg_first,
@@ -417,6 +430,16 @@ def scale_and_update(layout: Layout, ptrs, is_bf16, tensor_group, groups, packed
         enable_fp_fusion=False,
     )
     _update_kernel[(layout.n_blocks,)](
-        ptrs[0], ptrs[1], ptrs[2], ptrs[3], *blocks, tensor_group, groups, layout.scal, layout.ok, NGC=NG, NSC=NS,
+        ptrs[0],
+        ptrs[1],
+        ptrs[2],
+        ptrs[3],
+        *blocks,
+        tensor_group,
+        groups,
+        layout.scal,
+        layout.ok,
+        NGC=NG,
+        NSC=NS,
         **common,
-    )  # fmt: skip
+    )

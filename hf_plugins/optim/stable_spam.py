@@ -398,8 +398,10 @@ class StableSPAM(torch.optim.Optimizer):
         prepared = [fused_path.prepare(self, key, entries) for key, entries in buckets.items()]
         deferred = self.nonfinite == "skip" and not foreach_work and len(prepared) == 1
         if not deferred:
-            checks = [torch.cat([gm.float() for *_, gm in foreach_work if gm.device == d]).isfinite().all()
-                      for d in {gm.device for *_, gm in foreach_work}]  # fmt: skip
+            checks = [
+                torch.cat([gm.float() for *_, gm in foreach_work if gm.device == d]).isfinite().all()
+                for d in {gm.device for *_, gm in foreach_work}
+            ]
             checks += [b.layout.finite.bool().all() for b in prepared]
             if not all(bool(c) for c in checks):
                 if self.nonfinite == "raise":
