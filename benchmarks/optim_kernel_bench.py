@@ -10,7 +10,7 @@ merged per-matrix decays over fused AdamW, decays folded into Stable-SPAM's fuse
 with the spectra overlapped with a simulated forward/backward (`--fwd-bwd-ms`, the GPU and the host both busy) vs
 computed inside the update; the overhead per step at interval 500 as a share of `--fwd-bwd-ms`.
 
-    python benchmarks/optim_kernel_bench.py            # GPU (~3 min on an H100 / H200)
+    python benchmarks/optim_kernel_bench.py            # GPU (~2-3 min on an H100 / H200, ~35 GB peak)
     python benchmarks/optim_kernel_bench.py --smoke    # tiny shapes, CPU: foreach paths only
     python benchmarks/optim_kernel_bench.py --out optim_kernel_bench.json [--append]
 
@@ -143,6 +143,7 @@ def stable_spam_section(args, device) -> dict:
         kernels.BLOCK, kernels.NUM_WARPS = default
         out["sweep"] = sweep
         out["kernels_us"] = {"ours": kernel_times(spam.step, device), "adamw": kernel_times(adamw.step, device)}
+    arms.clear()  # the step methods hold the optimizers
     del adamw, spam, params
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,7 +41,7 @@ _UNIT_INTERVAL = ("gamma1", "gamma2", "theta")  # each in [0, 1)
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)  # Python and numpy ints and floats
 
 
 def _check_group(group: dict, where: str) -> dict:
