@@ -88,8 +88,8 @@ class Bucket:
 
 
 def _layout(opt, key, params, sizes) -> kernels.Layout:
-    """The cached block tables of the bucket `key`, rebuilt when the tensor sizes or the group split change (the clipped
-    entries counted by the old one are kept for `pop_stats`)."""
+    """The cached block tables of the bucket `key`, rebuilt when the tensor sizes or the group split change (the
+    clipped entries counted by the old one are kept for `pop_stats`)."""
     numels = tuple(p.numel() for p in params)
     layout = opt._layouts.get(key)
     if layout is None or layout.key != (numels, kernels.BLOCK) or layout.group_sizes != sizes:

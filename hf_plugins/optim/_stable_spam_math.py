@@ -26,7 +26,8 @@ def cosine_scale(T: int, total_T: int | None, eta_min: float) -> float:
     """The factor multiplying beta1 and gamma1 at the `T`-th update (1-based), as the official code computes it:
     torch's `CosineAnnealingLR` closed form with `T_max = total_T + 1` and base value 1 evaluated at T, i.e.
     eta_min + (1 - eta_min) (1 + cos(pi T / (total_T + 1))) / 2, which reaches eta_min at T = total_T + 1. Unlike the
-    official code (periodic: back at 1 at T = 2 (total_T + 1)) it stays at eta_min after that. 1 if `total_T` is None."""
+    official code (periodic: back at 1 at T = 2 (total_T + 1)) it stays at eta_min after that. 1 if `total_T` is
+    None."""
     if total_T is None:
         return 1.0
     progress = min(T, total_T + 1) / (total_T + 1)

@@ -73,7 +73,8 @@ class PreparedGrams:
         `cuda`); NaN for a weight with a non-finite entry."""
         out: list[torch.Tensor | None] = [None] * self.n
         if self.host_side:
-            # hybrid: `num_streams` threads drive the GPU (one stream each; their synchronisations spin), the rest LAPACK
+            # hybrid: `num_streams` threads drive the GPU (one stream each; their synchronisations spin), the others
+            # run LAPACK
             n_dev = max(1, num_streams) if self.backend == "hybrid" else 0
             workers = max(1, self.threads - n_dev)
             results = eigvalsh_host_pool(self.host_chunks, workers, n_dev > 0, n_dev)
