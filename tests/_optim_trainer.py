@@ -28,8 +28,8 @@ def tiny_args(out, **kw):
     return TrainingArguments(**base)
 
 
-def tiny_trainer(args, tok, optimizer_spec):
-    """A stock Trainer on a seeded tiny Llama with `optimizer_cls_and_kwargs=optimizer_spec` and the stats callback."""
+def tiny_trainer(args, tok, optimizer_cls_and_kwargs):
+    """A stock Trainer on a seeded tiny Llama with the given `optimizer_cls_and_kwargs` and the stats callback."""
     model = tiny_model("llama", seed=0)
     model.train()
     return Trainer(
@@ -37,6 +37,6 @@ def tiny_trainer(args, tok, optimizer_spec):
         args=args,
         train_dataset=tiny_text_dataset(tok, n=24),
         data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-        optimizer_cls_and_kwargs=optimizer_spec,
+        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
         callbacks=[OptimizerStatsCallback()],
     )

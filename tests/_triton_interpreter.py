@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 
-def run_in_interpreter(code: str, timeout: int = 300) -> str:
-    """Run `code` with `TRITON_INTERPRET=1` in a new interpreter; returns its stdout. A non-zero exit fails the
-    calling test with the script's output."""
+def run_in_interpreter(code: str, timeout: int = 300, args: list[str] = ()) -> str:
+    """Run `code` with `TRITON_INTERPRET=1` in a new interpreter (`sys.argv[2:]` = `args`); returns its stdout. A
+    non-zero exit fails the calling test with the script's output."""
     res = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).parent)],
+        [sys.executable, "-c", code, str(Path(__file__).parent), *args],
         check=False,
         capture_output=True,
         text=True,

@@ -214,3 +214,119 @@ def test_matrix_without_finite_alpha_keeps_its_decay(caplog):
     weights = [g["params"][0] for g in others]
     expected = linear_decay_map(esd_alphas(weights), 0.1, 0.6666, 5.0)
     assert [g["weight_decay"] for g in others] == pytest.approx(expected)
+
+
+def test_refresh_on_non_finite_weights_keeps_the_previous_decays(caplog):
+    """A refresh inside `step()` on a matrix holding NaN / inf (LAPACK raised there before): that matrix keeps its
+    decay (with a warning), the others are mapped from their own alphas, and the step runs."""
+    model = _model()
+    opt = AlphaDecay()(model, lr=1e-3, weight_decay=0.1, min_eigs=MIN_EIGS, interval=1)
+    groups = _groups_by_name(opt)
+    target = groups["model.layers.1.mlp.up_proj"]
+    before = target["weight_decay"]
+    with torch.no_grad():
+        target["params"][0][0, 0] = float("nan")
+        groups["model.layers.0.mlp.down_proj"]["params"][0][1, 2] = float("inf")
+        model.model.layers[0].mlp.gate_proj.weight.mul_(3.0).pow_(3)  # changes the spread of the others
+    others = [g for n, g in groups.items() if n not in ("model.layers.1.mlp.up_proj", "model.layers.0.mlp.down_proj")]
+    expected = linear_decay_map(esd_alphas([g["params"][0] for g in others]), 0.1, 0.6666, 5.0)
+    _random_grads(model, 0)
+    opt.step()
+    assert target["weight_decay"] == before
+    assert "no finite alpha for 2 matrices" in caplog.text
+    assert [g["weight_decay"] for g in others] == pytest.approx(expected)
+
+
+def _nan_grads(model, step):
+    _random_grads(model, step)
+    next(model.parameters()).grad[0, 0] = float("nan")
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_steps_skipped_by_stable_spam_are_not_counted(overlap):
+    """Interval 3 on Stable-SPAM with a non-finite gradient at the third step (skipped): the refresh counter does not
+    advance, so the run equals one without that step (weights, decays, counters), with the refresh synchronous or
+    overlapped; with nonfinite="raise" the failed step is not counted either."""
+    kw = {"lr": 2e-2, "weight_decay": 0.1, "min_eigs": MIN_EIGS, "interval": 3, "base": "stable_spam"}
+    model_a, model_b = _model(), _model()
+    opt_a = AlphaDecay()(model_a, **kw, overlap_refresh=overlap)
+    opt_b = AlphaDecay()(model_b, **kw, overlap_refresh=False)
+    for step in range(1, 8):
+        (_nan_grads if step == 3 else _random_grads)(model_a, step)
+        opt_a.step()
+        if step != 3:
+            _random_grads(model_b, step)
+            opt_b.step()
+    assert opt_a.param_groups[0]["skipped_steps"] == 1
+    assert _groups_by_name(opt_a)["model.layers.0.self_attn.k_proj"]["alphadecay_updates"] == 6
+    assert opt_a.alphadecay_table() == opt_b.alphadecay_table()
+    for (n, pa), pb in zip(model_a.named_parameters(), model_b.parameters()):
+        assert torch.equal(pa, pb), n
+
+    model = _model()
+    opt = AlphaDecay()(model, **kw, nonfinite="raise")
+    _nan_grads(model, 1)
+    with pytest.raises(FloatingPointError):
+        opt.step()
+    assert all(g["alphadecay_updates"] == 0 for g in _groups_by_name(opt).values())
+
+
+@pytest.mark.parametrize("base", ["adamw", "stable_spam"])
+def test_failing_step_on_a_sparse_gradient_changes_nothing(base):
+    """The merged AdamW path applied the per-matrix decays before AdamW raised on a sparse gradient (18 weights
+    changed by a failed step): now the step raises first, and neither weights nor counters move."""
+    model = _model()
+    opt = AlphaDecay()(model, lr=1e-2, weight_decay=0.1, min_eigs=MIN_EIGS, interval=3, base=base)
+    _random_grads(model, 0)
+    model.model.embed_tokens.weight.grad = model.model.embed_tokens.weight.grad.to_sparse()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    assert all(g["alphadecay_updates"] == 0 for g in _groups_by_name(opt).values())
+
+
+_INTERPRETER_CHECK = r"""
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+sys.path.insert(0, sys.argv[1])
+import pytest
+import torch
+from test_alphadecay import MIN_EIGS, _groups_by_name, _model, _nan_grads, _random_grads
+from hf_plugins import AlphaDecay
+
+def run(fused):
+    model = _model()
+    kw = {"lr": 2e-2, "weight_decay": 0.1, "min_eigs": MIN_EIGS, "interval": 3, "base": "stable_spam"}
+    opt = AlphaDecay()(model, **kw, fused=fused)
+    for step in range(1, 8):
+        (_nan_grads if step == 3 else _random_grads)(model, step)
+        opt.step()
+    return model, opt
+
+(ma, oa), (mb, ob) = run(False), run(True)
+assert len(ob._layouts) == 1  # every group (one per analysed matrix) in one fused bucket
+ta, tb = oa.alphadecay_table(), ob.alphadecay_table()
+assert len({v["weight_decay"] for v in tb.values()}) > 3  # per-matrix decays really differ
+for name in ta:
+    assert tb[name]["weight_decay"] == pytest.approx(ta[name]["weight_decay"], rel=1e-4), name
+ob.pop_stats()  # resolves the last step's device flag
+for opt in (oa, ob):
+    assert opt.param_groups[0]["skipped_steps"] == 1 and opt.param_groups[0]["T"] == 6
+    assert all(g["alphadecay_updates"] == 6 for g in _groups_by_name(opt).values())
+for (n, pa), pb in zip(ma.named_parameters(), mb.parameters()):
+    torch.testing.assert_close(pb, pa, atol=1e-5, rtol=1e-4, msg=n)
+print("OK")
+"""
+
+
+@pytest.mark.slow
+def test_fused_stable_spam_base_folds_the_decays_and_skips_uncounted_in_triton_interpreter():
+    """AlphaDecay on Stable-SPAM's fused path (Triton's CPU interpreter): every analysed matrix's group runs in one
+    bucket with its own decay inside the update kernel, equal to the foreach path; a NaN step that the fused path
+    detects on the device (its counters corrected one step later) is not counted by AlphaDecay either."""
+    pytest.importorskip("triton")
+    from _triton_interpreter import run_in_interpreter
+
+    assert "OK" in run_in_interpreter(_INTERPRETER_CHECK)

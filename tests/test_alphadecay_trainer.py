@@ -20,10 +20,10 @@ _trainer = tiny_trainer
 def test_trainer_resume_with_refresh_in_between(tmp_path, tiny_tok):
     """Interval 3, checkpoint at 2: the resumed run refreshes at update 3 exactly like the uninterrupted one."""
     args = _args(tmp_path / "a")
-    spec = AlphaDecay.from_args(args, min_eigs=8, interval=3)
-    full = _trainer(args, tiny_tok, spec)
+    cls_kwargs = AlphaDecay.from_args(args, min_eigs=8, interval=3)
+    full = _trainer(args, tiny_tok, cls_kwargs)
     full.train()
-    resumed = _trainer(_args(tmp_path / "b"), tiny_tok, spec)
+    resumed = _trainer(_args(tmp_path / "b"), tiny_tok, cls_kwargs)
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     for (name, pa), pb in zip(full.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(pa, pb), name

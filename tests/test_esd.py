@@ -15,7 +15,7 @@ from hf_plugins.testing import tiny_model
 @pytest.mark.parametrize("a", [2.0, 3.0, 4.0])
 def test_hill_alpha_recovers_a_pareto_exponent(a):
     """2048 eigenvalues drawn from p(lambda) ~ lambda^-a (lambda >= 1) by inverse CDF: the median-xmin Hill
-    estimate is within 0.15 of a (spec: 1.99 / 2.99 / 3.95 for one seed)."""
+    estimate is within 0.15 of a (one seed gives 1.99 / 2.99 / 3.95)."""
     g = torch.Generator().manual_seed(0)
     u = torch.rand(2048, generator=g, dtype=torch.float64)
     eigs = torch.sort((1.0 - u) ** (-1.0 / (a - 1.0))).values
@@ -114,7 +114,7 @@ def test_backend_resolution_and_bad_backend():
 def test_hybrid_queue_decomposes_every_matrix_once_in_order(device_workers):
     """The hybrid backend's shared queue (LAPACK threads + `device_workers` threads on the device copies; here all on
     CPU): every matrix of every chunk comes back in its place, equal to a per-matrix fp64 eigvalsh."""
-    from hf_plugins.optim.esd import _eigvalsh_host_pool
+    from hf_plugins.optim._esd_eigvalsh import eigvalsh_host_pool as _eigvalsh_host_pool
 
     g = torch.Generator().manual_seed(0)
     chunks = []
@@ -131,7 +131,7 @@ def test_hybrid_queue_decomposes_every_matrix_once_in_order(device_workers):
 def test_queue_order_and_endgame_rule():
     """Largest Grams first; once both sides have timed a size, a LAPACK thread stops taking matrices that the device
     workers finish sooner (here: 3 left x 9 ms on 1 device = 27 ms < 60 ms on a core), the device takes them all."""
-    from hf_plugins.optim.esd import _Queue
+    from hf_plugins.optim._esd_eigvalsh import _Queue
 
     q = _Queue([128, 896, 128, 896, 896, 896, 896], device_workers=1)
     assert [q.sizes[k] for k in q.order] == [896] * 5 + [128] * 2
@@ -146,3 +146,26 @@ def test_queue_order_and_endgame_rule():
     q2.timed("cpu", 0, 0.060)
     q2.timed("device", 0, 0.009)
     assert q2.take("cpu") == 0  # 20 x 9 ms > 60 ms: the core is worth using
+
+
+@pytest.mark.parametrize("backend", ["cuda", "cpu_threads"])
+def test_non_finite_matrix_gives_nan_eigenvalues_and_alpha(backend):
+    """A weight holding NaN or inf gets NaN eigenvalues and a NaN alpha (LAPACK raised on it before); the other
+    matrices of the same batched chunk are unaffected."""
+    ws = _matrices()
+    ws[1] = ws[1].clone()
+    ws[1][0, 0] = math.nan
+    ws[4] = ws[4].clone()
+    ws[4][2, 3] = math.inf
+    eigs = gram_eigenvalues(ws, backend=backend, cpu_threads=2)
+    alphas = esd_alphas(ws, backend=backend, cpu_threads=2)
+    finite = [w for i, w in enumerate(ws) if i not in (1, 4)]
+    ref = iter(esd_alphas(finite, backend=backend, cpu_threads=2))
+    for i, (w, e, a) in enumerate(zip(ws, eigs, alphas)):
+        if i in (1, 4):
+            assert e.shape == (min(w.shape),) and e.isnan().all() and math.isnan(a)
+        else:
+            w64 = w.double()
+            gram = w64.T @ w64 if w.shape[0] >= w.shape[1] else w64 @ w64.T
+            torch.testing.assert_close(e.double(), torch.linalg.eigvalsh(gram), atol=1e-5, rtol=1e-4)
+            assert a == next(ref)

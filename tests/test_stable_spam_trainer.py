@@ -25,10 +25,10 @@ def test_trainer_resume_continues_the_run_exactly(tmp_path, tiny_tok):
     """Run 4 steps with a checkpoint every 2; a second Trainer resumes from checkpoint-2: its losses at steps 3-4
     and its final weights equal the uninterrupted run's (T, t, s and the fp32 statistics were restored)."""
     args = _args(tmp_path / "a")
-    spec = StableSPAM.from_args(args, reset_interval=3, gamma1=0.85)
-    full = _trainer(args, tiny_tok, spec)
+    cls_kwargs = StableSPAM.from_args(args, reset_interval=3, gamma1=0.85)
+    full = _trainer(args, tiny_tok, cls_kwargs)
     full.train()
-    resumed = _trainer(_args(tmp_path / "b"), tiny_tok, spec)
+    resumed = _trainer(_args(tmp_path / "b"), tiny_tok, cls_kwargs)
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
 
     la, lb = _losses(full), _losses(resumed)

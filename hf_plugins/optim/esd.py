@@ -12,17 +12,28 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import re
 from collections import defaultdict
 
 import torch
 from torch import nn
 
+from ._esd_eigvalsh import default_cpu_threads, eigvalsh_chunks, eigvalsh_host_pool, resolve_backend
 from .param_groups import strip_wrapper_prefixes
 
 
-__all__ = ["default_cpu_threads", "eligible_linears", "esd_alphas", "gram_eigenvalues", "hill_alpha", "model_esd"]
+__all__ = [
+    "PreparedGrams",
+    "alphas_from_eigenvalues",
+    "default_cpu_threads",
+    "eligible_linears",
+    "esd_alphas",
+    "gram_eigenvalues",
+    "hill_alpha",
+    "model_esd",
+    "prepare_grams",
+    "resolve_backend",
+]
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -41,187 +52,75 @@ def _full_fp32_matmul():
         torch.set_float32_matmul_precision(old_prec)
 
 
-def _eigvalsh_chunks(grams: list[torch.Tensor], num_streams: int) -> list[torch.Tensor]:
-    """`eigvalsh` of each batched Gram chunk; on CUDA with `num_streams > 1` the chunks run concurrently on side
-    streams from a thread pool (cuSOLVER's per-matrix syevd is latency-bound at these sizes)."""
-    if grams and grams[0].device.type == "cpu":
-        # LAPACK decomposes one matrix at a time anyway, and torch's batched CPU call parallelises over the batch
-        # on top of a multithreaded LAPACK: oversubscribed, it was 50x slower than this loop on a busy 2-core box.
-        return [torch.stack([torch.linalg.eigvalsh(x) for x in g]) for g in grams]
-    if num_streams <= 1 or not grams or grams[0].device.type != "cuda":
-        return [torch.linalg.eigvalsh(g) for g in grams]
-    from concurrent.futures import ThreadPoolExecutor
+class PreparedGrams:
+    """Phase 1 of an ESD (`prepare_grams`): the Grams of the weights, computed on the weights' devices (enqueued on
+    CUDA, no synchronisation) and, for the host backends, queued for copy to pinned memory. Phase 2
+    (`PreparedGrams.eigenvalues`) decomposes them; it reads only the Grams, never the weights, so it may run on
+    another thread while the weights change."""
 
-    device = grams[0].device
-    current = torch.cuda.current_stream(device)
-    streams = [torch.cuda.Stream(device) for _ in range(min(num_streams, len(grams)))]
-    for s in streams:
-        s.wait_stream(current)
+    def __init__(self, n: int, backend: str, threads: int, max_batch_bytes: int):
+        self.n, self.backend, self.threads, self.max_batch_bytes = n, backend, threads, max_batch_bytes
+        self.host_side = backend in ("cpu_threads", "hybrid")
+        # host backends: (host copy, its copy event, device Gram for hybrid), its weight indices, its finite flags
+        self.host_chunks: list[tuple[torch.Tensor, object, torch.Tensor | None]] = []
+        self.host_order: list[list[int]] = []
+        self.host_finite: list[torch.Tensor] = []
+        # device backend: (k, device) -> [(index, gram, finite flag)]
+        self.by_size: dict[tuple, list[tuple[int, torch.Tensor, torch.Tensor]]] = defaultdict(list)
 
-    def work(k: int) -> torch.Tensor:
-        stream = streams[k % len(streams)]
-        with torch.cuda.device(device), torch.cuda.stream(stream):
-            grams[k].record_stream(stream)
-            return torch.linalg.eigvalsh(grams[k])
-
-    with ThreadPoolExecutor(len(streams)) as pool:
-        out = list(pool.map(work, range(len(grams))))
-    for s in streams:
-        current.wait_stream(s)
-    for e in out:
-        e.record_stream(current)
-    return out
-
-
-_BACKENDS = ("auto", "cuda", "cpu_threads", "hybrid")
-
-
-def default_cpu_threads() -> int:
-    """CPU threads of the `cpu_threads` backend: the cores this process may use, at most 16."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        n = os.cpu_count() or 1
-    return max(1, min(n, 16))
-
-
-def resolve_backend(backend: str, cpu_threads: int | None = None, device_type: str = "cuda") -> str:
-    """`auto` -> with at least 4 CPU threads: `hybrid` for CUDA weights (LAPACK on one core per matrix plus the GPU,
-    both pulling matrices from one queue; cuSOLVER alone decomposes these Grams one at a time), `cpu_threads` for
-    CPU weights; with fewer threads `cuda` (eigvalsh on the weights' device)."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"`backend` must be one of {_BACKENDS}, got {backend!r}.")
-    if backend == "hybrid" and device_type != "cuda":
-        return "cpu_threads"
-    if backend != "auto":
-        return backend
-    if (cpu_threads or default_cpu_threads()) < 4:
-        return "cuda"
-    return "hybrid" if device_type == "cuda" else "cpu_threads"
+    def eigenvalues(self, num_streams: int = 1) -> list[torch.Tensor]:
+        """Phase 2: ascending eigenvalues per weight (on the host for the host backends, on the weights' devices for
+        `cuda`); NaN for a weight with a non-finite entry."""
+        out: list[torch.Tensor | None] = [None] * self.n
+        if self.host_side:
+            # hybrid: `num_streams` threads drive the GPU (one stream each; their synchronisations spin), the others
+            # run LAPACK
+            n_dev = max(1, num_streams) if self.backend == "hybrid" else 0
+            workers = max(1, self.threads - n_dev)
+            results = eigvalsh_host_pool(self.host_chunks, workers, n_dev > 0, n_dev)
+            for (_, event, _), idx, finite, eigs in zip(self.host_chunks, self.host_order, self.host_finite, results):
+                if event is not None:
+                    event.synchronize()  # the finite flags travelled with the chunk's copy
+                eigs = torch.where(finite[:, None], eigs, math.nan)
+                for j, i in enumerate(idx):
+                    out[i] = eigs[j]
+            return out
+        order: list[list[int]] = []
+        batches: list[torch.Tensor] = []
+        flags: list[torch.Tensor] = []
+        for (k, _), items in self.by_size.items():
+            per = max(1, self.max_batch_bytes // max(4 * k * k, 1))
+            if num_streams > 1:  # at least one chunk per stream
+                per = min(per, max(1, -(-len(items) // num_streams)))
+            for start in range(0, len(items), per):
+                chunk = items[start : start + per]
+                order.append([i for i, _, _ in chunk])
+                batches.append(torch.stack([g for _, g, _ in chunk]))
+                flags.append(torch.stack([f for _, _, f in chunk]))
+        for idx, finite, eigs in zip(order, flags, eigvalsh_chunks(batches, num_streams)):
+            eigs = torch.where(finite[:, None], eigs, math.nan)
+            for j, i in enumerate(idx):
+                out[i] = eigs[j]
+        return out
 
 
-@contextlib.contextmanager
-def _single_threaded_torch():
-    # One LAPACK call per pool thread: intra-op / MKL threads on top would oversubscribe the cores.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-class _Queue:
-    """The matrices of a refresh, largest Gram first (longest-processing-time order, so the small ones fill the end),
-    shared by the LAPACK threads and the device workers. With both sides present, a LAPACK thread does not start a
-    matrix that the device workers would finish, together with everything still queued, before that thread could:
-    the refresh would otherwise end with the GPU idle behind one CPU core's last matrix. Durations are measured per
-    Gram size as the refresh goes; until both sides have timed a size, the CPU takes it (plain shared queue)."""
-
-    def __init__(self, sizes: list[int], device_workers: int):
-        import threading
-
-        self.order = sorted(range(len(sizes)), key=lambda k: -sizes[k])  # stable: equal sizes in chunk order
-        self.sizes = sizes
-        self.pos = 0
-        self.left: dict[int, int] = {}
-        for s in sizes:
-            self.left[s] = self.left.get(s, 0) + 1
-        self.device_workers = device_workers
-        self.seconds: dict[str, dict[int, float]] = {"cpu": {}, "device": {}}
-        self.lock = threading.Lock()
-
-    def _device_would_finish_first(self, size: int) -> bool:
-        cpu, dev = self.seconds["cpu"].get(size), self.seconds["device"]
-        if not self.device_workers or cpu is None or any(s not in dev for s, n in self.left.items() if n):
-            return False
-        return sum(dev[s] * n for s, n in self.left.items()) / self.device_workers < cpu
-
-    def take(self, side: str) -> int | None:
-        with self.lock:
-            if self.pos >= len(self.order):
-                return None
-            k = self.order[self.pos]
-            if side == "cpu" and self._device_would_finish_first(self.sizes[k]):
-                return None
-            self.pos += 1
-            self.left[self.sizes[k]] -= 1
-            return k
-
-    def timed(self, side: str, k: int, seconds: float) -> None:
-        self.seconds[side][self.sizes[k]] = seconds
-
-
-def _eigvalsh_host_pool(chunks, cpu_threads: int, use_device: bool = False, device_workers: int = 1):
-    """`chunks`: list of (host fp32 [b, k, k] tensor, CUDA event or None, device tensor or None). Per-matrix
-    `torch.linalg.eigvalsh` on the host in a pool of `cpu_threads` threads (torch releases the GIL in LAPACK), each
-    task waiting only for its own chunk's device-to-host copy, so LAPACK starts on the first chunk while the GPU still
-    computes later Grams. With `use_device`, `device_workers` threads (the calling one and more, each on its own CUDA
-    stream) take matrices from the same queue (`_Queue`) and decompose them on the GPU from the device copy."""
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    items = [(c, j) for c, (host, _, _) in enumerate(chunks) for j in range(host.shape[0])]
-    results: list[torch.Tensor | None] = [None] * len(items)
-    n_dev = max(1, device_workers) if use_device else 0
-    queue = _Queue([chunks[c][0].shape[-1] for c, _ in items], n_dev)
-
-    def cpu_worker():
-        torch.set_num_threads(1)  # this worker thread's OpenMP setting
-        while (k := queue.take("cpu")) is not None:
-            c, j = items[k]
-            host, event, _ = chunks[c]
-            if event is not None:
-                event.synchronize()
-            t0 = time.perf_counter()
-            results[k] = torch.linalg.eigvalsh(host[j])
-            queue.timed("cpu", k, time.perf_counter() - t0)
-
-    def device_worker(stream):
-        ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-        with ctx:
-            while (k := queue.take("device")) is not None:
-                c, j = items[k]
-                t0 = time.perf_counter()
-                results[k] = torch.linalg.eigvalsh(chunks[c][2][j]).cpu()
-                queue.timed("device", k, time.perf_counter() - t0)
-
-    streams: list = [None] * n_dev
-    dev_tensor = next((d for _, _, d in chunks if d is not None), None)
-    if n_dev > 1 and dev_tensor is not None and dev_tensor.device.type == "cuda":
-        current = torch.cuda.current_stream(dev_tensor.device)
-        streams = [current] + [torch.cuda.Stream(dev_tensor.device) for _ in range(n_dev - 1)]
-        for s in streams[1:]:
-            s.wait_stream(current)  # the Grams were written on the current stream
-    with _single_threaded_torch(), ThreadPoolExecutor(max(1, cpu_threads) + max(0, n_dev - 1)) as pool:
-        futures = [pool.submit(cpu_worker) for _ in range(max(1, cpu_threads))]
-        futures += [pool.submit(device_worker, s) for s in streams[1:]]
-        if n_dev:
-            device_worker(streams[0])
-        for fut in futures:
-            fut.result()
-    out, pos = [], 0
-    for host, _, _ in chunks:
-        out.append(torch.stack(results[pos : pos + host.shape[0]]))
-        pos += host.shape[0]
-    return out
-
-
-def _gram_eigenvalues(weights, max_batch_bytes, num_streams, backend, cpu_threads):
-    """(eigenvalues per weight, on the host for `cpu_threads` and on the weights' devices for `cuda`)."""
+@torch.no_grad()
+def prepare_grams(
+    weights: list[torch.Tensor], max_batch_bytes: int = 2**31, backend: str = "auto", cpu_threads: int | None = None
+) -> PreparedGrams:
+    """Phase 1 of `gram_eigenvalues` (see there): the batched Grams, in fp32 with TF32 off. A Gram with a non-finite
+    entry is zeroed (LAPACK and cuSOLVER fail or hang on NaN) and flagged: its eigenvalues come back NaN."""
     for i, w in enumerate(weights):
         if w.dim() != 2:
             raise ValueError(f"gram_eigenvalues expects 2-D weights, got shape {tuple(w.shape)} at index {i}.")
     threads = cpu_threads or default_cpu_threads()
     on_cuda = any(w.device.type == "cuda" for w in weights)
-    backend = resolve_backend(backend, threads, "cuda" if on_cuda else "cpu")
-    host_side = backend in ("cpu_threads", "hybrid")
+    prepared = PreparedGrams(
+        len(weights), resolve_backend(backend, threads, "cuda" if on_cuda else "cpu"), threads, max_batch_bytes
+    )
     by_shape: dict[tuple, list[int]] = defaultdict(list)
     for i, w in enumerate(weights):
         by_shape[(tuple(w.shape), w.device)].append(i)
-    by_size: dict[tuple, list[tuple[int, torch.Tensor]]] = defaultdict(list)  # (k, device) -> [(index, gram)]
-    host_chunks: list[tuple[torch.Tensor, object, torch.Tensor | None]] = []
-    host_order: list[list[int]] = []
     with _full_fp32_matmul():
         for (shape, device), idx in by_shape.items():
             m, n = shape
@@ -231,42 +130,30 @@ def _gram_eigenvalues(weights, max_batch_bytes, num_streams, backend, cpu_thread
                 w = torch.stack([weights[i].detach().float() for i in chunk])
                 gram = w.mT @ w if m >= n else w @ w.mT
                 del w
-                if host_side:
+                finite = gram.flatten(1).isfinite().all(1)
+                gram.masked_fill_(~finite[:, None, None], 0.0)
+                if prepared.host_side:
                     # One transfer per chunk, queued right after its matmul; LAPACK threads wait on its event.
                     if gram.device.type == "cuda":
                         host = torch.empty(gram.shape, dtype=gram.dtype, pin_memory=True)
                         host.copy_(gram, non_blocking=True)
+                        host_finite = torch.empty(finite.shape, dtype=finite.dtype, pin_memory=True)
+                        host_finite.copy_(finite, non_blocking=True)
                         event = torch.cuda.Event()
                         event.record()
                     else:
-                        host, event = gram, None
-                    host_chunks.append((host, event, gram if backend == "hybrid" else None))
-                    host_order.append(chunk)
+                        host, host_finite, event = gram, finite, None
+                    prepared.host_chunks.append((host, event, gram if prepared.backend == "hybrid" else None))
+                    prepared.host_order.append(chunk)
+                    prepared.host_finite.append(host_finite)
                 else:
-                    by_size[(min(m, n), device)].extend(zip(chunk, gram.unbind(0)))
-    out: list[torch.Tensor | None] = [None] * len(weights)
-    if host_side:
-        # hybrid: `num_streams` threads drive the GPU (one stream each; their synchronisations spin), the rest LAPACK
-        n_dev = max(1, num_streams) if backend == "hybrid" else 0
-        workers = max(1, threads - n_dev)
-        for idx, eigs in zip(host_order, _eigvalsh_host_pool(host_chunks, workers, n_dev > 0, n_dev)):
-            for j, i in enumerate(idx):
-                out[i] = eigs[j]
-        return out
-    order: list[list[int]] = []
-    batches: list[torch.Tensor] = []
-    for (k, _), items in by_size.items():
-        per = max(1, max_batch_bytes // max(4 * k * k, 1))
-        if num_streams > 1:  # at least one chunk per stream
-            per = min(per, max(1, -(-len(items) // num_streams)))
-        for start in range(0, len(items), per):
-            chunk = items[start : start + per]
-            order.append([i for i, _ in chunk])
-            batches.append(torch.stack([g for _, g in chunk]))
-    for idx, eigs in zip(order, _eigvalsh_chunks(batches, num_streams)):
-        for j, i in enumerate(idx):
-            out[i] = eigs[j]
-    return out
+                    prepared.by_size[(min(m, n), device)].extend(zip(chunk, gram.unbind(0), finite.unbind(0)))
+    return prepared
+
+
+def _gram_eigenvalues(weights, max_batch_bytes, num_streams, backend, cpu_threads):
+    """(eigenvalues per weight, on the host for `cpu_threads` and on the weights' devices for `cuda`)."""
+    return prepare_grams(weights, max_batch_bytes, backend, cpu_threads).eigenvalues(num_streams)
 
 
 @torch.no_grad()
@@ -334,13 +221,19 @@ def esd_alphas(
     cpu_threads: int | None = None,
 ) -> list[float]:
     """Hill alpha of each 2-D weight (Python floats; one host synchronisation per eigenvalue-count bucket with the
-    `cuda` backend, none beyond the transfers with `cpu_threads`). See `gram_eigenvalues` for the backends."""
+    `cuda` backend, none beyond the transfers with `cpu_threads`); NaN for a weight with a non-finite entry. See
+    `gram_eigenvalues` for the backends."""
     with torch.no_grad():
         eigs = _gram_eigenvalues(weights, max_batch_bytes, num_streams, backend, cpu_threads)
+    return alphas_from_eigenvalues(eigs, xmin_pos)
+
+
+def alphas_from_eigenvalues(eigs: list[torch.Tensor], xmin_pos: float = 2.0) -> list[float]:
+    """`hill_alpha` of each eigenvalue vector, batched by length and device, as Python floats."""
     by_shape: dict[tuple, list[int]] = defaultdict(list)
     for i, e in enumerate(eigs):
         by_shape[(e.shape[-1], e.device)].append(i)
-    alphas = [math.nan] * len(weights)
+    alphas = [math.nan] * len(eigs)
     for idx in by_shape.values():
         values = hill_alpha(torch.stack([eigs[i] for i in idx]), xmin_pos).cpu().tolist()
         for i, a in zip(idx, values):
