@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaConfi
 
 import hf_plugins  # noqa: F401  (registers the Auto classes)
 from hf_plugins.models.neurotrails import NeuroTrailsConfig, NeuroTrailsForCausalLM, NeuroTrailsModel
-from hf_plugins.models.neurotrails.modeling_neurotrails import NeuroTrailsRMSNorm
+from hf_plugins.models.scaled_rms_norm import ScaledRMSNorm
 
 
 TINY = {
@@ -183,7 +183,7 @@ def test_layernorm_scaling_is_a_python_float_on_the_norm_outputs():
     """With scaling, each pre-norm output is multiplied by 1/sqrt(depth): the same as a Llama whose two pre-norm
     weights are multiplied by that factor."""
     model = tiny_neurotrails(layernorm_scaling=True, density=1.0)
-    norms = [m for m in model.modules() if isinstance(m, NeuroTrailsRMSNorm)]
+    norms = [m for m in model.modules() if isinstance(m, ScaledRMSNorm)]
     assert all(isinstance(n.scale, float) for n in norms)
     assert not any("scale" in name for name, _ in model.named_buffers())
     assert model.model.trails[2].layers[1].input_layernorm.scale == pytest.approx(1 / 3**0.5)

@@ -15,7 +15,7 @@ from hf_plugins.models.neurotrails import (
     prune_rate_at,
     sparse_layer_shapes,
 )
-from hf_plugins.models.neurotrails.sparsity import update_layer_topology, zero_optimizer_state
+from hf_plugins.models.neurotrails_sparsity import update_layer_topology, zero_optimizer_state
 
 
 TINY = {
@@ -398,7 +398,7 @@ def _fsdp2_worker(rank: int, port: int, out_dir: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
     from hf_plugins.distributed import full_tensor
-    from hf_plugins.models.neurotrails.sparsity import apply_masks, random_mask, topology_generator
+    from hf_plugins.models.neurotrails_sparsity import apply_masks, random_mask, topology_generator
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

@@ -11,16 +11,16 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from hf_plugins import registry
 
-from .callback import NeuroTrailsSparsityCallback, find_neurotrails_model
-from .configuration_neurotrails import NeuroTrailsConfig
-from .modeling_neurotrails import (
+from ..configuration_neurotrails import NeuroTrailsConfig
+from ..modeling_neurotrails import (
     NeuroTrailsCausalLMOutput,
     NeuroTrailsForCausalLM,
     NeuroTrailsModel,
     NeuroTrailsPreTrainedModel,
     sparse_layer_shapes,
 )
-from .sparsity import erk_densities, prune_rate_at
+from ..neurotrails_callback import NeuroTrailsSparsityCallback, find_neurotrails_model
+from ..neurotrails_sparsity import erk_densities, prune_rate_at
 
 
 AutoConfig.register(NeuroTrailsConfig.model_type, NeuroTrailsConfig, exist_ok=True)
