@@ -94,6 +94,17 @@ def test_bad_configs_raise_naming_the_field(kwargs, field):
         NeuroTrailsConfig(**{**TINY, **kwargs})
 
 
+@pytest.mark.parametrize("field, value", [("blocks_in_head", 5), ("num_trails", 0), ("density", 1.5)])
+def test_a_config_changed_after_construction_is_checked_by_the_model(field, value):
+    """Assignments to a config are type-checked only: a model built from a changed config checks it again
+    (`blocks_in_head=5` with 3 layers would give negative layer indices)."""
+    config = NeuroTrailsConfig(**TINY)
+    setattr(config, field, value)
+    for build in (NeuroTrailsForCausalLM, NeuroTrailsModel, AutoModelForCausalLM.from_config):
+        with pytest.raises(ValueError, match=f"`{field}`"):
+            build(config)
+
+
 def test_config_round_trip_and_no_generation_field_clash():
     """`temperature` as a config field would be read by generate() as the sampling temperature."""
     from transformers import GenerationConfig

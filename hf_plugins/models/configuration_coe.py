@@ -148,8 +148,8 @@ class CoEConfig(LlamaConfig):
             raise ValueError(f"`residual_mode` must be one of {RESIDUAL_MODES}, got {self.residual_mode!r}.")
         if self.outer_residual and self.residual_mode != "official":
             raise ValueError(
-                "`outer_residual=True` needs `residual_mode='official'`: the 'pre_ln' layout always adds the residual "
-                "stream h to the chain's output."
+                f"`outer_residual` must be False with residual_mode={self.residual_mode!r}, got True: that layout "
+                "always adds the residual stream h; the flag belongs to residual_mode='official'."
             )
         if self.n_shared_experts < 0:
             raise ValueError(f"`n_shared_experts` must be >= 0, got {self.n_shared_experts}.")
