@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import hf_plugins  # noqa: F401  (registers the Auto classes)
@@ -281,13 +282,14 @@ def test_fresh_process_loads_after_import(tmp_path):
     model.save_pretrained(tmp_path / "m")
     ids = torch.arange(3, 10).unsqueeze(0)
     with torch.no_grad():
-        torch.save(model(ids).logits, tmp_path / "expected.pt")
+        save_file({"logits": model(ids).logits}, tmp_path / "expected.safetensors")
     code = f"""
     import torch, hf_plugins
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
     m = AutoModelForCausalLM.from_pretrained({str(tmp_path / "m")!r}).eval()
     out = m(torch.arange(3, 10).unsqueeze(0)).logits
-    assert torch.equal(out, torch.load({str(tmp_path / "expected.pt")!r})), "logits differ"
+    assert torch.equal(out, load_file({str(tmp_path / "expected.safetensors")!r})["logits"]), "logits differ"
     assert type(m.config).__name__ == "NeuroTrailsConfig"
     print("ok")
     """
