@@ -15,6 +15,7 @@ import torch
 
 from ..configuration_coe import CoEConfig
 from ..modeling_coe import CoEForCausalLM, CoESparseMoeBlock
+from ..rebuild import rebuild_with_state
 
 
 __all__ = ["moe_to_coe"]
@@ -68,16 +69,4 @@ def moe_to_coe(model: CoEForCausalLM, num_iterations: int = 2, copy_weights: boo
         dtype = block.experts.gate_up_proj.dtype
         state[f"{name}.chain_scale"] = torch.zeros(num_iterations - 1, dtype=dtype, device=router.device)
 
-    with torch.device("meta"):  # no memory and no random init for weights that are assigned below
-        new = CoEForCausalLM(config)
-    new.load_state_dict(state, strict=True, assign=True)
-    # Non-persistent buffers (the RoPE inverse frequencies) are not in the state dict: take them over by name.
-    old_buffers = dict(model.named_buffers())
-    for name, buf in new.named_buffers():
-        if buf.is_meta:
-            module_name, _, attr = name.rpartition(".")
-            new.get_submodule(module_name)._buffers[attr] = old_buffers[name].clone()
-    if config.tie_word_embeddings:
-        new.tie_weights()
-    new.generation_config = copy.deepcopy(model.generation_config)
-    return new.train(model.training)
+    return rebuild_with_state(CoEForCausalLM, config, state, model)
