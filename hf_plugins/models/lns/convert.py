@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
-import torch
-from transformers import LlamaConfig, PreTrainedConfig, PreTrainedModel, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedConfig, PreTrainedModel, Qwen2Config
 
-from .configuration_lns import LnsLlamaConfig, LnsQwen2Config
+from ..configuration_lns import LnsLlamaConfig, LnsQwen2Config
+from ..rebuild import rebuild_with_state
 
 
 __all__ = ["lns_config_from", "to_lns"]
@@ -56,13 +56,12 @@ def to_lns(
       model shares the tensors of `model` (no copy, like `merge_and_unload`): do not keep training the old one.
       `copy=True` clones them;
     - a directory -> the checkpoint loaded with `from_pretrained(path, **from_pretrained_kwargs)` and converted.
-      Save the result with `save_pretrained`; it then loads with `AutoModelForCausalLM` after `import hf_plugins`.
+      Save the result with `save_pretrained`; it then loads with `AutoModelForCausalLM` after `import hf_plugins`,
+      or with `trust_remote_code=True` anywhere (the modeling files are saved with it).
 
     Only `model_type`, the class and `layernorm_scaling` change; parameter names are identical, so
     `layernorm_scaling=False` gives back a model with exactly the input's outputs.
     """
-    from transformers import AutoModelForCausalLM
-
     if isinstance(model_or_path, PreTrainedConfig):
         return lns_config_from(model_or_path, layernorm_scaling)
     if isinstance(model_or_path, (str, os.PathLike)):
@@ -74,17 +73,5 @@ def to_lns(
         )
     config = lns_config_from(model.config, layernorm_scaling)
     cls = AutoModelForCausalLM._model_mapping[type(config)]
-    with torch.device("meta"):  # no memory and no random init for the new weights: the old ones are assigned
-        new = cls(config)
     state = {k: (v.clone() if copy else v) for k, v in model.state_dict().items()}
-    new.load_state_dict(state, strict=True, assign=True)
-    # Non-persistent buffers (the RoPE inverse frequencies) are not in the state dict: take them over by name.
-    old_buffers = dict(model.named_buffers())
-    for name, buf in new.named_buffers():
-        if buf.is_meta:
-            module_name, _, attr = name.rpartition(".")
-            new.get_submodule(module_name)._buffers[attr] = old_buffers[name].clone()
-    if config.tie_word_embeddings:
-        new.tie_weights()
-    new.generation_config = model.generation_config
-    return new.train(model.training)
+    return rebuild_with_state(cls, config, state, model)
