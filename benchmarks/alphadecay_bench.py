@@ -9,8 +9,9 @@ eigenvalue loop, and the training-step overhead of AlphaDecay(AdamW) over the Tr
   Trainer's two groups (`hf_param_groups`, the stock alternative) vs AlphaDecay(AdamW) as shipped, on one model and
   batch, the arms alternating in rounds; per repeat the median step of each arm, and of `optimizer.step` alone.
   The overhead at the paper's refresh interval 500 adds a refresh every 500 steps (timed inside the optimizer). On
-  a card with less than 100 GiB free the model runs with activation checkpointing (said in the rows' case): the
-  step then fits an 80 GB H100 at the same batch; the optimizer-step difference does not depend on it.
+  a card with less than 100 GiB free the model runs with activation checkpointing (`--checkpointing`, said in the
+  rows' case): the step then fits an 80 GB H100 at the same batch; the optimizer-step difference does not depend
+  on it.
 
     python benchmarks/alphadecay_bench.py --append           # one GPU, ~60 s
     python benchmarks/alphadecay_bench.py --smoke            # tiny shapes on the CPU
@@ -90,7 +91,9 @@ def refresh(config, device, repeats: int, variants: bool) -> dict:
     return {"seconds": seconds, "max_alpha_diff_vs_ours": diff, "auto": auto, "threads": threads, "n": len(weights)}
 
 
-def train_step(config, device, batch: int, seq: int, repeats: int, rounds: int, iters: int) -> dict:
+def train_step(
+    config, device, batch: int, seq: int, repeats: int, rounds: int, iters: int, checkpointing: str
+) -> dict:
     """Per repeat: the two arms alternate for `rounds` rounds of `iters` steps; medians of each arm's steps and of
     its `optimizer.step` (synchronised around it). Then one in-optimizer refresh per repeat."""
     from transformers import Qwen2ForCausalLM
@@ -100,10 +103,14 @@ def train_step(config, device, batch: int, seq: int, repeats: int, rounds: int, 
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2ForCausalLM(config).train()
-    free_gib = torch.cuda.mem_get_info()[0] / _results.GIB if device.type == "cuda" else float("inf")
-    checkpointing = free_gib < CHECKPOINTING_BELOW_GIB
-    if checkpointing:
-        model.gradient_checkpointing_enable()
+    if checkpointing == "auto":
+        free_gib = torch.cuda.mem_get_info()[0] / _results.GIB if device.type == "cuda" else float("inf")
+        checkpointing = "on" if free_gib < CHECKPOINTING_BELOW_GIB else "off"
+    if checkpointing == "on":
+        model.config.use_cache = False
+        # newer transformers renamed gradient_checkpointing_enable (the old name warns there)
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
     fused = device.type == "cuda"
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -146,16 +153,16 @@ def train_step(config, device, batch: int, seq: int, repeats: int, rounds: int, 
             out[name]["step_s"].append(statistics.median(s))
             out[name]["opt_s"].append(statistics.median(o))
         out["refresh_s"].append(_timed_s(arms["alphadecay"].refresh_decays, device)[0])
-    out.update(checkpointing=checkpointing, n_params=sum(p.numel() for p in model.parameters()))
+    out.update(checkpointing=checkpointing == "on", n_params=sum(p.numel() for p in model.parameters()))
     return out  # the caller frees the model and optimizers
 
 
-def run(smoke: bool, repeats: int, variants: bool) -> tuple[list[dict], dict]:
+def run(smoke: bool, repeats: int, variants: bool, checkpointing: str) -> tuple[list[dict], dict]:
     device = _results.pick_device(smoke)
     config = _results.qwen2_config(smoke)
     batch, seq = (2, 16) if smoke else (8, 2048)
     ref = refresh(config, device, repeats, variants)
-    tr = train_step(config, device, batch, seq, repeats, rounds=2, iters=2 if smoke else 5)
+    tr = train_step(config, device, batch, seq, repeats, 2, 2 if smoke else 5, checkpointing)
     _results.free_memory(device)
     tag = "tiny (smoke)" if smoke else "Qwen2-0.5B-shaped"
     case_esd = f"{tag} {ref['n']} linear weights, fp32, {repeats} repeats"
@@ -197,9 +204,10 @@ def run(smoke: bool, repeats: int, variants: bool) -> tuple[list[dict], dict]:
 def main(argv=None) -> int:
     p = _results.parser(__doc__)
     p.add_argument("--refresh-variants", action="store_true", help="also a per-matrix svdvals loop and each backend")
+    p.add_argument("--checkpointing", choices=("auto", "on", "off"), default="auto", help=f"activation checkpointing of the training step (auto: on below {CHECKPOINTING_BELOW_GIB} GiB of free GPU memory)")  # fmt: skip
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    rows, raw = run(args.smoke, args.repeats, args.refresh_variants)
+    rows, raw = run(args.smoke, args.repeats, args.refresh_variants, args.checkpointing)
     device = _results.device_label(torch.device(raw["device"]), args.smoke)
     _results.report(rows, raw, SCRIPT, device, time.perf_counter() - t0, args)
     return 0

@@ -69,6 +69,8 @@ def _build(kind: str, shape: dict, k: int, c: int, device, dtype):
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, attn_implementation="sdpa", experts_implementation="grouped_mm"
         )
+    if model.config._experts_implementation != "grouped_mm":  # a silent fallback would time another kernel
+        raise RuntimeError(f"{kind}: experts run {model.config._experts_implementation!r}, not grouped_mm")
     return model.train()
 
 

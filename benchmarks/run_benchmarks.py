@@ -47,12 +47,11 @@ ROW = re.compile(r"^\| \d{4}-\d\d-\d\d \|")
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One headline case: a benchmark script, its extra arguments, its time budget on one H100 (process start
+    """One headline case: a benchmark script (run with its defaults), its time budget on one H100 (process start
     included) and the free GPU memory it needs (its measured peak plus a margin; 0: runs on the CPU)."""
 
     name: str
     script: str
-    args: tuple[str, ...] = ()
     budget_s: int = 60
     need_gib: int = 0
 
@@ -154,7 +153,7 @@ def run_cases(cases, log: Log, *, smoke: bool, repeats: int, deadline_s: float, 
             )
         else:
             mode = ["--smoke"] if smoke else ["--append"]
-            cmd = [sys.executable, str(Path("benchmarks") / case.script), "--repeats", str(repeats), *mode, *case.args]
+            cmd = [sys.executable, str(Path("benchmarks") / case.script), "--repeats", str(repeats), *mode]
             print(f"[{case.name}] {shlex.join(cmd[1:])}  (budget {case.budget_s} s)", flush=True)
             timeout = min(left, 2 * case.budget_s) if not smoke else 10 * case.budget_s
             output, res.status, res.wall_s = run_command(cmd, timeout, _env())

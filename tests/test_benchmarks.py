@@ -156,7 +156,7 @@ SMOKES = ["stable_spam_bench", "lift_bench", "seft_bench", "alphadecay_bench", "
 EXTRAS = {  # the optional arms, in the slow test
     "lift_bench": ["--shapes", "1x16,2x32"],
     "seft_bench": ["--pruning", "--cache-off"],
-    "alphadecay_bench": ["--refresh-variants"],
+    "alphadecay_bench": ["--refresh-variants", "--checkpointing", "on"],
     "coe_bench": ["--memory-pair"],
     "neurotrails_bench": ["--all-arms"],
     "meap_bench": ["--all-cases"],
