@@ -187,7 +187,7 @@ def run(smoke: bool, repeats: int, variants: bool, checkpointing: str) -> tuple[
         row(case_tr, f"train step s (median, interleaved), AlphaDecay(AdamW) vs {stock}", ad["step_s"], aw["step_s"]),
         row(
             case_tr, f"optimizer.step s (median, interleaved), AlphaDecay(AdamW) vs {stock}", ad["opt_s"], aw["opt_s"]
-        ),  # fmt: skip
+        ),
         row(case_tr, f"step + refresh/500 s, AlphaDecay(AdamW) vs {stock}", with_refresh, aw["step_s"]),
         # the overhead from its parts (whole-step medians jitter by more than 1%): AdamW's step plus the
         # optimizer.step difference plus refresh/500, over AdamW's step
@@ -196,7 +196,7 @@ def run(smoke: bool, repeats: int, variants: bool, checkpointing: str) -> tuple[
             "AdamW step + optimizer.step difference + refresh/500 s, AlphaDecay(AdamW) vs AdamW step",
             from_parts,
             aw["step_s"],
-        ),  # fmt: skip
+        ),
     ]
     return rows, {"device": device.type, "refresh": ref, "train": tr}
 

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
             "tokens/s, experts in autocast dtype vs transformers' default (fp32 experts)",
             tok_s["ours"],
             tok_s["default"],
-        ),  # fmt: skip
+        ),
         _results.row(case, "first-step loss, ours vs default", first_loss["ours"], first_loss["default"]),
     ]
     raw = {"tokens_per_s": tok_s, "first_loss": first_loss}

@@ -128,11 +128,8 @@ def run(smoke: bool, repeats: int, memory_pair: bool, batch_size: int, seq_len: 
 def main(argv=None) -> int:
     p = _results.parser(__doc__)
     p.add_argument("--memory-pair", action="store_true", help="also CoE C=2 K=8 vs Qwen3-MoE K=16")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default 8; smoke 2)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 2048; smoke 64)")
     args = p.parse_args(argv)
-    batch_size = args.batch_size or (2 if args.smoke else 8)
-    seq_len = args.seq_len or (64 if args.smoke else 2048)
+    batch_size, seq_len = (2, 64) if args.smoke else (8, 2048)
     t0 = time.perf_counter()
     rows, raw = run(args.smoke, args.repeats, args.memory_pair, batch_size, seq_len)
     device = _results.device_label(torch.device(raw["device"]), args.smoke)

@@ -164,12 +164,11 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 
 def main(argv=None) -> int:
     p = _results.parser(__doc__)
-    p.add_argument("--r", type=int, default=None, help="LoRA rank and LIFT's LoRA-equivalent rank (16; smoke: 4)")
     p.add_argument("--shapes", type=_shapes, default=None, help="BxT[,BxT] (default 8x2048; smoke 2x32)")
     args = p.parse_args(argv)
     shapes = args.shapes or ([(2, 32)] if args.smoke else [(8, 2048)])
     t0 = time.perf_counter()
-    rows, raw = run(args.smoke, args.r or (4 if args.smoke else 16), shapes, args.repeats)
+    rows, raw = run(args.smoke, 4 if args.smoke else 16, shapes, args.repeats)
     device = _results.device_label(torch.device(raw["device"]), args.smoke)
     _results.report(rows, raw, SCRIPT, device, time.perf_counter() - t0, args)
     return 0

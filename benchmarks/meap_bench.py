@@ -7,7 +7,7 @@ same list of examples with TRL's `DataCollatorForLanguageModeling` (the stock al
 - one thread everywhere (`torch.set_num_threads(1)`, BLAS / OpenMP pools set to 1 before NumPy is imported), and
   process CPU time (`time.process_time`), i.e. work done, not wall time; the garbage collector is off while timing;
 - warm-up: every batch goes through both collators twice before timing;
-- a repeat is `--rounds` passes over 8 batches; in each pass every batch is collated once by each collator, back to
+- a repeat is 10 passes over 8 batches; in each pass every batch is collated once by each collator, back to
   back, the order alternating, and each pair gives one ratio t(TRL) / t(MEAP); the repeat's ratio is the median of
   its paired ratios and its examples/s are batch size / median time of each collator.
 
@@ -154,11 +154,10 @@ def run(smoke: bool, rounds: int, repeats: int, all_cases: bool) -> list[dict]:
 
 def main(argv=None) -> int:
     p = _results.parser(__doc__)
-    p.add_argument("--rounds", type=int, default=None, help="passes over the 8 batches per repeat (default 10; smoke 2)")  # fmt: skip
     p.add_argument("--all-cases", action="store_true", help="also padding-free, both SFT modes and the list inputs")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    rows = run(args.smoke, args.rounds or (2 if args.smoke else 10), args.repeats, args.all_cases)
+    rows = run(args.smoke, 2 if args.smoke else 10, args.repeats, args.all_cases)
     device = f"{_results.device_label(torch.device('cpu'), args.smoke)}, 1 thread"
     _results.report(rows, {}, SCRIPT, device, time.perf_counter() - t0, args)
     return 0

@@ -148,20 +148,20 @@ def run(smoke: bool, repeats: int, all_arms: bool, batch_size: int, seq_len: int
             "parameters M (non-zero), NeuroTrails vs 3 independent models",
             nt["nonzero"] / 1e6,
             ens["params"] / 1e6,
-        ),  # fmt: skip
+        ),
         row(
             case,
             "topology update share of training time at update_frequency 50 (baseline: goal)",
             nt["update_share"],
             0.02,
-        ),  # fmt: skip
+        ),
         row(case, "mask-multiply share of a step (baseline: goal)", nt["apply_share"], 0.02),
         row(
             case,
             "topology update ms (baseline: one NeuroTrails step ms)",
             [1e3 * u for u in nt["update_s"]],
             [1e3 * s for s in nt["step_s"]],
-        ),  # fmt: skip
+        ),
     ]
     return rows, {"device": device.type, **res}
 
@@ -169,11 +169,8 @@ def run(smoke: bool, repeats: int, all_arms: bool, batch_size: int, seq_len: int
 def main(argv=None) -> int:
     p = _results.parser(__doc__)
     p.add_argument("--all-arms", action="store_true", help="also the dense TreeNet and one dense model")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default 32; smoke 2)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 1024; smoke 32)")
     args = p.parse_args(argv)
-    batch_size = args.batch_size or (2 if args.smoke else 32)
-    seq_len = args.seq_len or (32 if args.smoke else 1024)
+    batch_size, seq_len = (2, 32) if args.smoke else (32, 1024)
     t0 = time.perf_counter()
     rows, raw = run(args.smoke, args.repeats, args.all_arms, batch_size, seq_len)
     device = _results.device_label(torch.device(raw["device"]), args.smoke)

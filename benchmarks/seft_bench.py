@@ -187,13 +187,13 @@ def _rows(raw: dict, smoke: bool, repeats: int) -> list[dict]:
             "ms, SEFT cycle's last step + drop/grow/re-prune cycle vs full FT step",
             s["last_and_cycle_ms"],
             s["full_ms"],
-        ),  # fmt: skip
+        ),
         row(
             case,
             "ms, SEFT first cycle's last step + full re-selection cycle vs full FT step",
             s["first"]["last_and_cycle_ms"],
             f["ms"],
-        ),  # fmt: skip
+        ),
         row(case, "trainable params, SEFT vs LoRA", s["trainable"], lo["trainable"]),
     ]
     if "seft_cache_off" in raw:
@@ -212,12 +212,11 @@ def _rows(raw: dict, smoke: bool, repeats: int) -> list[dict]:
 
 def main(argv=None) -> int:
     p = _results.parser(__doc__)
-    p.add_argument("--r", type=int, default=None, help="LoRA rank and SEFT's LoRA-equivalent budget (16; smoke: 4)")
     p.add_argument("--pruning", action="store_true", help="also time SparseGPT against Wanda (~25 s each on a GPU)")
     p.add_argument("--cache-off", action="store_true", help="also a SEFT arm without the effective-weight cache")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    rows, raw = run(args.smoke, args.r or (4 if args.smoke else 16), args.repeats, args.pruning, args.cache_off)
+    rows, raw = run(args.smoke, 4 if args.smoke else 16, args.repeats, args.pruning, args.cache_off)
     device = _results.device_label(torch.device(raw["device"]), args.smoke)
     _results.report(rows, raw, SCRIPT, device, time.perf_counter() - t0, args)
     return 0

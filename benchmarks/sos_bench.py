@@ -86,13 +86,13 @@ def bench_sos1(limit: int | None, full: CheckerConfig) -> tuple[list[dict], dict
     rows = [
         _results.row(
             case, "share decided (exact proof)", (outcome["consistent"] + outcome["inconsistent"]) / n, len(free) / n
-        ),  # fmt: skip
+        ),
         _results.row(
             case,
             "released labels proved wrong",
             outcome["inconsistent"],
             sum(r["outcome"] == "inconsistent" for r in free),
-        ),  # fmt: skip
+        ),
         _results.row(case, "wall s (whole pass)", wall, None),
     ]
     buckets = defaultdict(list)
