@@ -286,3 +286,45 @@ def test_runner_command_files_run_in_parallel_per_gpu(bench, tmp_path):
     assert rb.main(["--commands", str(a), str(b), "--log-dir", str(tmp_path / "logs")]) == 1
     assert (tmp_path / "logs" / "rows.md").read_text() == "| 2026-01-01 | a | GPU 0 | - | c | m | 1 | 1 | 1 |\n"
     assert "failed (exit 3)" in (tmp_path / "logs" / "run.log").read_text()
+
+
+def test_full_size_rows_of_lift_and_seft_replace_the_headline_figures(bench, tmp_path):
+    """Rows the GPU run will append (full-size case names, with repeats) are what the README's figures pick next."""
+    r, h = bench("_results"), bench("headline")
+    arm = {"B8xT2048": {"ms": [200.0, 210.0, 205.0], "peak_gib": 50.0}, "state_bytes": 2**26, "trainable": 8798208}
+    full = {**arm, "B8xT2048": {"ms": [200.0] * 3, "peak_gib": 52.0}}
+    lift = {
+        **arm,
+        "B8xT2048": {"ms": [204.0, 210.0, 206.0], "peak_gib": 50.0},
+        "first_selection_s": 1.5,
+        "eigh_s": [1.4, 1.5, 1.6],
+        "randomized_s": [0.8] * 3,
+    }
+    lift.update(overlap_randomized_vs_eigh=0.2, overlap_eigh_vs_exact_svd_block0=1.0)
+    res = {
+        "device": "cuda",
+        "r": 16,
+        "shapes": [(8, 2048)],
+        "lift": lift,
+        "lift_cache": arm,
+        "lora": arm,
+        "full": full,
+    }
+    rows = r.markdown(bench("lift_bench")._rows(res, smoke=False, repeats=3), "lift_bench.py", "NVIDIA H100 80GB HBM3")
+    cyc = {"step_ms": [190.0] * 3, "full_ms": [200.0] * 3, "plain_ms": [180.0] * 3, "window_ms": [185.0] * 3}
+    seft = {**cyc, "last_and_cycle_ms": [400.0] * 3, "first": {"last_and_cycle_ms": 450.0}, "peak_gib": 49.0}
+    base = {"ms": [200.0] * 3, "peak_gib": 52.0, "trainable": 8798208}
+    raw = {"device": "cuda", "batch": [8, 2048], "calib": [16, 512], "r": 16, "pruning_s": {"wanda": [0.3]}}
+    raw.update(seft={**seft, "trainable": 8798208}, full=base, lora=base)
+    rows += r.markdown(
+        bench("seft_bench")._rows(raw, smoke=False, repeats=3), "seft_bench.py", "NVIDIA H100 80GB HBM3"
+    )
+    results = tmp_path / "RESULTS.md"
+    results.write_text(r.RESULTS.read_text() + "\n".join(rows) + "\n")
+    current = r.current_rows(results)
+    new = {row.line for row in current if row.device == "NVIDIA H100 80GB HBM3"}
+    for fig in h.FIGURES:
+        if fig.script in ("lift_bench.py", "seft_bench.py"):
+            assert h.pick(fig, current).line in new, fig
+    step = h.line(h.FIGURES[0], h.pick(h.FIGURES[0], current))
+    assert step.startswith("| LIFT r=16 | step time 1.03x full FT's (default settings) | 3 repeats: [1.02, 1.05] |")
