@@ -1,12 +1,12 @@
 """Plot the per-module power-law alphas at the end of two (or more) pre-training runs of benchmarks/pretrain.py, e.g.
-uniform weight decay (AdamW) vs AlphaDecay (issue 6's quality check: "alpha distributions at the end").
+uniform weight decay (AdamW) vs AlphaDecay: the alpha distributions at the end of training.
 
 One panel of alphas per module type (attention q/k/v/o, then MLP gate/up/down, then anything else), one box + the
 individual matrices per run; dotted, the same at the start of each run when the JSON has it (`esd_start`); a second
 panel with the weight decays AlphaDecay assigned at the end (`alphadecay_end`) when a run has them.
 
     python benchmarks/alphadecay_plot.py runs/pretrain_60m_adamw.json runs/pretrain_60m_alphadecay.json \\
-        --out benchmarks/logs/alphadecay_alphas_60m.png
+        --out alphadecay_alphas_60m.png
     python benchmarks/alphadecay_plot.py --smoke --out /tmp/alphadecay_plot.png   # two synthetic runs, CPU, ~5 s
 
 Each JSON needs `esd_end` (pretrain.py writes it, `--esd-min-eigs` sets the matrix size threshold); a JSON of

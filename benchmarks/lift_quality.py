@@ -1,4 +1,4 @@
-"""LIFT quality check (issue 3): SmolLM2-135M-Instruct on the arithmetic word problems, full FT vs LoRA r16 vs
+"""LIFT quality check: SmolLM2-135M-Instruct on the arithmetic word problems, full FT vs LoRA r16 vs
 LIFT r16 (the same trainable-entry budget as that LoRA), tuned learning rates, several seeds.
 
 Per arm: a small learning-rate grid on seed 0, picked by exact-match accuracy on a validation slice drawn like
@@ -7,7 +7,7 @@ accuracy, and forgetting = mean token loss on held-out general English text afte
 general text is the docstrings of ~40 Python standard-library modules (present on every machine; no download),
 chunked into 256-token blocks.
 
-Training is a plain loop (no TRL / datasets, which the GPU image lacks): AdamW (fused on CUDA), linear schedule
+Training is a plain loop (torch and transformers only, no TRL / datasets): AdamW (fused on CUDA), linear schedule
 with 3% warm-up, bf16 autocast, batch 16, completion-only loss on chat-formatted problems. LIFT re-selects its
 masks every `--lift-interval` updates with `model.refresh_masks(optimizer)` (paper ablation: 50-1000 all work).
 Evaluation merges the adapters first (greedy generation, max 96 new tokens).
@@ -15,7 +15,7 @@ Evaluation merges the adapters first (greedy generation, max 96 new tokens).
     python benchmarks/lift_quality.py --model-dir /path/to/smollm2   # a save_pretrained dir of SmolLM2-135M-Instruct
     python benchmarks/lift_quality.py                                # loads the embedded GGUF (needs `gguf`)
     python benchmarks/lift_quality.py --smoke                        # tiny random Llama on the CPU, < 60 s
-Budget on one H200: ~8 minutes with the defaults (494 s on 2026-11-29, sharing the GPU with seft_quality.py).
+One GPU: ~8 minutes with the defaults.
 """
 
 from __future__ import annotations

@@ -1,19 +1,21 @@
-"""MEAP collator throughput (examples/s, CPU) vs TRL's own collator on the same batches (issue 7: >= 0.9x).
+"""MEAP collator throughput (examples/s on the CPU) vs TRL's own collator on the same batches.
 
 The collator runs in the dataloader on the CPU, so this benchmark is CPU-only by design. Each case collates the
-same list of examples with TRL's `DataCollatorForLanguageModeling` and with `DataCollatorForMEAP` wrapping that
-collator. Measurement (robust to other jobs on a shared machine):
+same list of examples with TRL's `DataCollatorForLanguageModeling` (the stock alternative) and with
+`DataCollatorForMEAP` wrapping that collator. Measurement (robust to other jobs on a shared machine):
 
 - one thread everywhere (`torch.set_num_threads(1)`, BLAS / OpenMP pools set to 1 before NumPy is imported), and
   process CPU time (`time.process_time`), i.e. work done, not wall time; the garbage collector is off while timing;
 - warm-up: every batch goes through both collators twice before timing;
-- paired, short repeats: in each of `--rounds` rounds every batch is collated once by each collator, back to back,
-  the order alternating with the batch and the round, and each pair gives one ratio t(TRL) / t(MEAP);
-- the ratio reported is the median of those paired ratios, with their inter-quartile range in brackets; the
-  examples/s columns are batch size / median time of each collator.
+- a repeat is 10 passes over 8 batches; in each pass every batch is collated once by each collator, back to
+  back, the order alternating, and each pair gives one ratio t(TRL) / t(MEAP); the repeat's ratio is the median of
+  its paired ratios and its examples/s are batch size / median time of each collator.
 
-    python benchmarks/meap_bench.py            # full sizes (B=8, up to 2048 tokens), ~1-2 min on 2 cores
-    python benchmarks/meap_bench.py --smoke    # tiny sizes, a few seconds
+Cases: pre-training mode (MEAP + TRL vs TRL alone on the example lists), and MEAP's masking alone (both given the
+examples as arrays); `--all-cases` adds padding-free, the two SFT modes, and MEAP given lists vs TRL given arrays.
+
+    python benchmarks/meap_bench.py --append                 # B=8, up to 2048 tokens, ~20 s
+    python benchmarks/meap_bench.py --smoke                  # tiny sizes
 """
 
 from __future__ import annotations
@@ -24,19 +26,18 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before NumPy / torch load their thread pools
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
 import gc  # noqa: E402
 import itertools  # noqa: E402
-import json  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
+import _results  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
 SCRIPT = "meap_bench.py"
+METRIC = "examples/s (CPU time, 1 thread); ratio: median of paired per-batch ratios per repeat"
 
 
 def _trl_collator(padding_free: bool):
@@ -58,8 +59,7 @@ def _examples(kind: str, batch: int, length: int, vocab: int, seed: int) -> list
             ex = {"input_ids": ids}
             if kind == "padding_free":
                 cut = sorted(torch.randint(1, n, (3,), generator=g).tolist())
-                bounds = [0, *cut, n]
-                ex["seq_lengths"] = [b - a for a, b in itertools.pairwise(bounds) if b > a]
+                ex["seq_lengths"] = [b - a for a, b in itertools.pairwise([0, *cut, n]) if b > a]
             if kind.startswith("sft"):
                 prompt = int(torch.randint(n // 4, n // 2, (1,), generator=g))
                 ex["labels"] = [-100] * prompt + ids[prompt:]
@@ -68,68 +68,60 @@ def _examples(kind: str, batch: int, length: int, vocab: int, seed: int) -> list
     return out
 
 
-def _time_pair(base, meap, batches, rounds: int, base_batches=None) -> dict:
-    """Paired CPU times of `base(base_batches[i])` and `meap(batches[i])`, one pair per batch and round, the order
-    alternating; returns the median times and the quartiles of the paired ratios t(base) / t(meap)."""
+def _time_pair(base, meap, batches, rounds: int, repeats: int, base_batches=None) -> dict:
+    """Per repeat: median CPU seconds of `base(base_batches[i])` and `meap(batches[i])`, and the median of the paired
+    ratios t(base) / t(meap), one pair per batch and pass, the order alternating."""
     base_batches = batches if base_batches is None else base_batches
     for _ in range(2):  # warm-up: caches, lazy imports, the generator's first seeding
         for rows, base_rows in zip(batches, base_batches):
             base(base_rows), meap(rows)
-    t_base, t_meap, ratios = [], [], []
-    clock = time.process_time
+    out = {"t_base": [], "t_meap": [], "ratio": []}
     gc.collect()
     gc.disable()
     try:
-        for r in range(rounds):
-            for i, (rows, base_rows) in enumerate(zip(batches, base_batches)):
-                calls = [(base, base_rows), (meap, rows)]
-                if (r + i) % 2:
-                    calls.reverse()
-                times = []
-                for fn, arg in calls:
-                    t0 = clock()
-                    fn(arg)
-                    times.append(clock() - t0)
-                tb, tm = times if (r + i) % 2 == 0 else times[::-1]
-                if tb > 0 and tm > 0:
-                    t_base.append(tb)
-                    t_meap.append(tm)
-                    ratios.append(tb / tm)
+        for _ in range(repeats):
+            t_base, t_meap, ratios = [], [], []
+            for r in range(rounds):
+                for i, (rows, base_rows) in enumerate(zip(batches, base_batches)):
+                    calls = [(base, base_rows), (meap, rows)]
+                    if (r + i) % 2:
+                        calls.reverse()
+                    times = {}
+                    for fn, arg in calls:
+                        t0 = time.process_time()
+                        fn(arg)
+                        times[fn is meap] = time.process_time() - t0
+                    if times[False] > 0 and times[True] > 0:
+                        t_base.append(times[False])
+                        t_meap.append(times[True])
+                        ratios.append(times[False] / times[True])
+            out["t_base"].append(statistics.median(t_base))
+            out["t_meap"].append(statistics.median(t_meap))
+            out["ratio"].append(statistics.median(ratios))
     finally:
         gc.enable()
-    q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
-    return {
-        "t_base": float(np.median(t_base)),
-        "t_meap": float(np.median(t_meap)),
-        "ratio": float(q50),
-        "ratio_q25": float(q25),
-        "ratio_q75": float(q75),
-        "pairs": len(ratios),
-    }
+    return out
 
 
-def _row(case: str, metric: str, batch: int, timing: dict) -> dict:
-    row = {"case": case, "metric": metric, "ours": batch / timing["t_meap"], "baseline": batch / timing["t_base"]}
-    row.update({key: timing[key] for key in ("ratio", "ratio_q25", "ratio_q75", "pairs")})
-    print(
-        f"{case}: MEAP {row['ours']:,.0f} ex/s, TRL {row['baseline']:,.0f} ex/s, paired ratio {row['ratio']:.3f} "
-        f"(IQR {row['ratio_q25']:.3f}-{row['ratio_q75']:.3f}, {row['pairs']} pairs)"
-    )
-    return row
+def _row(case: str, batch: int, timing: dict) -> dict:
+    r = _results.row(case, METRIC, [batch / t for t in timing["t_meap"]], [batch / t for t in timing["t_base"]])
+    r["ratio"] = _results.spread(timing["ratio"])  # the paired ratio, not the ratio of the two medians
+    print(f"{case}: MEAP {_results.fmt(r['ours'])} ex/s, TRL {_results.fmt(r['baseline'])} ex/s, paired ratio {_results.fmt(r['ratio'])}")  # fmt: skip
+    return r
 
 
-def run(smoke: bool, rounds: int) -> list[dict]:
+def run(smoke: bool, rounds: int, repeats: int, all_cases: bool) -> list[dict]:
     from hf_plugins import DataCollatorForMEAP
 
     torch.set_num_threads(1)  # a dataloader worker's view
     batch, length, vocab = (4, 64, 500) if smoke else (8, 2048, 49152)
-    cases = [
-        ("pretrain", "pretrain", {}),
-        ("padding_free", "pretrain", {}),
-        ("sft_separate_rows", "sft", {"sft_mode": "separate_rows"}),
-        ("sft_concat", "sft", {"sft_mode": "concat"}),
-    ]
-    metric = "examples/s (CPU time, 1 thread); ratio: median [IQR] of paired per-batch ratios"
+    cases = [("pretrain", "pretrain", {})]
+    if all_cases:
+        cases += [
+            ("padding_free", "pretrain", {}),
+            ("sft_separate_rows", "sft", {"sft_mode": "separate_rows"}),
+            ("sft_concat", "sft", {"sft_mode": "concat"}),
+        ]
     rows = []
     for name, mode, kw in cases:
         base = _trl_collator(padding_free=name == "padding_free")
@@ -137,58 +129,37 @@ def run(smoke: bool, rounds: int) -> list[dict]:
         meap = DataCollatorForMEAP(
             base=base, mode=mode, mask_token_id=vocab, special_token_ids=[0, 1, 2], seed=0, **kw
         )
-        case = f"{name}, B={batch}, T<={length}, vs TRL collator on the same examples"
-        rows.append(_row(case, metric, batch, _time_pair(base, meap, data, rounds)))
+        prefix = f"{name}, B={batch}, T<={length}"
+        rows.append(_row(f"{prefix}, vs TRL collator on the same examples, {repeats} repeats", batch, _time_pair(base, meap, data, rounds, repeats)))  # fmt: skip
         if mode == "pretrain":
-            # MEAP parses the examples' lists into int64 arrays (np.fromiter) before TRL's collator turns them into
-            # tensors, as in SFT mode. These rows isolate MEAP's own cost: TRL given the same examples as arrays
-            # (built outside the timing) while MEAP gets the lists (parsing + masking), and both given the arrays
-            # (masking alone).
+            # MEAP parses the example lists into int64 arrays (np.fromiter) before TRL's collator makes tensors.
+            # These rows isolate MEAP's own cost: TRL given the examples as arrays (built outside the timing)
+            # while MEAP gets the lists (parsing + masking), and both given the arrays (masking alone).
             arrays = [[{k: np.asarray(v) if k == "input_ids" else v for k, v in ex.items()} for ex in b] for b in data]
-            for form, meap_rows in (("lists", data), ("arrays", arrays)):
-                case = f"{name}, B={batch}, T<={length}, MEAP given {form} vs TRL given arrays of the same examples"
-                rows.append(_row(case, metric, batch, _time_pair(base, meap, meap_rows, rounds, base_batches=arrays)))
+            forms = (("lists", data), ("arrays", arrays)) if all_cases else (("arrays", arrays),)
+            for form, meap_rows in forms:
+                case = f"{prefix}, MEAP given {form} vs TRL given arrays of the same examples, {repeats} repeats"
+                rows.append(_row(case, batch, _time_pair(base, meap, meap_rows, rounds, repeats, base_batches=arrays)))
         if mode == "sft":
             # SFT MEAP adds rows / doubles lengths by design; these rows isolate the collator's own overhead by
-            # letting TRL collate the very rows MEAP produces (built once, outside the timing), given as Python
-            # lists (as a dataset.map preparation would) and as the NumPy arrays MEAP hands to TRL.
+            # letting TRL collate the very rows MEAP produces (built once, outside the timing), as Python lists
+            # (as a dataset.map preparation would) and as the NumPy arrays MEAP hands to TRL.
             grown = [meap._sft_examples(rows_, 0.1, np.random.default_rng(i)) for i, rows_ in enumerate(data)]
-            as_lists = [
-                [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in ex.items()} for ex in b] for b in grown
-            ]
+            as_lists = [[{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in ex.items()} for ex in b] for b in grown]  # fmt: skip
             for form, base_rows in (("lists", as_lists), ("arrays", grown)):
-                case = f"{name}, B={batch}, T<={length}, vs TRL collating MEAP's output rows ({form})"
-                rows.append(_row(case, metric, batch, _time_pair(base, meap, data, rounds, base_batches=base_rows)))
+                case = f"{prefix}, vs TRL collating MEAP's output rows ({form}), {repeats} repeats"
+                rows.append(_row(case, batch, _time_pair(base, meap, data, rounds, repeats, base_batches=base_rows)))
     return rows
 
 
-def _format(rows: list[dict]) -> list[str]:
-    import transformers
-
-    date = datetime.date.today().isoformat()
-    versions = f"{torch.__version__} / {transformers.__version__}"
-    return [
-        f"| {date} | {SCRIPT} | CPU | {versions} | {r['case']} | {r['metric']} | {r['ours']:,.0f} | "
-        f"{r['baseline']:,.0f} | {r['ratio']:.2f} [{r['ratio_q25']:.2f}, {r['ratio_q75']:.2f}] |"
-        for r in rows
-    ]
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes")
-    p.add_argument("--append", action="store_true", help="append rows to benchmarks/RESULTS.md")
-    p.add_argument("--out", default=None, help="write the rows as JSON here")
-    p.add_argument("--rounds", type=int, default=None, help="passes over the 8 batches (default 40, smoke 5)")
+    p = _results.parser(__doc__)
+    p.add_argument("--all-cases", action="store_true", help="also padding-free, both SFT modes and the list inputs")
     args = p.parse_args(argv)
-    rows = run(args.smoke, args.rounds or (5 if args.smoke else 40))
-    lines = _format(rows)
-    print("\n".join(lines))
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
-    if args.append:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
-            f.write("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    rows = run(args.smoke, 2 if args.smoke else 10, args.repeats, args.all_cases)
+    device = f"{_results.device_label(torch.device('cpu'), args.smoke)}, 1 thread"
+    _results.report(rows, {}, SCRIPT, device, time.perf_counter() - t0, args)
     return 0
 
 

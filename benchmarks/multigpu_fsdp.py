@@ -1,4 +1,5 @@
-"""Issue 16: every plugin on 2 GPUs (FSDP2, bf16, NCCL) against 1 GPU on the same global batches.
+"""Every plugin on 2 GPUs (FSDP2, bf16, NCCL) against 1 GPU on the same global batches: loss agreement, resuming a
+2-GPU checkpoint on 1 GPU, and scaling efficiency.
 
 One command runs everything (it launches its own workers):
 
@@ -16,7 +17,6 @@ after resuming the 2-GPU checkpoint on 1 GPU - 2-GPU loss|, tokens/s on 1 and 2 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -108,14 +108,14 @@ def _launch(args, workdir: str, world: int) -> None:
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
 
 
-def rows(two: dict, one: dict, device: str, versions: str) -> list[str]:
-    date = datetime.date.today().isoformat()
+def rows(two: dict, one: dict, device: str) -> list[str]:
+    import _results
+
+    prefix = _results.row_prefix("multigpu_fsdp.py", device)
     out = []
 
-    def row(case, metric, ours, base="", ratio=""):
-        out.append(
-            f"| {date} | multigpu_fsdp.py | {device} | {versions} | {case} | {metric} | {ours} | {base} | {ratio} |"
-        )
+    def row(case, metric, ours, base="-", ratio="-"):
+        out.append(f"{prefix} {case} | {metric} | {ours} | {base} | {ratio} |")
 
     from hf_plugins.distributed.harness import PLUGINS
 
@@ -160,8 +160,8 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
+    import _results
     import torch
-    import transformers
 
     workdir = tempfile.mkdtemp(prefix="multigpu_fsdp_")
     try:
@@ -174,13 +174,9 @@ def main(argv=None) -> int:
     st = _settings(args)
     shape = f"{st['size']} model, {st['steps']} steps, global batch {st['global_batch']}x{st['seq_len']}"
     device = f"cpu (2 gloo procs; {shape})" if args.smoke else f"2x {torch.cuda.get_device_name(0)} ({shape})"
-    out = rows(two, one, device, f"{torch.__version__} / {transformers.__version__}")
+    out = rows(two, one, device)
     print("\n".join(out))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"two": two, "one": one, "rows": out}, indent=1))
-    if args.append:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write("\n".join(out) + "\n")
+    _results.write_outputs(out, out=args.out, payload={"two": two, "one": one, "rows": out}, append=args.append and not args.smoke)  # fmt: skip
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Where SEFT's evolution costs time: the grow window's first step, the cycle's last step and `seft_evolve` (issue 4).
+"""Where SEFT's evolution costs time: the grow window's first step, the cycle's last step and `seft_evolve`.
 
 Diagnostics, no RESULTS.md rows. Qwen2-0.5B shapes in bf16 (as seft_bench.py), 50% magnitude-pruned, SEFT r=16,
 B=8 x T=2048. Two ΔT=20 cycles run first (the first one re-selects every delta), so the profiled steps belong to a
@@ -18,25 +18,21 @@ import io
 import pstats
 import time
 
+import _results
 import torch
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _phase(name, fn, device, top: int = 25):
     from torch.profiler import ProfilerActivity, profile
 
-    _sync(device)
+    _results.sync(device)
     prof = cProfile.Profile()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     t0 = time.perf_counter()
     with profile(activities=acts) as tprof:
         prof.enable()
         fn()
-        _sync(device)
+        _results.sync(device)
         prof.disable()
     ms = 1000 * (time.perf_counter() - t0)
     print(f"\n===== {name}: {ms:.1f} ms (profiled) =====", flush=True)
@@ -52,10 +48,10 @@ def _phase(name, fn, device, top: int = 25):
 
 
 def _timed(fn, device) -> float:
-    _sync(device)
+    _results.sync(device)
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    _results.sync(device)
     return 1000 * (time.perf_counter() - t0)
 
 
@@ -64,7 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
     from peft import get_peft_model
-    from seft_bench import _build, _config
+    from transformers import AutoModelForCausalLM
 
     import hf_plugins  # noqa: F401  (registers SEFT)
     from hf_plugins import SeftConfig
@@ -72,7 +68,9 @@ def main(argv=None) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     b, t, r = (2, 32, 2) if args.smoke else (8, 2048, 16)
-    base = _build(_config(args.smoke), device).train()
+    torch.manual_seed(0)
+    with torch.device(device):
+        base = AutoModelForCausalLM.from_config(_results.qwen2_config(args.smoke), dtype=torch.bfloat16).train()
     prune_model(base, "magnitude", 0.5)
     batch = torch.randint(0, base.config.vocab_size, (b, t), generator=torch.Generator().manual_seed(0)).to(device)
     seft = get_peft_model(base, SeftConfig(r=r, update_interval=20, accumulation_steps=5, task_type="CAUSAL_LM"))
@@ -110,8 +108,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     raise SystemExit(main())

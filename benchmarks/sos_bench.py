@@ -1,51 +1,35 @@
-"""SoS-1K checker benchmark (CPU): time per polynomial by class and size, and the share of the SoS1 evaluation
-file it decides.
+"""SoS-1K checker (CPU): time per polynomial by class and size, and the share of the SoS1 evaluation file it
+decides with an exact proof, against the same pass without the Gram SDP.
 
-"ours" is the full checker (exact cheap checks, point searches, Newton polytope, Gram SDP with exact rounding, dual
-moment SDP with exact rounding).
-For the "share decided" metrics, "baseline" counts the items the same pass decided *without* the SDP (exact cheap
-checks, Newton polytope, point searches), i.e. what a solver-free screen proves. There is no stock tool to time
-against. Rows: `| date | script | device | torch / transformers | case | metric | ours |
-baseline | ratio |`.
+"ours" is the full checker (exact cheap checks, point search, Newton polytope, Gram SDP with exact rounding, dual
+moment SDP with exact rounding). For the "share decided" metrics, "baseline" counts the items the same pass decided
+*without* the SDP (exact cheap checks, Newton polytope, point searches), i.e. what a solver-free screen proves; no
+stock tool decides these polynomials to time against. The generated-class timings are repeated `--repeats` times (median [min, max] of each
+repeat's median seconds per polynomial); the SoS1 pass runs once (its verdicts do not change between repeats).
 
-    python benchmarks/sos_bench.py            # ~5 min on 2 CPU cores (SoS1 Gram bases up to N = 36)
-    python benchmarks/sos_bench.py --smoke    # < 60 s
-    python benchmarks/sos_bench.py --sos1-max-basis 150 --out sos.json   # the whole file (~8 min)
+    python benchmarks/sos_bench.py --append                  # ~5 min on 2 CPU cores (SoS1 Gram bases up to N = 36)
+    python benchmarks/sos_bench.py --smoke                   # a few generated items and SoS1 rows
+    python benchmarks/sos_bench.py --sos1-max-basis 150      # the whole file (~8 min)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _results
 
 from hf_plugins.sos import CLASS_LABELS, CheckerConfig, GeneratorConfig, check_polynomial, generate_item
 from hf_plugins.sos.sos1 import check_sos1, default_sos1_path, load_sos1
 
 
+SCRIPT = "sos_bench.py"
 SIZES = {
     "n2 d4": GeneratorConfig(num_vars=2, degree=4, num_terms=4),
     "n3 d6": GeneratorConfig(num_vars=3, degree=6, num_terms=8),
 }
-
-
-def _versions() -> str:
-    try:
-        import torch
-        import transformers
-
-        return f"{torch.__version__} / {transformers.__version__}"
-    except ImportError:
-        return "- / -"
 
 
 def _bucket(n: int | None) -> str:
@@ -62,25 +46,26 @@ def _sdp_free(v) -> bool:
     return v.proved_label is not None and not v.method.startswith("gram sdp")
 
 
-def bench_classes(per_class: int, sizes: dict, full: CheckerConfig) -> list[dict]:
+def bench_classes(per_class: int, sizes: dict, full: CheckerConfig, repeats: int) -> list[dict]:
     rows = []
     for size_name, gcfg in sizes.items():
         for cls in CLASS_LABELS:
-            secs, dec, dec_free = [], 0, 0
-            for seed in range(per_class):
-                item = generate_item(cls, seed=seed, config=gcfg)
-                v = check_polynomial(item.text, full)
-                assert v.proved_label in (None, item.label), f"checker contradicts a proved label: {item.text}"
-                secs.append(v.seconds)
-                dec += v.proved_label == item.label
-                dec_free += _sdp_free(v)
-            case = f"generated {cls}, {size_name}"
-            rows.append(
-                {"case": case, "metric": "checker s/poly (median)", "ours": statistics.median(secs), "baseline": None}
-            )
-            rows.append(
-                {"case": case, "metric": "share decided", "ours": dec / per_class, "baseline": dec_free / per_class}
-            )
+            items = [generate_item(cls, seed=seed, config=gcfg) for seed in range(per_class)]
+            medians, decided, free = [], 0, 0
+            for rep in range(repeats):
+                secs = []
+                for item in items:
+                    v = check_polynomial(item.text, full)
+                    if v.proved_label not in (None, item.label):
+                        raise AssertionError(f"the checker contradicts a proved label: {item.text}")
+                    secs.append(v.seconds)
+                    if rep == 0:
+                        decided += v.proved_label == item.label
+                        free += _sdp_free(v)
+                medians.append(statistics.median(secs))
+            case = f"generated {cls}, {size_name}, {per_class} items, {repeats} repeats"
+            rows.append(_results.row(case, "checker s/poly (median)", medians, None))
+            rows.append(_results.row(case, "share decided", decided / per_class, free / per_class))
     return rows
 
 
@@ -93,25 +78,22 @@ def bench_sos1(limit: int | None, full: CheckerConfig) -> tuple[list[dict], dict
         data = [r for rs in by_subset.values() for r in rs[:limit]]
     t0 = time.perf_counter()
     recs = check_sos1(data, full)
-    wall_full = time.perf_counter() - t0
+    wall = time.perf_counter() - t0
     n = len(data)
     outcome = Counter(r["outcome"] for r in recs)
-    decided = outcome["consistent"] + outcome["inconsistent"]
     free = [r for r in recs if _sdp_free(r["verdict"])]
+    case = f"SoS1 file, {n} rows"
     rows = [
-        {
-            "case": f"SoS1 file, {n} rows",
-            "metric": "share decided (exact proof)",
-            "ours": decided / n,
-            "baseline": len(free) / n,
-        },
-        {
-            "case": f"SoS1 file, {n} rows",
-            "metric": "released labels proved wrong",
-            "ours": outcome["inconsistent"],
-            "baseline": sum(r["outcome"] == "inconsistent" for r in free),
-        },
-        {"case": f"SoS1 file, {n} rows", "metric": "wall s (whole pass)", "ours": wall_full, "baseline": None},
+        _results.row(
+            case, "share decided (exact proof)", (outcome["consistent"] + outcome["inconsistent"]) / n, len(free) / n
+        ),
+        _results.row(
+            case,
+            "released labels proved wrong",
+            outcome["inconsistent"],
+            sum(r["outcome"] == "inconsistent" for r in free),
+        ),
+        _results.row(case, "wall s (whole pass)", wall, None),
     ]
     buckets = defaultdict(list)
     for r in recs:
@@ -121,22 +103,9 @@ def bench_sos1(limit: int | None, full: CheckerConfig) -> tuple[list[dict], dict
         else:
             buckets[_bucket(v.basis_size if "sdp_seconds" in v.details else None)].append(v.seconds)
     for name, secs in sorted(buckets.items()):
-        rows.append(
-            {
-                "case": f"SoS1 file, {name} ({len(secs)} rows)",
-                "metric": "checker s/poly (median)",
-                "ours": statistics.median(secs),
-                "baseline": None,
-            }
-        )
-        rows.append(
-            {
-                "case": f"SoS1 file, {name} ({len(secs)} rows)",
-                "metric": "checker s/poly (max)",
-                "ours": max(secs),
-                "baseline": None,
-            }
-        )
+        case = f"SoS1 file, {name} ({len(secs)} rows)"
+        rows.append(_results.row(case, "checker s/poly (median)", statistics.median(secs), None))
+        rows.append(_results.row(case, "checker s/poly (max)", max(secs), None))
     per_subset = defaultdict(Counter)
     for r in recs:
         per_subset[r["subset"]][r["outcome"]] += 1
@@ -150,60 +119,28 @@ def bench_sos1(limit: int | None, full: CheckerConfig) -> tuple[list[dict], dict
     return rows, detail
 
 
-def _fmt(x) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.3g}"
-    return str(x)
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes (< 60 s)")
-    ap.add_argument("--append", action="store_true", help="append rows to benchmarks/RESULTS.md")
-    ap.add_argument("--out", default=None, help="write rows and details to this JSON file")
-    ap.add_argument("--per-class", type=int, default=None, help="generated items per class and size")
-    ap.add_argument("--sos1-max-basis", type=int, default=None, help="largest Gram basis for the SoS1 pass")
-    args = ap.parse_args(argv)
-
+    p = _results.parser(__doc__)
+    p.add_argument("--per-class", type=int, default=None, help="generated items per class and size (2; smoke 1)")
+    p.add_argument("--sos1-max-basis", type=int, default=None, help="largest Gram basis for the SoS1 pass (36)")
+    args = p.parse_args(argv)
     per_class = args.per_class or (1 if args.smoke else 2)
     sizes = {"n2 d4": SIZES["n2 d4"]} if args.smoke else SIZES
     max_basis = args.sos1_max_basis or (21 if args.smoke else 36)
-    full = CheckerConfig(hard_point_time_limit=2.0, sdp_time_limit=30.0)
+    limits = {"hard_point_time_limit": 0.2, "sdp_time_limit": 5.0} if args.smoke else {"hard_point_time_limit": 2.0, "sdp_time_limit": 30.0}  # fmt: skip
     t0 = time.perf_counter()
-    rows = bench_classes(per_class, sizes, full)
+    rows = bench_classes(per_class, sizes, CheckerConfig(**limits), args.repeats)
     detail = {}
     if default_sos1_path().is_file():
-        sos1_full = CheckerConfig(hard_point_time_limit=2.0, sdp_time_limit=30.0, max_basis=max_basis)
-        sos1_rows, detail = bench_sos1(1 if args.smoke else None, sos1_full)
+        sos1 = CheckerConfig(**limits, max_basis=max_basis)
+        sos1_rows, detail = bench_sos1(1 if args.smoke else None, sos1)
         rows += sos1_rows
     else:
         print(f"SoS1 file not found at {default_sos1_path()}; skipping that part", file=sys.stderr)
-    wall = time.perf_counter() - t0
-
-    device = f"CPU ({os.cpu_count()} cores, {platform.machine()})"
-    date = time.strftime("%Y-%m-%d")
-    lines = []
-    for r in rows:
-        ratio = "-"
-        if isinstance(r["ours"], int | float) and isinstance(r["baseline"], int | float) and r["baseline"]:
-            ratio = f"{r['ours'] / r['baseline']:.2f}"
-        lines.append(
-            f"| {date} | sos_bench.py{' --smoke' if args.smoke else ''} | {device} | {_versions()} | {r['case']} | "
-            f"{r['metric']} | {_fmt(r['ours'])} | {_fmt(r['baseline'])} | {ratio} |"
-        )
-    print("| date | script | device | torch / transformers | case | metric | ours | baseline | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(lines))
-    print(f"\nwall time {wall:.0f} s; SoS1 detail: {json.dumps(detail)}")
-    if args.append:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as fh:
-            fh.write("\n".join(lines) + "\n")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "sos1": detail, "wall_s": wall}, indent=2, default=str))
+    device = f"{_results.cpu_name()}{' (smoke)' if args.smoke else ''}"
+    _results.report(rows, detail, SCRIPT, device, time.perf_counter() - t0, args)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
-"""Where a LIFT / SEFT training step spends its GPU time, next to full fine-tuning (issues 3 and 4, diagnostics).
+"""Where a LIFT / SEFT training step spends its GPU time, next to full fine-tuning (diagnostics, no rows).
 
-Qwen2-0.5B shapes in bf16 (as seft_bench.py), 50% magnitude-pruned for SEFT, B=8 x T=2048. SEFT first runs two
+Qwen2-0.5B shapes in bf16 (as lift_bench.py and seft_bench.py), 50% magnitude-pruned for SEFT, B=8 x T=2048. SEFT first runs two
 ΔT=20 cycles (the first re-selects every delta) so the profiled steps are steady-state ones (re-pruned set R
 non-empty). Then `torch.profiler` records 3 plain training steps of each arm (full FT, LIFT, SEFT) and prints the
 top operators by total CUDA time and the step time. No rows for RESULTS.md: the profile explains the ratios that
@@ -16,16 +16,16 @@ import argparse
 import copy
 import time
 
+import _results
 import torch
 
 
 def _model(smoke: bool, device):
-    from seft_bench import _config
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     with torch.device(device):
-        return AutoModelForCausalLM.from_config(_config(smoke), dtype=torch.bfloat16).train()
+        return AutoModelForCausalLM.from_config(_results.qwen2_config(smoke), dtype=torch.bfloat16).train()
 
 
 def _step(model, opt, batch):
@@ -40,14 +40,12 @@ def _profile(name, model, opt, batch, device, steps: int = 3, top: int = 18):
     for _ in range(2):
         _step(model, opt, batch)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _results.sync(device)
     t0 = time.perf_counter()
     with profile(activities=acts) as prof:
         for _ in range(steps):
             _step(model, opt, batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _results.sync(device)
     ms = 1000 * (time.perf_counter() - t0) / steps
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"\n===== {name}: {ms:.1f} ms/step (profiled) =====", flush=True)
@@ -101,8 +99,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     raise SystemExit(main())
