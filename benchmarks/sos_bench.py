@@ -4,8 +4,9 @@ decides with an exact proof, against the same pass without the Gram SDP.
 "ours" is the full checker (exact cheap checks, point search, Newton polytope, Gram SDP with exact rounding, dual
 moment SDP with exact rounding). For the "share decided" metrics, "baseline" counts the items the same pass decided
 *without* the SDP (exact cheap checks, Newton polytope, point searches), i.e. what a solver-free screen proves; no
-stock tool decides these polynomials to time against. The generated-class timings are repeated `--repeats` times (median [min, max] of each
-repeat's median seconds per polynomial); the SoS1 pass runs once (its verdicts do not change between repeats).
+stock tool decides these polynomials to time against. The generated-class timings are repeated `--repeats` times
+(median [min, max] of each repeat's median seconds per polynomial); the SoS1 pass runs once (its verdicts do not
+change between repeats).
 
     python benchmarks/sos_bench.py --append                  # ~5 min on 2 CPU cores (SoS1 Gram bases up to N = 36)
     python benchmarks/sos_bench.py --smoke                   # a few generated items and SoS1 rows
