@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import hf_plugins  # noqa: F401  (registers CoE)
     from hf_plugins.distributed.harness import _base_config, _model
-    from hf_plugins.models.coe import modeling_coe as M
+    from hf_plugins.models import modeling_coe as M
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     size = "tiny" if args.smoke else "bench"

@@ -19,7 +19,7 @@ from .data.arithmetic import ArithmeticConfig, Problem, generate_problems, make_
 from .evaluation import evaluate_exact_match, generate_completions
 
 # --- coe ---
-from .models.coe import CoEConfig, CoEForCausalLM, CoEModel
+from .models.coe import CoEConfig, CoEForCausalLM, CoEModel, moe_to_coe
 
 # --- lns ---
 from .models.lns import LnsLlamaConfig, LnsLlamaForCausalLM, LnsQwen2Config, LnsQwen2ForCausalLM, to_lns

@@ -13,7 +13,7 @@ from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
 from hf_plugins.models.coe import CoEConfig, CoEForCausalLM
-from hf_plugins.models.coe.modeling_coe import CoESparseMoeBlock
+from hf_plugins.models.modeling_coe import CoESparseMoeBlock
 
 
 TINY = {
@@ -58,9 +58,10 @@ def ref_shared(block: CoESparseMoeBlock, x: torch.Tensor) -> torch.Tensor:
 
 
 def ref_routed(block: CoESparseMoeBlock, router_idx: int, x: torch.Tensor, k: int, norm: bool, scale: float):
+    """The official (DeepSeek-V2) gate: renormalise the top-k probabilities when asked and k > 1, else scale them."""
     probs = torch.softmax(block.routers[router_idx].weight.double() @ x, dim=-1)
     top = torch.topk(probs, k).indices.tolist()
-    gates = probs[top] / (probs[top].sum() if norm else 1.0) * scale
+    gates = probs[top] / probs[top].sum() if norm and k > 1 else probs[top] * scale
     return sum(g * ref_expert(block, i, x) for g, i in zip(gates, top))
 
 
@@ -71,16 +72,19 @@ def ref_plain_moe(block: CoESparseMoeBlock, x: torch.Tensor, k: int) -> torch.Te
 
 
 def ref_coe(block: CoESparseMoeBlock, x0: torch.Tensor, cfg: CoEConfig) -> torch.Tensor:
-    """The CoE block's contribution to the residual stream for one token, by an explicit loop over iterations."""
+    """The CoE block's output for one token, by an explicit loop over iterations: its contribution to the residual
+    stream (x(C) - x(0)) in the pre-LN layout, the chain's state x(C) in the official one."""
     x, deltas = x0, []
     for t in range(cfg.num_iterations):
         r = t if cfg.router_per_iteration else 0
         d = ref_routed(block, r, x, cfg.num_experts_per_tok, cfg.norm_topk_prob, cfg.routed_scaling_factor)
         if cfg.n_shared_experts and cfg.shared_experts_every_iteration:
             d = d + ref_shared(block, x)
+        if cfg.learnable_chain_scale and t < cfg.num_iterations - 1:
+            d = d * block.chain_scale[t].double()
         deltas.append(d)
         x = x + d if cfg.inner_residual else d
-    out = sum(deltas) if cfg.inner_residual else x
+    out = x if cfg.residual_mode == "official" else sum(deltas) if cfg.inner_residual else x
     if cfg.n_shared_experts and not cfg.shared_experts_every_iteration:
         out = out + ref_shared(block, x0)
     return out
@@ -167,10 +171,15 @@ CHAIN_CASES = [
     ("shared expert once, parallel to the chain", {"shared_experts_every_iteration": False}),
     ("one router for all iterations (ablation)", {"router_per_iteration": False}),
     ("no inner residual (ablation)", {"inner_residual": False}),
+    ("three iterations, renormalised gates", {"num_iterations": 3, "norm_topk_prob": True}),
+    ("raw gates scaled by routed_scaling_factor", {"routed_scaling_factor": 2.5}),
     (
-        "three iterations, renormalised, scaled gates",
-        {"num_iterations": 3, "norm_topk_prob": True, "routed_scaling_factor": 2.5},
+        "one expert per iteration: never renormalised, scaled (official gate)",
+        {"num_experts_per_tok": 1, "norm_topk_prob": True, "routed_scaling_factor": 2.5},
     ),
+    ("official layout: the block returns x(C)", {"residual_mode": "official"}),
+    ("official layout without inner residual", {"residual_mode": "official", "inner_residual": False}),
+    ("learnable chain scales", {"num_iterations": 3, "learnable_chain_scale": True}),
 ]
 
 
@@ -181,6 +190,8 @@ def test_chain_equals_an_explicit_loop(case, overrides):
     cfg = model.config
     for layer in range(cfg.num_hidden_layers):
         block = model.model.layers[layer].mlp
+        if block.chain_scale is not None:  # initialised to 0; any values must follow the equation
+            block.chain_scale.data.uniform_(0.5, 1.5)
         x = block_input(model, layer, ids())
         with torch.no_grad():
             out = block(x).reshape(-1, x.shape[-1])
@@ -279,7 +290,7 @@ def test_bf16_forward_keeps_routers_fp32():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_router_logits_and_gradients_are_those_of_an_fp32_linear(dtype):
     """The router's memory-saving autograd function gives F.linear(x.float(), W)'s values and gradients."""
-    from hf_plugins.models.coe.modeling_coe import CoERouter
+    from hf_plugins.models.modeling_coe import CoERouter
 
     torch.manual_seed(0)
     router = CoERouter(16, 6)
@@ -427,6 +438,7 @@ def test_layernorm_scaling_equals_norm_weights_scaled_by_inverse_sqrt_depth():
         ("first_k_dense_replace", -1),
         ("routed_scaling_factor", 0.0),
         ("router_aux_loss_coef", -0.1),
+        ("residual_mode", "post_ln"),
     ],
 )
 def test_bad_config_raises_naming_the_field(field, value):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from test_coe import TINY, ids, tiny_coe
 
 from hf_plugins.models.coe import CoEForCausalLM, build_coe_config
-from hf_plugins.models.coe.modeling_coe import _CACHE_ARG, _CACHE_FIELD
+from hf_plugins.models.modeling_coe import _CACHE_ARG, _CACHE_FIELD
 
 
 def test_cached_greedy_generation_equals_uncached():
@@ -48,9 +48,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 path = sys.argv[1]
 try:
-    AutoConfig.from_pretrained(path + "/model")
+    AutoConfig.from_pretrained(path + "/model", trust_remote_code=False)
     before = "loaded"
-except Exception as exc:  # model type "coe" is unknown before `import hf_plugins`
+except Exception as exc:  # without `import hf_plugins` the saved code runs only with trust_remote_code=True
     before = type(exc).__name__
 import hf_plugins
 model = AutoModelForCausalLM.from_pretrained(path + "/model").eval()

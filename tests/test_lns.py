@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 import hf_plugins  # noqa: F401  (registers the model types)
-from hf_plugins.models.lns import LnsLlamaForCausalLM, LnsQwen2ForCausalLM, LnsRMSNorm, lns_config_from, to_lns
+from hf_plugins.models.lns import LnsLlamaForCausalLM, LnsQwen2ForCausalLM, ScaledRMSNorm, lns_config_from, to_lns
 from hf_plugins.testing import tiny_model
 
 
@@ -39,7 +39,7 @@ def test_scaling_off_equals_transformers_model(family, lns_cls):
     ours.load_state_dict(ref.state_dict())
     ids = _ids()
     assert torch.equal(ours(ids).logits, ref(ids).logits)
-    assert not any(isinstance(m, LnsRMSNorm) for m in ours.modules())
+    assert not any(isinstance(m, ScaledRMSNorm) for m in ours.modules())
 
 
 @pytest.mark.parametrize("family, lns_cls", FAMILIES)

@@ -442,6 +442,23 @@ def test_add_mask_token_resizes_and_keeps_old_logits():
     assert len(tok2) == 115 and model2.get_input_embeddings().weight.shape[0] == 115
 
 
+def test_add_mask_token_leaves_the_tokenizer_unchanged_when_the_model_cannot_grow():
+    """All or nothing: NeuroTrails cannot resize its vocabulary, so the tokenizer must not keep a mask token the
+    model has no row for."""
+    from hf_plugins import NeuroTrailsConfig, NeuroTrailsForCausalLM
+
+    tok = tiny_tokenizer()
+    before = (len(tok), tok.mask_token, tok.get_vocab())
+    config = NeuroTrailsConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        blocks_in_head=1, num_trails=2, density=1.0,
+    )  # fmt: skip
+    with pytest.raises(NotImplementedError, match="resize"):
+        add_mask_token(tok, NeuroTrailsForCausalLM(config))
+    assert (len(tok), tok.mask_token, tok.get_vocab()) == before
+    assert add_mask_token(tok) == len(tok) - 1  # without a model the token is still added
+
+
 def test_config_validation(tok):
     for kwargs, field in [
         ({"mode": "mlm"}, "mode"),

@@ -8,11 +8,12 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import hf_plugins  # noqa: F401  (registers the Auto classes)
 from hf_plugins.models.neurotrails import NeuroTrailsConfig, NeuroTrailsForCausalLM, NeuroTrailsModel
-from hf_plugins.models.neurotrails.modeling_neurotrails import NeuroTrailsRMSNorm
+from hf_plugins.models.scaled_rms_norm import ScaledRMSNorm
 
 
 TINY = {
@@ -92,6 +93,17 @@ BAD_CONFIGS = [
 def test_bad_configs_raise_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         NeuroTrailsConfig(**{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize("field, value", [("blocks_in_head", 5), ("num_trails", 0), ("density", 1.5)])
+def test_a_config_changed_after_construction_is_checked_by_the_model(field, value):
+    """Assignments to a config are type-checked only: a model built from a changed config checks it again
+    (`blocks_in_head=5` with 3 layers would give negative layer indices)."""
+    config = NeuroTrailsConfig(**TINY)
+    setattr(config, field, value)
+    for build in (NeuroTrailsForCausalLM, NeuroTrailsModel, AutoModelForCausalLM.from_config):
+        with pytest.raises(ValueError, match=f"`{field}`"):
+            build(config)
 
 
 def test_config_round_trip_and_no_generation_field_clash():
@@ -183,7 +195,7 @@ def test_layernorm_scaling_is_a_python_float_on_the_norm_outputs():
     """With scaling, each pre-norm output is multiplied by 1/sqrt(depth): the same as a Llama whose two pre-norm
     weights are multiplied by that factor."""
     model = tiny_neurotrails(layernorm_scaling=True, density=1.0)
-    norms = [m for m in model.modules() if isinstance(m, NeuroTrailsRMSNorm)]
+    norms = [m for m in model.modules() if isinstance(m, ScaledRMSNorm)]
     assert all(isinstance(n.scale, float) for n in norms)
     assert not any("scale" in name for name, _ in model.named_buffers())
     assert model.model.trails[2].layers[1].input_layernorm.scale == pytest.approx(1 / 3**0.5)
@@ -270,13 +282,14 @@ def test_fresh_process_loads_after_import(tmp_path):
     model.save_pretrained(tmp_path / "m")
     ids = torch.arange(3, 10).unsqueeze(0)
     with torch.no_grad():
-        torch.save(model(ids).logits, tmp_path / "expected.pt")
+        save_file({"logits": model(ids).logits}, tmp_path / "expected.safetensors")
     code = f"""
     import torch, hf_plugins
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
     m = AutoModelForCausalLM.from_pretrained({str(tmp_path / "m")!r}).eval()
     out = m(torch.arange(3, 10).unsqueeze(0)).logits
-    assert torch.equal(out, torch.load({str(tmp_path / "expected.pt")!r})), "logits differ"
+    assert torch.equal(out, load_file({str(tmp_path / "expected.safetensors")!r})["logits"]), "logits differ"
     assert type(m.config).__name__ == "NeuroTrailsConfig"
     print("ok")
     """

@@ -15,7 +15,7 @@ from hf_plugins.models.neurotrails import (
     prune_rate_at,
     sparse_layer_shapes,
 )
-from hf_plugins.models.neurotrails.sparsity import update_layer_topology, zero_optimizer_state
+from hf_plugins.models.neurotrails_sparsity import update_layer_topology, zero_optimizer_state
 
 
 TINY = {
@@ -41,8 +41,8 @@ def tiny_neurotrails(seed: int = 0, **overrides):
 # ---- ERK ----
 
 
-def test_erk_reproduces_the_spec_parameter_counts():
-    """Spec (computed from the official ERK formula): LLaMA-130M with 3 trails x 8 blocks at density 0.9 has
+def test_erk_reproduces_the_official_formula_parameter_counts():
+    """Counts computed by hand from the official ERK formula (`sparselearning/core.py`): LLaMA-130M with 3 trails x 8 blocks at density 0.9 has
     296.5M 2-D parameters, 266.8M non-zero; embeddings / lm_heads ~0.73 dense, attention 1.0, MLP ~0.98;
     LLaMA-350M with 3 x 16: 836.6M / 753M."""
     shapes = sparse_layer_shapes(NeuroTrailsConfig())
@@ -398,7 +398,7 @@ def _fsdp2_worker(rank: int, port: int, out_dir: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
     from hf_plugins.distributed import full_tensor
-    from hf_plugins.models.neurotrails.sparsity import apply_masks, random_mask, topology_generator
+    from hf_plugins.models.neurotrails_sparsity import apply_masks, random_mask, topology_generator
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

@@ -24,6 +24,9 @@ def add_mask_token(tokenizer, model=None, mask_token: str = DEFAULT_MASK_TOKEN) 
       mean, which still gives MEAP a distinct, fixed mask vector. To train it, add the token before building the
       adapter and pass `LoraConfig(trainable_token_indices=[id])` (PEFT 0.21), or reuse a reserved token.
 
+    All or nothing: the model is resized before the tokenizer changes, so a model that cannot be resized (e.g.
+    NeuroTrails, whose several output layers have fixed sizes) raises and leaves the tokenizer untouched.
+
     Save the tokenizer with the model: the id must match at inference time.
 
     Example:
@@ -35,33 +38,39 @@ def add_mask_token(tokenizer, model=None, mask_token: str = DEFAULT_MASK_TOKEN) 
     if tokenizer.mask_token is None:
         if not mask_token:
             raise ValueError(f"`mask_token` must be a non-empty string, got {mask_token!r}.")
-        before = len(tokenizer)
+        existing = tokenizer.get_vocab().get(mask_token)
+        # The rows the model needs once the token is added: a new token takes the next id.
+        needed = max(len(tokenizer), existing + 1) if existing is not None else len(tokenizer) + 1
+        if model is not None:
+            _resize_for_mask_token(model, needed, mask_token)
         tokenizer.add_special_tokens({"mask_token": mask_token})
-        added = len(tokenizer) - before
         logger.info(
             "MEAP: set %r as the tokenizer's mask token (id %d, %s)",
             mask_token,
             tokenizer.mask_token_id,
-            "new token" if added else "existing vocabulary entry",
+            "existing vocabulary entry" if existing is not None else "new token",
         )
     mask_id = tokenizer.mask_token_id
     if mask_id is None:
         raise ValueError(f"The tokenizer did not assign an id to the mask token {tokenizer.mask_token!r}.")
     if model is not None:
-        rows = model.get_input_embeddings().weight.shape[0]
-        if mask_id >= rows:
-            new_rows = max(len(tokenizer), mask_id + 1)
-            model.resize_token_embeddings(new_rows)
-            trainable = model.get_input_embeddings().weight.requires_grad
-            logger.warning(
-                "MEAP: resized the token embeddings from %d to %d rows for the mask token %r (id %d)%s",
-                rows,
-                new_rows,
-                tokenizer.mask_token,
-                mask_id,
-                "" if trainable else "; the embedding matrix is frozen, so the new row keeps its mean initialisation",
-            )
+        _resize_for_mask_token(model, max(len(tokenizer), mask_id + 1), tokenizer.mask_token)
     return mask_id
+
+
+def _resize_for_mask_token(model, rows_needed: int, mask_token: str) -> None:
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows >= rows_needed:
+        return
+    model.resize_token_embeddings(rows_needed)
+    trainable = model.get_input_embeddings().weight.requires_grad
+    logger.warning(
+        "MEAP: resized the token embeddings from %d to %d rows for the mask token %r%s",
+        rows,
+        rows_needed,
+        mask_token,
+        "" if trainable else "; the embedding matrix is frozen, so the new row keeps its mean initialisation",
+    )
 
 
 def check_mask_token_id(mask_token_id: int | None, tokenizer) -> int:

@@ -10,8 +10,15 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from hf_plugins.registry import register_model_config
 
-from .configuration_coe import CoEConfig
-from .modeling_coe import CoECausalLMOutputWithPast, CoEForCausalLM, CoEModel, CoEPreTrainedModel, coe_router_aux_loss
+from ..configuration_coe import CoEConfig
+from ..modeling_coe import (
+    CoECausalLMOutputWithPast,
+    CoEForCausalLM,
+    CoEModel,
+    CoEPreTrainedModel,
+    coe_router_aux_loss,
+)
+from .convert import moe_to_coe
 
 
 AutoConfig.register(CoEConfig.model_type, CoEConfig, exist_ok=True)
@@ -70,4 +77,5 @@ __all__ = [
     "CoEPreTrainedModel",
     "build_coe_config",
     "coe_router_aux_loss",
+    "moe_to_coe",
 ]

@@ -2,17 +2,16 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .configuration_lns import LnsLlamaConfig, LnsQwen2Config
-from .convert import lns_config_from, to_lns
-from .modeling_lns import (
+from ..configuration_lns import LnsLlamaConfig, LnsQwen2Config
+from ..modeling_lns import (
     LnsLlamaForCausalLM,
     LnsLlamaModel,
     LnsQwen2ForCausalLM,
     LnsQwen2Model,
-    LnsRMSNorm,
     apply_layernorm_scaling,
-    layernorm_scale,
 )
+from ..scaled_rms_norm import ScaledRMSNorm, layernorm_scale
+from .convert import lns_config_from, to_lns
 
 
 AutoConfig.register(LnsLlamaConfig.model_type, LnsLlamaConfig, exist_ok=True)
@@ -32,7 +31,7 @@ __all__ = [
     "LnsQwen2Config",
     "LnsQwen2ForCausalLM",
     "LnsQwen2Model",
-    "LnsRMSNorm",
+    "ScaledRMSNorm",
     "apply_layernorm_scaling",
     "layernorm_scale",
     "lns_config_from",

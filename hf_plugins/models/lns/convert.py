@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import LlamaConfig, PreTrainedConfig, PreTrainedModel, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedConfig, PreTrainedModel, Qwen2Config
 
-from .configuration_lns import LnsLlamaConfig, LnsQwen2Config
+from ..configuration_lns import LnsLlamaConfig, LnsQwen2Config
 
 
 __all__ = ["lns_config_from", "to_lns"]
@@ -56,13 +56,12 @@ def to_lns(
       model shares the tensors of `model` (no copy, like `merge_and_unload`): do not keep training the old one.
       `copy=True` clones them;
     - a directory -> the checkpoint loaded with `from_pretrained(path, **from_pretrained_kwargs)` and converted.
-      Save the result with `save_pretrained`; it then loads with `AutoModelForCausalLM` after `import hf_plugins`.
+      Save the result with `save_pretrained`; it then loads with `AutoModelForCausalLM` after `import hf_plugins`,
+      or with `trust_remote_code=True` anywhere (the modeling files are saved with it).
 
     Only `model_type`, the class and `layernorm_scaling` change; parameter names are identical, so
     `layernorm_scaling=False` gives back a model with exactly the input's outputs.
     """
-    from transformers import AutoModelForCausalLM
-
     if isinstance(model_or_path, PreTrainedConfig):
         return lns_config_from(model_or_path, layernorm_scaling)
     if isinstance(model_or_path, (str, os.PathLike)):

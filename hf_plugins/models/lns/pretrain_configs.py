@@ -7,7 +7,11 @@ only in the flag. Defaults are a narrow 12-layer version of the paper's LLaMA-13
 
 from __future__ import annotations
 
+from transformers import LlamaConfig
+
 from hf_plugins.registry import register_model_config
+
+from ..configuration_lns import LnsLlamaConfig
 
 
 SMALL_LLAMA = {
@@ -23,10 +27,6 @@ SMALL_LLAMA = {
 
 def _build(layernorm_scaling: bool | None):
     def build(tokenizer, options: dict):
-        from transformers import LlamaConfig
-
-        from .configuration_lns import LnsLlamaConfig
-
         fields = dict(SMALL_LLAMA)
         fields.update(
             vocab_size=len(tokenizer),

@@ -11,16 +11,16 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from hf_plugins import registry
 
-from .callback import NeuroTrailsSparsityCallback, find_neurotrails_model
-from .configuration_neurotrails import NeuroTrailsConfig
-from .modeling_neurotrails import (
+from ..configuration_neurotrails import NeuroTrailsConfig
+from ..modeling_neurotrails import (
     NeuroTrailsCausalLMOutput,
     NeuroTrailsForCausalLM,
     NeuroTrailsModel,
     NeuroTrailsPreTrainedModel,
     sparse_layer_shapes,
 )
-from .sparsity import erk_densities, prune_rate_at
+from ..neurotrails_callback import NeuroTrailsSparsityCallback, find_neurotrails_model
+from ..neurotrails_sparsity import erk_densities, prune_rate_at
 
 
 AutoConfig.register(NeuroTrailsConfig.model_type, NeuroTrailsConfig, exist_ok=True)
@@ -61,20 +61,12 @@ def build_neurotrails_config(tokenizer, options: dict | None = None) -> NeuroTra
     return NeuroTrailsConfig(**fields)
 
 
-def neurotrails_callbacks(options: dict | None = None) -> list:
-    """Callbacks a NeuroTrails run needs: the dynamic-sparsity step (masks after every optimizer step, topology
-    updates, per-trail logging)."""
-    return [NeuroTrailsSparsityCallback()]
-
-
 registry.register_model_config(
     "neurotrails",
     build_neurotrails_config,
     help="NeuroTrails (arXiv 2505.17909): shared backbone + 3 sparse trails, small by default (hidden 128, 2 shared "
     "+ 3 x 2 trail blocks, density 0.9); --model-arg overrides any NeuroTrailsConfig field",
 )
-# Read by train_job once model-config entries may carry callbacks (Entry.callbacks, as for --method/--optim).
-registry.MODEL_CONFIGS["neurotrails"].callbacks = neurotrails_callbacks
 
 __all__ = [
     "SMALL_NEUROTRAILS",
@@ -87,7 +79,6 @@ __all__ = [
     "build_neurotrails_config",
     "erk_densities",
     "find_neurotrails_model",
-    "neurotrails_callbacks",
     "prune_rate_at",
     "sparse_layer_shapes",
 ]

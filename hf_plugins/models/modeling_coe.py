@@ -1,28 +1,30 @@
 """Chain-of-Experts (CoE) decoder, arXiv 2506.18945, built from transformers' Llama pieces.
 
 A CoE layer runs C iterations over one pool of experts; iteration t has its own router, reads the previous
-iteration's output and adds its experts' weighted output to it (the paper's equation, `report.MD`):
+iteration's output and adds its experts' weighted output to it (the paper's equation, `report.MD` of the official
+repository):
 
     x(0) = LN(h);   x(t) = x(t-1) + sum_{i in TopK(s_t, K)} g_{t,i} FFN_i(x(t-1)),   s_t = softmax(U_t x(t-1))
 
-and the decoder layer returns h + (x(C) - x(0)), i.e. h + sum_t (routed + shared experts of iteration t). With
-C = 1 this is the standard pre-LN MoE block h + MoE(LN(h)).
+With `residual_mode="pre_ln"` (default) the decoder layer returns h + (x(C) - x(0)), i.e. h + sum_t (routed + shared
+experts of iteration t); with C = 1 this is the standard pre-LN MoE block h + MoE(LN(h)). With
+`residual_mode="official"` it returns x(C) (plus h with `outer_residual`), the layout of the official code
+(github.com/ZihanWang314/CoE, `CoeDecoderLayer` with its published flags), which replaces the un-normalised residual
+stream h by LN(h) at every layer. Attention is Llama's GQA with RoPE (the paper's base is DeepSeek-V2-Lite MLA;
+attention is not the paper's point). Experts are fused 3-D tensors run through transformers' experts interface
+(`grouped_mm` by default) instead of the official Python loop over experts.
 
-Differences from the official code (github.com/ZihanWang314/CoE, `CoeDecoderLayer`): with its published flags
-(`inner_residual=true`, `outer_residual=false`) the official layer returns LN(h) + sum_t MoE_t, dropping the
-un-normalised residual stream h at every layer (for its MoE baseline too). We implement the paper's equation
-inside a standard pre-LN block instead. Attention is Llama's GQA with RoPE (the paper's base is DeepSeek-V2-Lite
-MLA; attention is not the paper's point). Experts are fused 3-D tensors run through transformers' experts
-interface (`grouped_mm` by default) instead of the official Python loop over experts.
+This file is saved with every CoE checkpoint (with configuration_coe.py and scaled_rms_norm.py, which it imports
+relatively), so it imports only torch and transformers.
 """
 
 import inspect
-import math
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
@@ -34,13 +36,13 @@ from transformers.models.llama.modeling_llama import (
     LlamaMLP,
     LlamaModel,
     LlamaPreTrainedModel,
-    LlamaRMSNorm,
     LlamaRotaryEmbedding,
 )
 from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder
 
 from .configuration_coe import CoEConfig
+from .scaled_rms_norm import ScaledRMSNorm, layernorm_scale
 
 
 __all__ = [
@@ -59,33 +61,6 @@ __all__ = [
 # The in-tree Llama model and decoder layer we inherit from use their own version's name; we look it up once.
 _CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 _CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(MoeCausalLMOutputWithPast)} else "past_key_values"
-
-
-class CoERMSNorm(nn.Module):
-    """RMSNorm with an optional fixed output scale (LayerNorm Scaling, arXiv 2502.05795).
-
-    Same computation and parameter name as `LlamaRMSNorm` (fp32 normalisation, `weight` in the input dtype). Not
-    a subclass of it: that class is tagged for hub-kernel replacement, which would silently drop the scale.
-    """
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6, scale: float = 1.0) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-        # A Python float, not a buffer: transformers v5 builds models on the meta device and only `_init_weights`
-        # re-initialises tensors, so a buffer filled here would come back empty (allenai/OLMo-core PR #698).
-        self.scale = float(scale)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        weight = self.weight if self.scale == 1.0 else self.weight * self.scale
-        return weight * hidden_states.to(input_dtype)
-
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, scale={self.scale:.4g}"
 
 
 class _Fp32Linear(torch.autograd.Function):
@@ -220,9 +195,13 @@ class CoESharedExpert(LlamaMLP):
 class CoESparseMoeBlock(nn.Module):
     """The CoE layer: C iterations of (route, run experts, add) over one expert pool.
 
-    Input is the normalised hidden state u0 = LN(h) [B, T, H]; output is what the decoder layer adds to h:
-    sum_t d_t with the inner residual (so the layer returns h + x(C) - x(0)), or x(C) = d_C without it, where
-    d_t = sum_k g_{t,k} FFN_{i_{t,k}}(x(t-1)) (+ shared experts of x(t-1)).
+    Input is the normalised hidden state u0 = x(0) = LN(h) [B, T, H], and d_t = sum_k g_{t,k} FFN_{i_{t,k}}(x(t-1))
+    (+ shared experts of x(t-1)). The output is what the decoder layer needs:
+
+    - `residual_mode="pre_ln"`: x(C) - x(0) = sum_t d_t with the inner residual, d_C without it (the layer adds h);
+    - `residual_mode="official"`: x(C) itself (the layer adds nothing, or h with `outer_residual`).
+
+    With `learnable_chain_scale` every iteration but the last contributes a_t * d_t instead of d_t.
     """
 
     def __init__(self, config: CoEConfig):
@@ -232,22 +211,34 @@ class CoESparseMoeBlock(nn.Module):
         self.norm_topk_prob = config.norm_topk_prob
         self.routed_scaling_factor = config.routed_scaling_factor
         self.inner_residual = config.inner_residual
+        self.returns_chain_state = config.residual_mode == "official"
         self.shared_every_iteration = config.shared_experts_every_iteration
         self.experts = CoEExperts(config)
         num_routers = config.num_iterations if config.router_per_iteration else 1
         self.routers = nn.ModuleList([CoERouter(config.hidden_size, config.num_experts) for _ in range(num_routers)])
         self.shared_experts = CoESharedExpert(config) if config.n_shared_experts > 0 else None
         self.router_logits = CoERouterLogits()
+        # a_t of iterations 1..C-1 (filled in `_init_weights`: values set here are lost under meta-device init).
+        self.chain_scale = (
+            nn.Parameter(torch.empty(config.num_iterations - 1))
+            if config.learnable_chain_scale and config.num_iterations > 1
+            else None
+        )
 
     def route(self, t: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-K expert indices and gate weights of iteration `t` (0-based) for x [N, H]."""
+        """Top-K expert indices and gate weights of iteration `t` (0-based) for x [N, H].
+
+        As the official (DeepSeek-V2) `MoEGate`: the K probabilities are renormalised when `norm_topk_prob` and K > 1,
+        otherwise multiplied by `routed_scaling_factor` (the config refuses a factor other than 1 with renormalised
+        gates, where it would have no effect).
+        """
         router = self.routers[t if len(self.routers) > 1 else 0]
         probs = self.router_logits(router(x).float()).softmax(dim=-1)  # [N, E]; .float() for wrapped routers
         # sorted=True (official: sorted=False) selects the same set; it fixes the summation order across batches.
         weights, index = torch.topk(probs, self.top_k, dim=-1)
-        if self.norm_topk_prob:
+        if self.norm_topk_prob and self.top_k > 1:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        if self.routed_scaling_factor != 1.0:
+        elif self.routed_scaling_factor != 1.0:
             weights = weights * self.routed_scaling_factor
         return index, weights.to(x.dtype)
 
@@ -260,19 +251,27 @@ class CoESparseMoeBlock(nn.Module):
             d = self.experts(x, index, weights)
             if self.shared_experts is not None and self.shared_every_iteration:
                 d = d + self.shared_experts(x)
+            if self.chain_scale is not None and t < self.num_iterations - 1:
+                d = d * self.chain_scale[t].to(d.dtype)
             # Accumulate the deltas instead of returning x(C) - x(0): same value, no cancellation in bf16.
             total = d if total is None or not self.inner_residual else total + d
             x = x + d if self.inner_residual else d
+        out = x if self.returns_chain_state else total
         if self.shared_experts is not None and not self.shared_every_iteration:
-            total = total + self.shared_experts(x0)
-        return total.reshape(shape)
+            out = out + self.shared_experts(x0)
+        return out.reshape(shape)
 
 
 class CoEDecoderLayer(LlamaDecoderLayer):
-    """Llama decoder layer (attention, norms, residuals and the version-specific `forward` are inherited) with a
-    CoE block, or a dense MLP for the first `first_k_dense_replace` layers, in place of the MLP.
+    """Llama decoder layer with a CoE block (or a dense MLP for the first `first_k_dense_replace` layers) in place of
+    the MLP, and the residual layout of `residual_mode`:
 
-    With `layernorm_scaling` both block-input norms are scaled by 1/sqrt(layer_idx + 1).
+        h   = x + Attn(LN_in(x))
+        out = h + block(LN_post(h))                       "pre_ln" (and every dense layer)
+        out = block(LN_post(h))  [+ h if outer_residual]  "official" (block returns the chain's state x(C))
+
+    With `layernorm_scaling` both block-input norms are scaled by 1/sqrt(layer_idx + 1). The forward passes every
+    keyword it does not name (the KV cache under its version-specific name, `cache_position`, ...) to the attention.
     """
 
     def __init__(self, config: CoEConfig, layer_idx: int):
@@ -280,9 +279,33 @@ class CoEDecoderLayer(LlamaDecoderLayer):
         self.hidden_size = config.hidden_size
         self.self_attn = LlamaAttention(config=config, layer_idx=layer_idx)
         self.mlp = LlamaMLP(config) if layer_idx < config.first_k_dense_replace else CoESparseMoeBlock(config)
-        scale = 1.0 / math.sqrt(layer_idx + 1) if config.layernorm_scaling else 1.0
-        self.input_layernorm = CoERMSNorm(config.hidden_size, eps=config.rms_norm_eps, scale=scale)
-        self.post_attention_layernorm = CoERMSNorm(config.hidden_size, eps=config.rms_norm_eps, scale=scale)
+        scale = layernorm_scale(layer_idx) if config.layernorm_scaling else 1.0
+        self.input_layernorm = ScaledRMSNorm(config.hidden_size, eps=config.rms_norm_eps, scale=scale)
+        self.post_attention_layernorm = ScaledRMSNorm(config.hidden_size, eps=config.rms_norm_eps, scale=scale)
+        official = config.residual_mode == "official" and isinstance(self.mlp, CoESparseMoeBlock)
+        self.adds_residual = not official or config.outer_residual
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states, _ = self.self_attn(
+            hidden_states=self.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        hidden_states = residual + hidden_states
+        out = self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states + out if self.adds_residual else out
 
 
 class CoEPreTrainedModel(LlamaPreTrainedModel):
@@ -299,12 +322,19 @@ class CoEPreTrainedModel(LlamaPreTrainedModel):
         "attentions": LlamaAttention,
     }
 
+    def __init__(self, config: CoEConfig, *args, **kwargs):
+        config.check_coe_fields()  # the config may have been changed since it was built
+        # Not super(): in CoEModel's MRO the next class is LlamaModel, whose __init__ would build Llama layers.
+        PreTrainedModel.__init__(self, config, *args, **kwargs)
+
     def _init_weights(self, module):
         super()._init_weights(module)  # Normal(0, initializer_range) for linears (routers too) and embeddings
         if isinstance(module, CoEExperts):
             std = self.config.initializer_range
             init.normal_(module.gate_up_proj, mean=0.0, std=std)
             init.normal_(module.down_proj, mean=0.0, std=std)
+        elif isinstance(module, CoESparseMoeBlock) and module.chain_scale is not None:
+            init.zeros_(module.chain_scale)  # official up-cycling: `coe_weight` starts at 0
 
 
 class CoEModel(CoEPreTrainedModel, LlamaModel):
@@ -316,7 +346,7 @@ class CoEModel(CoEPreTrainedModel, LlamaModel):
         self.vocab_size = config.vocab_size
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList([CoEDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)  # final norm: never scaled
+        self.norm = ScaledRMSNorm(config.hidden_size, eps=config.rms_norm_eps)  # final norm: never scaled
         self.rotary_emb = LlamaRotaryEmbedding(config=config)
         self.gradient_checkpointing = False
         self.post_init()
@@ -441,3 +471,10 @@ class CoEForCausalLM(CoEPreTrainedModel, GenerationMixin):
             router_logits=router_logits if output_router_logits else None,
             **{_CACHE_FIELD: outputs.get(_CACHE_FIELD)},
         )
+
+
+# `save_pretrained` writes `auto_map` and copies this file with the files it imports relatively (configuration_coe.py,
+# scaled_rms_norm.py): `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` then works without
+# hf_plugins.
+CoEModel.register_for_auto_class("AutoModel")
+CoEForCausalLM.register_for_auto_class("AutoModelForCausalLM")

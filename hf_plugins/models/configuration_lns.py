@@ -54,3 +54,9 @@ class LnsQwen2Config(Qwen2Config):
     model_type = "lns_qwen2"
 
     layernorm_scaling: bool = True
+
+
+# `save_pretrained` then writes `auto_map` and copies this file, so the checkpoint loads with
+# `AutoConfig.from_pretrained(dir, trust_remote_code=True)` where hf_plugins is not installed.
+LnsLlamaConfig.register_for_auto_class()
+LnsQwen2Config.register_for_auto_class()

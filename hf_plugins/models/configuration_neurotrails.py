@@ -57,8 +57,10 @@ class NeuroTrailsConfig(LlamaConfig):
             How the trails' cross-entropies are combined into the training loss: `"sum"` (language-model code) or
             `"mean"` (vision code).
         embedding_init_std (`float`, *optional*, defaults to `0.02`):
-            Standard deviation of the embedding initialisation. The official LLM code uses sqrt(2/5) ~ 0.632, a
-            leftover of an ablation branch (spec, "what the official code gets wrong", 2); pass 0.632 to reproduce.
+            Standard deviation of the embedding initialisation. The official LLM code uses sqrt(2/5) ~ 0.632
+            (`peft_pretraining/modeling_llama.py`), which the maintainers of the same code lineage (LayerNorm-Scaling,
+            lmsdss/LayerNorm-Scaling commit eb1a0a5) called a leftover of an ablation branch and replaced by 0.02;
+            pass 0.632 to reproduce the NeuroTrails runs.
         layernorm_scaling (`bool`, *optional*, defaults to `False`):
             Multiply the outputs of each block's two pre-norms by 1/sqrt(l), l the block's 1-based depth along its
             path (LayerNorm Scaling, arXiv 2502.05795). Off in the NeuroTrails runs (`NORM_TYPE=pre`).
@@ -122,9 +124,11 @@ class NeuroTrailsConfig(LlamaConfig):
         if isinstance(self.density, int):  # JSON / CLI may give 1 for 1.0
             self.density = float(self.density)
         super().__post_init__(**kwargs)
-        self._check_trail_fields()
+        self.check_trail_fields()
 
-    def _check_trail_fields(self) -> None:
+    def check_trail_fields(self) -> None:
+        """Raise `ValueError` naming the first NeuroTrails field with an invalid value. Also called by the models'
+        `__init__`, so a config changed after construction is checked again (assignments are type-checked only)."""
         if self.num_trails < 1:
             raise ValueError(f"`num_trails` must be >= 1, got {self.num_trails}.")
         if not 1 <= self.blocks_in_head <= self.num_hidden_layers:
@@ -173,3 +177,8 @@ class NeuroTrailsConfig(LlamaConfig):
 
 
 __all__ = ["NeuroTrailsConfig"]
+
+
+# `save_pretrained` then writes `auto_map` and copies this file, so the checkpoint loads with
+# `AutoConfig.from_pretrained(dir, trust_remote_code=True)` where hf_plugins is not installed.
+NeuroTrailsConfig.register_for_auto_class()

@@ -4,7 +4,9 @@ from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
 
-__all__ = ["CoEConfig"]
+__all__ = ["RESIDUAL_MODES", "CoEConfig"]
+
+RESIDUAL_MODES = ("pre_ln", "official")
 
 
 @strict
@@ -34,8 +36,18 @@ class CoEConfig(LlamaConfig):
             One router per iteration (official `use_igate=true`); `False` shares one router across iterations
             (the paper's "shared gating" ablation, which is worse than MoE).
         inner_residual (`bool`, *optional*, defaults to `True`):
-            `I_r = 1` in the paper's equation: x(t) = x(t-1) + experts. With `False`, x(t) is the experts' output
-            alone and the layer adds only the last iteration to the residual stream (the "outer residual" ablation).
+            `I_r = 1` in the paper's equation: x(t) = x(t-1) + experts (official `inner_residual=true`). With `False`,
+            x(t) is the experts' output alone, so the chain's output is the last iteration's experts.
+        residual_mode (`str`, *optional*, defaults to `"pre_ln"`):
+            Where the chain sits in the decoder layer. `"pre_ln"` (ours): a standard pre-LN block, the layer returns
+            h + (x(C) - x(0)), i.e. h + MoE(LN(h)) at C = 1. `"official"`: the layout the paper's runs trained
+            (official `CoeDecoderLayer` with `outer_residual=false`): the layer returns x(C) itself, i.e.
+            LN(h) + sum_t MoE_t with the inner residual, so the un-normalised residual stream h is replaced by its
+            normalised copy at every layer (the MoE baseline, C = 1, included). Use it to reproduce the published
+            curves; see docs/coe.md.
+        outer_residual (`bool`, *optional*, defaults to `False`):
+            With `residual_mode="official"`, add h back: the layer returns h + x(C) (official `outer_residual`; the
+            published runs use `false`). The `"pre_ln"` layout always adds h, so it refuses this flag.
         n_shared_experts (`int`, *optional*, defaults to `1`):
             Always-active SwiGLU experts of width `n_shared_experts * moe_intermediate_size` (official 1).
         shared_experts_every_iteration (`bool`, *optional*, defaults to `True`):
@@ -48,9 +60,17 @@ class CoEConfig(LlamaConfig):
             The first k layers use a dense SwiGLU MLP of width `intermediate_size` instead of a CoE layer
             (official 0: every layer is a CoE layer).
         routed_scaling_factor (`float`, *optional*, defaults to `1.0`):
-            Multiplier of the routed experts' gates (official 1.0).
+            Multiplier of the routed experts' gates (official 1.0). As in the official (DeepSeek-V2) gate it applies
+            only when the gates are not renormalised (`norm_topk_prob=False` or K = 1); a factor other than 1 with
+            renormalised gates is refused rather than silently ignored.
         norm_topk_prob (`bool`, *optional*, defaults to `False`):
-            Renormalise the K selected probabilities to sum to one (official `False`: raw softmax probabilities).
+            Renormalise the K selected probabilities to sum to one (official `False`: raw softmax probabilities). As
+            in the official gate, K = 1 is never renormalised (its gate stays the raw probability).
+        learnable_chain_scale (`bool`, *optional*, defaults to `False`):
+            Multiply the expert output of every iteration but the last by a learnable scalar, in the chain and in
+            the layer's output: x(t) = x(t-1) + a_t * d_t for t < C. The official up-cycling branch
+            (`convert_moe_to_coe`) adds this scalar (`coe_weight`, initialised to 0) so that a converted MoE starts
+            as the MoE; `hf_plugins.models.coe.moe_to_coe` builds such a model. Initialised to 0 here too.
         router_aux_loss_coef (`float`, *optional*, defaults to `0.001`):
             Coefficient of the sequence-level load-balancing loss, summed over layers and iterations and added to
             the training loss (official `aux_loss_alpha=0.001` with `seq_aux=true`). `0` disables it.
@@ -94,12 +114,15 @@ class CoEConfig(LlamaConfig):
     num_iterations: int = 2
     router_per_iteration: bool = True
     inner_residual: bool = True
+    residual_mode: str = "pre_ln"
+    outer_residual: bool = False
     n_shared_experts: int = 1
     shared_experts_every_iteration: bool = True
     moe_intermediate_size: int = 704
     first_k_dense_replace: int = 0
     routed_scaling_factor: float = 1.0
     norm_topk_prob: bool = False
+    learnable_chain_scale: bool = False
     router_aux_loss_coef: float = 0.001
     output_router_logits: bool = False
     layernorm_scaling: bool = False
@@ -107,6 +130,12 @@ class CoEConfig(LlamaConfig):
     def __post_init__(self, **kwargs):
         # Checked here rather than in `validate_architecture` so the error is a plain ValueError naming the field
         # (strict's class validators wrap it in StrictDataclassClassValidationError). Types are already checked.
+        self.check_coe_fields()
+        super().__post_init__(**kwargs)
+
+    def check_coe_fields(self) -> None:
+        """Raise `ValueError` naming the first CoE field with an invalid value. Also called by the models'
+        `__init__`, so a config changed after construction is checked again (assignments are type-checked only)."""
         if self.num_experts < 1:
             raise ValueError(f"`num_experts` must be >= 1, got {self.num_experts}.")
         if not 1 <= self.num_experts_per_tok <= self.num_experts:
@@ -115,6 +144,13 @@ class CoEConfig(LlamaConfig):
             )
         if self.num_iterations < 1:
             raise ValueError(f"`num_iterations` must be >= 1 (1 is a plain MoE), got {self.num_iterations}.")
+        if self.residual_mode not in RESIDUAL_MODES:
+            raise ValueError(f"`residual_mode` must be one of {RESIDUAL_MODES}, got {self.residual_mode!r}.")
+        if self.outer_residual and self.residual_mode != "official":
+            raise ValueError(
+                f"`outer_residual` must be False with residual_mode={self.residual_mode!r}, got True: that layout "
+                "always adds the residual stream h; the flag belongs to residual_mode='official'."
+            )
         if self.n_shared_experts < 0:
             raise ValueError(f"`n_shared_experts` must be >= 0, got {self.n_shared_experts}.")
         if self.moe_intermediate_size < 1:
@@ -124,13 +160,28 @@ class CoEConfig(LlamaConfig):
                 f"`first_k_dense_replace` must be in [0, num_hidden_layers={self.num_hidden_layers}], "
                 f"got {self.first_k_dense_replace}."
             )
+        if self.first_k_dense_replace and self.residual_mode == "official":
+            raise ValueError(
+                f"`first_k_dense_replace` must be 0 with residual_mode='official', got {self.first_k_dense_replace}: "
+                "the official layer calls its MLP once per iteration, which only its MoE layers support."
+            )
         if not self.routed_scaling_factor > 0:
             raise ValueError(f"`routed_scaling_factor` must be > 0, got {self.routed_scaling_factor}.")
+        if self.norm_topk_prob and self.num_experts_per_tok > 1 and self.routed_scaling_factor != 1.0:
+            raise ValueError(
+                f"`routed_scaling_factor`={self.routed_scaling_factor} has no effect with `norm_topk_prob=True`: the "
+                "official gate renormalises the top-k probabilities instead of scaling them. Set "
+                "routed_scaling_factor=1.0, or norm_topk_prob=False to scale the raw probabilities."
+            )
         if not self.router_aux_loss_coef >= 0:
             raise ValueError(f"`router_aux_loss_coef` must be >= 0, got {self.router_aux_loss_coef}.")
-        super().__post_init__(**kwargs)
 
     @property
     def num_moe_layers(self) -> int:
         """Layers that hold a CoE block (all but the first `first_k_dense_replace`)."""
         return self.num_hidden_layers - self.first_k_dense_replace
+
+
+# `save_pretrained` then writes `auto_map` and copies this file, so the checkpoint loads with
+# `AutoConfig.from_pretrained(dir, trust_remote_code=True)` where hf_plugins is not installed.
+CoEConfig.register_for_auto_class()

@@ -1,15 +1,19 @@
 """NeuroTrails (arXiv 2505.17909): a Llama backbone shared by several sparse trails whose logits are averaged.
 
-Built from transformers' own Llama pieces (attention, RoPE, RMSNorm, MLP and decoder layer are subclassed or
-imported), so the KV-cache keyword of the installed release (`past_key_values` up to 5.23, `cache` from 5.24) is
-inherited; the forwards written here accept both names.
+Built from transformers' own Llama pieces (attention, RoPE, MLP and decoder layer are subclassed or imported), so the
+KV-cache keyword of the installed release (`past_key_values` up to 5.23, `cache` from 5.24) is inherited; the forwards
+written here accept both names.
+
+This file is saved with every NeuroTrails checkpoint, together with the files it imports relatively
+(configuration_neurotrails.py, neurotrails_sparsity.py, neurotrails_callback.py, scaled_rms_norm.py), so it imports
+only torch and transformers: a saved model, its masks and its dynamic-sparsity step load with `trust_remote_code=True`
+where hf_plugins is not installed.
 """
 
 from __future__ import annotations
 
 import inspect
 import itertools
-import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -19,11 +23,12 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 from transformers.utils import can_return_tuple
 
 from .configuration_neurotrails import NeuroTrailsConfig
-from .sparsity import (
+from .neurotrails_callback import NeuroTrailsSparsityCallback
+from .neurotrails_sparsity import (
     apply_masks,
     erk_densities,
     prune_rate_at,
@@ -32,6 +37,7 @@ from .sparsity import (
     update_layer_topology,
     zero_optimizer_state,
 )
+from .scaled_rms_norm import ScaledRMSNorm, layernorm_scale
 
 
 __all__ = [
@@ -44,7 +50,7 @@ __all__ = [
     "sparse_layer_shapes",
 ]
 
-# transformers <= 5.23 names the KV cache `past_key_values`, 5.24 names it `cache` (spec hf_integration.md 2.4).
+# transformers <= 5.23 names the KV cache `past_key_values`, 5.24 names it `cache`.
 _LAYER_CACHE_KWARG = (
     "cache" if "cache" in inspect.signature(LlamaDecoderLayer.forward).parameters else "past_key_values"
 )
@@ -97,30 +103,6 @@ class NeuroTrailsCausalLMOutput(CausalLMOutputWithPast):
     trail_kl: torch.Tensor | None = None
 
 
-class NeuroTrailsRMSNorm(LlamaRMSNorm):
-    """Llama's RMSNorm, optionally followed by a constant factor (LayerNorm Scaling)."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6, scale: float = 1.0) -> None:
-        super().__init__(hidden_size, eps=eps)
-        # A Python float, not a buffer: transformers v5 builds models on the meta device and only `_init_weights`
-        # re-initialises tensors, so a buffer filled here would come back empty (allenai/OLMo-core PR #698).
-        self.scale = float(scale)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.scale == 1.0:
-            return super().forward(hidden_states)
-        # Llama's fp32 normalisation, with the factor folded into the gain: an H-sized multiply instead of another
-        # pass over the activations.
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return (self.weight * self.scale) * hidden_states.to(input_dtype)
-
-    def extra_repr(self):
-        return super().extra_repr() + (f", scale={self.scale:.4f}" if self.scale != 1.0 else "")
-
-
 class NeuroTrailsDecoderLayer(LlamaDecoderLayer):
     """A Llama decoder layer whose two pre-norms may be scaled by 1/sqrt(depth) (`layernorm_scaling`).
 
@@ -130,10 +112,10 @@ class NeuroTrailsDecoderLayer(LlamaDecoderLayer):
 
     def __init__(self, config: NeuroTrailsConfig, layer_idx: int, depth: int):
         super().__init__(config, layer_idx)
-        scale = 1.0 / math.sqrt(depth) if config.layernorm_scaling else 1.0
+        scale = layernorm_scale(depth - 1) if config.layernorm_scaling else 1.0
         self.depth = depth
-        self.input_layernorm = NeuroTrailsRMSNorm(config.hidden_size, eps=config.rms_norm_eps, scale=scale)
-        self.post_attention_layernorm = NeuroTrailsRMSNorm(config.hidden_size, eps=config.rms_norm_eps, scale=scale)
+        self.input_layernorm = ScaledRMSNorm(config.hidden_size, eps=config.rms_norm_eps, scale=scale)
+        self.post_attention_layernorm = ScaledRMSNorm(config.hidden_size, eps=config.rms_norm_eps, scale=scale)
 
 
 class NeuroTrailsTrail(nn.Module):
@@ -145,7 +127,7 @@ class NeuroTrailsTrail(nn.Module):
         self.layers = nn.ModuleList(
             [NeuroTrailsDecoderLayer(config, layer_idx=s + trail_idx * b + j, depth=s + j + 1) for j in range(b)]
         )
-        self.norm = NeuroTrailsRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = ScaledRMSNorm(config.hidden_size, eps=config.rms_norm_eps)  # final norm: never scaled
 
 
 class NeuroTrailsPreTrainedModel(PreTrainedModel):
@@ -159,6 +141,10 @@ class NeuroTrailsPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+
+    def __init__(self, config: NeuroTrailsConfig, *args, **kwargs):
+        config.check_trail_fields()  # the config may have been changed since it was built
+        super().__init__(config, *args, **kwargs)
 
     # ---- masks: model state, saved with the weights ----
 
@@ -245,8 +231,6 @@ class NeuroTrailsPreTrainedModel(PreTrainedModel):
     def training_callbacks(self) -> list:
         """Trainer callbacks this model needs: `[NeuroTrailsSparsityCallback()]` (masks after every optimizer step,
         topology updates, per-trail logging). Read by harnesses that build the Trainer for a given model."""
-        from .callback import NeuroTrailsSparsityCallback
-
         return [NeuroTrailsSparsityCallback()]
 
     # ---- initialisation ----
@@ -550,3 +534,9 @@ def _between_trails(predictions, log_probs, labels, picked):
             total = total + (per_token * weight).sum() / denom
         kl = total / (len(log_probs) * (len(log_probs) - 1))
     return disagreement.float(), kl
+
+
+# `save_pretrained` writes `auto_map` and copies this file with the files it imports relatively:
+# `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` then works without hf_plugins.
+NeuroTrailsModel.register_for_auto_class("AutoModel")
+NeuroTrailsForCausalLM.register_for_auto_class("AutoModelForCausalLM")

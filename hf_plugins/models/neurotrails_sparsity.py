@@ -3,16 +3,20 @@
 Sparsity is simulated with dense bool masks, as in the paper's code: weights are multiplied by their masks after
 every optimizer step, gradients stay dense (growth needs them), and every `update_frequency` steps a share of
 each layer's active weights is pruned and the same number of inactive positions is regrown.
+
+Saved with every NeuroTrails checkpoint next to modeling_neurotrails.py, so it imports only torch. Under FSDP2 the
+weights are sharded `DTensor`s and the masks whole buffers; the three accessors below (`_whole`, `_local`,
+`_piece_like`) give the same views as `hf_plugins.distributed`'s `full_tensor`, `local_tensor` and `shard_like`, which
+this file cannot import.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import torch
-
-from hf_plugins.distributed import full_tensor, local_tensor, shard_like
 
 
 __all__ = [
@@ -24,6 +28,31 @@ __all__ = [
     "update_layer_topology",
     "zero_optimizer_state",
 ]
+
+
+def _is_dtensor(t) -> bool:
+    module = sys.modules.get("torch.distributed.tensor")  # a DTensor exists only once its module is loaded
+    return module is not None and isinstance(t, module.DTensor)
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor (a collective for a sharded DTensor: every rank must call it)."""
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor, the tensor itself otherwise."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _piece_like(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """This rank's piece of `whole` (identical on every rank) laid out as the DTensor `like`; no communication."""
+    if not _is_dtensor(like):
+        return whole
+    from torch.distributed.tensor import distribute_tensor  # loaded: `like` is a DTensor
+
+    whole = whole.to(device=_local(like).device)
+    return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None).to_local()
 
 
 def erk_densities(shapes: dict[str, Sequence[int]], density: float) -> dict[str, float]:
@@ -83,7 +112,7 @@ def apply_masks(weights: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
     """w <- w * mask for every sparse weight, in one foreach call. Under FSDP2 a weight is a sharded `DTensor` and
     its mask a whole (replicated) buffer: each rank multiplies its local shard by its piece of the mask."""
     if weights:
-        torch._foreach_mul_([local_tensor(w) for w in weights], [shard_like(m, w) for w, m in zip(weights, masks)])
+        torch._foreach_mul_([_local(w) for w in weights], [_piece_like(m, w) for w, m in zip(weights, masks)])
 
 
 def _prune_keys_soft_magnitude(flat_w, temperature: float, generator) -> torch.Tensor:
@@ -129,7 +158,7 @@ def update_layer_topology(
     n_grow = num_active - n_keep
     if n_grow <= 0:
         return torch.zeros_like(flat_m)
-    flat_w = full_tensor(weight.detach()).reshape(-1)
+    flat_w = _whole(weight.detach()).reshape(-1)
     if criterion == "soft_magnitude":
         keys = _prune_keys_soft_magnitude(flat_w, temperature, generator)
     elif criterion == "magnitude":
@@ -141,7 +170,7 @@ def update_layer_topology(
 
     grad = weight.grad
     if growth == "gradient" and grad is not None:
-        scores = full_tensor(grad.detach()).reshape(-1).abs().float()
+        scores = _whole(grad.detach()).reshape(-1).abs().float()
     elif growth in ("gradient", "random"):  # no gradient (unused weight): fall back to random growth
         scores = torch.rand(flat_w.shape, generator=generator, device=flat_w.device, dtype=torch.float32)
     else:
@@ -171,4 +200,4 @@ def zero_optimizer_state(optimizer, param: torch.Tensor, positions: torch.Tensor
     whole = positions.view(param.shape)
     for value in state.values():
         if torch.is_tensor(value) and value.shape == param.shape:
-            local_tensor(value).masked_fill_(shard_like(whole, value), 0)
+            _local(value).masked_fill_(_piece_like(whole, value), 0)

@@ -1,8 +1,17 @@
-"""The NeuroTrails dynamic-sparsity step as a stock-Trainer callback, plus per-trail logging."""
+"""The NeuroTrails dynamic-sparsity step as a stock-Trainer callback, plus per-trail logging.
+
+Saved with every NeuroTrails checkpoint next to modeling_neurotrails.py (whose `training_callbacks()` returns it), so it
+imports only transformers and the config file, never the modeling file: the callback finds the model by its config's
+`model_type`, which also recognises a model class loaded as remote code.
+"""
 
 from __future__ import annotations
 
-from transformers import TrainerCallback
+import warnings
+
+from transformers import PreTrainedModel, TrainerCallback
+
+from .configuration_neurotrails import NeuroTrailsConfig
 
 
 __all__ = ["NeuroTrailsSparsityCallback", "find_neurotrails_model"]
@@ -10,12 +19,11 @@ __all__ = ["NeuroTrailsSparsityCallback", "find_neurotrails_model"]
 
 def find_neurotrails_model(model):
     """The outermost NeuroTrails model inside `model` (itself, or wrapped by PEFT / DDP / compile), or None."""
-    from .modeling_neurotrails import NeuroTrailsPreTrainedModel
-
     if model is None:
         return None
     for module in model.modules():
-        if isinstance(module, NeuroTrailsPreTrainedModel):
+        config = getattr(module, "config", None)
+        if isinstance(module, PreTrainedModel) and getattr(config, "model_type", None) == NeuroTrailsConfig.model_type:
             return module
     return None
 
@@ -23,7 +31,7 @@ def find_neurotrails_model(model):
 class NeuroTrailsSparsityCallback(TrainerCallback):
     """Runs `model.sparsity_step` after every optimizer step and logs per-trail statistics.
 
-    `on_optimizer_step` comes after `optimizer.step()` and before `zero_grad()` (spec hf_integration.md 4), so the
+    `on_optimizer_step` comes after `optimizer.step()` and before `zero_grad()` (transformers' `Trainer`), so the
     step's dense gradients are still in `.grad` for RigL growth. The step index is `state.global_step` (not yet
     incremented there), the decay horizon `state.max_steps` and the topology seed `args.seed`. Masks, optimizer
     moments and the step live in the checkpoint, so a resumed run continues identically with default arguments.
@@ -47,8 +55,6 @@ class NeuroTrailsSparsityCallback(TrainerCallback):
         found = find_neurotrails_model(model)
         if found is None and not self._warned:
             self._warned = True
-            import warnings
-
             warnings.warn(
                 "NeuroTrailsSparsityCallback found no NeuroTrails model in the trainer: it does nothing.",
                 UserWarning,
