@@ -59,6 +59,19 @@ def markdown_text(rows: list[dict], script: str, device: str, nan: str = "n/a") 
     ]
 
 
+def markdown_recorded(
+    rows: list[dict], script: str, device: str, stack: str, date: str, nan: str = "n/a"
+) -> list[str]:
+    """`markdown_text` rows of measurements made elsewhere (partial results merged on another machine): the recorded
+    date, device and `torch / transformers` stack instead of this process's."""
+    prefix = f"| {date} | {script} | {device} | {stack} |"
+    ratio = lambda x: nan if math.isnan(x) else f"{x:.3g}"  # noqa: E731
+    return [
+        f"{prefix} {r['case']} | {r['metric']} | {r['ours_text']} | {r['base_text']} | {ratio(r['ratio'])} |"
+        for r in rows
+    ]
+
+
 def write_outputs(lines: list[str], *, out: str | None = None, payload=None, append: bool = False, default=str):
     """`--out`: `payload` as JSON (non-JSON values through `default`); `--append`: `lines` appended to RESULTS.md."""
     if out:
