@@ -98,21 +98,19 @@ LAYOUTS = {"pre_ln": "ours (pre-LN)", "official": "official"}
 
 
 def arms(k: int) -> dict[str, dict]:
-    """Arm name -> label, kind ("moe" / "coe") and CoEConfig fields; K = `k` for the MoE, k/2 per CoE iteration."""
+    """Arm name -> label and CoEConfig fields; K = `k` for the MoE, k/2 per CoE iteration."""
     out = {}
     for layout, suffix in (("pre_ln", ""), ("official", "_official")):
         moe = {"residual_mode": layout, "num_iterations": 1, "num_experts_per_tok": k}
         coe = {"residual_mode": layout, "num_iterations": 2, "num_experts_per_tok": k // 2}
         tail = f", {LAYOUTS[layout]}"
-        out["moe" + suffix] = {"kind": "moe", "label": f"MoE K={k}{tail}", "fields": moe}
-        out["coe" + suffix] = {"kind": "coe", "label": f"CoE C=2 K={k // 2}{tail}", "fields": coe}
+        out["moe" + suffix] = {"label": f"MoE K={k}{tail}", "fields": moe}
+        out["coe" + suffix] = {"label": f"CoE C=2 K={k // 2}{tail}", "fields": coe}
         out[f"coe{suffix}_shared_once"] = {
-            "kind": "coe",
             "label": f"CoE C=2 K={k // 2}, shared expert once{tail}",
             "fields": {**coe, "shared_experts_every_iteration": False},
         }
     out["coe_official_shared_router"] = {
-        "kind": "coe",
         "label": f"CoE C=2 K={k // 2}, one router, official",
         "fields": {**out["coe_official"]["fields"], "router_per_iteration": False},
     }
@@ -265,7 +263,8 @@ def at(fraction: float, steps: int) -> int:
 def summarize(runs: list[dict], s: dict) -> dict:
     """Per arm at its best lr: sweep scores, checkpoint spreads, mean curve with its min/max, tokens/s."""
     out = {}
-    for arm, entry in sweep.merge(runs, "val_loss").items():
+    order = list(arms(s["k_moe"]))
+    for arm, entry in sorted(sweep.merge(runs, "val_loss").items(), key=lambda kv: order.index(kv[0])):
         done = [r for r in entry["runs"] if not r["diverged"]]
         if not done:
             continue

@@ -251,7 +251,7 @@ def final_values(run: dict) -> dict:
 def summarize(runs: list[dict]) -> dict:
     """Per arm at its best lr, over the finished runs: final metrics (spread over seeds), parameter counts."""
     out = {}
-    for arm, entry in sweep.merge(runs, "ppl").items():
+    for arm, entry in sorted(sweep.merge(runs, "ppl").items(), key=lambda kv: list(ARMS).index(kv[0])):
         done = [r for r in entry["runs"] if not r["diverged"] and r["steps_done"] == r["total_steps"]]
         if not done:
             continue
