@@ -120,9 +120,20 @@ def markdown(rows: list[dict], script: str, device: str) -> list[str]:
 def markdown_text(rows: list[dict], script: str, device: str, nan: str = "n/a") -> list[str]:
     """Rows with pre-formatted `ours_text` / `base_text` (e.g. "mean [min, max]" of seeds) and a numeric `ratio`
     (3 significant digits, `nan` when undefined): the quality checks' rows."""
-    prefix = row_prefix(script, device)
+    return _text_rows(row_prefix(script, device), rows, nan)
+
+
+def _text_rows(prefix: str, rows: list[dict], nan: str) -> list[str]:
     ratio = lambda x: nan if math.isnan(x) else f"{x:.3g}"  # noqa: E731
     return [f"{prefix} {r['case']} | {r['metric']} | {r['ours_text']} | {r['base_text']} | {ratio(r['ratio'])} |" for r in rows]  # fmt: skip
+
+
+def markdown_recorded(
+    rows: list[dict], script: str, device: str, stack: str, date: str, nan: str = "n/a"
+) -> list[str]:
+    """`markdown_text` rows of measurements made elsewhere (partial results merged on another machine): the recorded
+    date, device and `torch / transformers` stack instead of this process's."""
+    return _text_rows(f"| {date} | {script} | {device} | {stack} |", rows, nan)
 
 
 def cpu_name() -> str:
