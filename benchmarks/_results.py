@@ -94,3 +94,19 @@ def report(
     print(f"total wall {wall_s:.1f} s", flush=True)
     write_outputs(lines, out=out, payload={"rows": rows, "raw": raw}, append=append)
     return lines
+
+
+def markdown_text_recorded(
+    rows: list[dict], script: str, device: str, stack: str, date: str, nan: str = "n/a"
+) -> list[str]:
+    """`markdown_text` for rows measured elsewhere or earlier (e.g. merged from saved runs on another machine): the
+    `date`, `device` and `stack` ("torch / transformers" versions) are the runs' own, not this process's."""
+    prefix = f"| {date} | {script} | {device} | {stack} |"
+
+    def ratio(x: float) -> str:
+        return nan if math.isnan(x) else f"{x:.3g}"
+
+    return [
+        f"{prefix} {r['case']} | {r['metric']} | {r['ours_text']} | {r['base_text']} | {ratio(r['ratio'])} |"
+        for r in rows
+    ]

@@ -56,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
     p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: 8 times per run)")
     p.add_argument("--eval-tokens", type=int, default=1_000_000, help="validation tokens per evaluation")
+    p.add_argument("--test-tokens", type=int, default=0, help="test-split tokens evaluated at the end (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of every plugin")
     p.add_argument("--bf16", default="auto", choices=["auto", "yes", "no"], help="bf16 autocast (auto: on GPU)")
     p.add_argument("--out", default=None, help="write the JSON result here")
@@ -294,6 +295,10 @@ def run(args) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     final = evaluate(model, eval_blocks, args.batch_size, device, bf16)
+    test = None
+    if args.test_tokens:
+        test_blocks = PackedBlocks(args.corpus, "test", args.seq_len, max_tokens=args.test_tokens)
+        test = evaluate(model, test_blocks, args.batch_size, device, bf16)
     table = getattr(optimizer, "alphadecay_table", None)
     import transformers
 
@@ -308,6 +313,8 @@ def run(args) -> dict:
         "curve": curve,
         "final_eval_loss": final,
         "final_eval_perplexity": math.exp(min(final, 50.0)),
+        "final_test_loss": test,
+        "final_test_perplexity": None if test is None else math.exp(min(test, 50.0)),
         "seconds": seconds,
         "tokens_per_second": steps * args.batch_size * args.seq_len / seconds,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
@@ -316,6 +323,39 @@ def run(args) -> dict:
         "alphadecay_end": table() if callable(table) else None,  # {module: {"alpha", "weight_decay"}} of AlphaDecay
     }
     return result
+
+
+def smoke_corpus(out_dir: str | Path | None = None) -> str:
+    """A tiny corpus for CPU smoke runs: arithmetic word problems (hf_plugins.data.arithmetic) tokenized with the
+    in-code word-level tokenizer, 10% validation and 10% test documents. Built once (default: a folder in the
+    system's temp dir, shared by every smoke run) into a temporary folder that is then renamed, so concurrent smoke
+    runs never read a half-built corpus; returns the directory."""
+    import shutil
+    import tempfile
+
+    from hf_plugins.data.arithmetic import ArithmeticConfig, generate_problems
+    from hf_plugins.data.corpus import Source, build_corpus
+    from hf_plugins.testing import tiny_tokenizer
+
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.gettempdir()) / "hf_plugins_smoke_corpus"
+    if not (out / "manifest.json").is_file():
+        problems = generate_problems(ArithmeticConfig(seed=0, num_train=600, num_test=0))
+
+        def extract(root):
+            for i, problem in enumerate(problems):
+                yield f"arithmetic/{i:05d}", problem.plain_text()
+
+        source = Source("arithmetic", (), "generated in code", None, extract, "arithmetic word problems")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+        build_corpus(tmp, tokenizer=tiny_tokenizer(), sources=[], extra_sources=[source], validation_fraction=0.1,
+                     test_fraction=0.1)  # fmt: skip
+        shutil.rmtree(tmp / "cache", ignore_errors=True)
+        try:
+            tmp.rename(out)
+        except OSError:  # built meanwhile by another process
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
 
 
 def main(argv=None) -> int:
