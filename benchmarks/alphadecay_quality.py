@@ -50,7 +50,7 @@ def run_unit(group: str, arm: str, lr: float, seed: int, args) -> dict:
         "--batch-size", str(cfg["batch"]), "--seq-len", str(cfg["seq"]), "--eval-tokens", str(cfg["eval_tokens"]),
         "--test-tokens", str(cfg["test_tokens"]), "--eval-every", str(max(1, steps // 4)),
         "--weight-decay", str(args.weight_decay), "--esd-min-eigs", str(cfg["min_eigs"]),
-        "--bf16", "no" if args.smoke else "auto",
+        "--bf16", "no" if args.smoke else "auto", "--grad-accum", str(args.grad_accum),
     ]  # fmt: skip
     if arm == "alphadecay":
         interval = args.interval or cfg["interval"]
@@ -140,6 +140,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="a tiny model on a tiny corpus, CPU")
     p.add_argument("--corpus", default="corpus_out", help="directory written by `hf-plugins corpus build`")
     p.add_argument("--tokens", type=int, default=None, help=f"training tokens per run (default {FULL['tokens']:,})")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same step, less memory)")
     p.add_argument("--weight-decay", type=float, default=0.1, help="base decay of both arms (paper's AdamW table)")
     p.add_argument(
         "--interval", type=int, default=None, help=f"AlphaDecay refresh interval (default {FULL['interval']})"

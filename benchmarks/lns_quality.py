@@ -134,6 +134,8 @@ def run_unit(group: str, arm: str, lr: float, seed: int, args) -> dict:
     data = _data(args, cfg)
     layers = int(group.rstrip("L"))
     steps = args.steps or cfg["steps"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     model = _model(arm == "lns", layers, data["vocab"], cfg, seed, device)
     probe = data["validation"][:8]
     depth_init = depth_report(model, probe)
@@ -150,13 +152,16 @@ def run_unit(group: str, arm: str, lr: float, seed: int, args) -> dict:
     model.train()
     for s in range(steps):
         ids = train[torch.arange(s * cfg["batch"], (s + 1) * cfg["batch"]) % len(train)].to(device)  # same order
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()  # no gradient clipping (official scripts)
+        step_loss = 0.0
+        for chunk in ids.chunk(args.grad_accum):  # equal-length blocks: the mean of the chunks' means
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model(input_ids=chunk, labels=chunk, use_cache=False).loss / args.grad_accum
+            loss.backward()  # no gradient clipping (official scripts)
+            step_loss += float(loss.detach())
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        losses.append(step_loss)
         if (s + 1) % max(1, steps // 4) == 0 and s + 1 < steps:
             curve.append([s + 1, math.log(_ppl(model, data["validation"][: cfg["curve_blocks"]], device, bf16))])
     val = _ppl(model, data["validation"], device, bf16)
@@ -181,6 +186,7 @@ def run_unit(group: str, arm: str, lr: float, seed: int, args) -> dict:
         "final_train_loss": statistics.fmean(losses[-5:]),
         "steps": steps,
         "tokens": steps * cfg["batch"] * cfg["seq"],
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "device": _results.device_label(device.type == "cuda", args.smoke),
         "stack": _stack(),
     }
@@ -252,8 +258,11 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", default="corpus_out", help="directory written by `hf-plugins corpus build`")
     p.add_argument("--depths", type=int, nargs="+", default=None, help="numbers of layers (default 12 24)")
     p.add_argument("--steps", type=int, default=None, help=f"optimizer steps per run (default {FULL['steps']})")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same step, less memory)")
     _sweep.add_arguments(p, make_plan(None))
     args = p.parse_args(argv)
+    if args.grad_accum < 1 or (SMOKE if args.smoke else FULL)["batch"] % args.grad_accum:
+        p.error(f"--grad-accum must divide the batch of {(SMOKE if args.smoke else FULL)['batch']} sequences")
     return _sweep.run(make_plan(args), args, run_unit, argv)
 
 

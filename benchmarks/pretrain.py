@@ -50,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--tokens", type=int, default=20_000_000, help="training token budget")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per step")
+    p.add_argument(
+        "--grad-accum", type=int, default=1, help="micro-batches per step (--loop trainer; less memory, same step)"
+    )
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument("--weight-decay", type=float, default=0.1, help="decoupled weight decay")
     p.add_argument("--warmup-ratio", type=float, default=0.05, help="share of steps in linear warm-up")
@@ -141,8 +144,9 @@ def _training_arguments(args, steps, eval_every, bf16, out_dir):
     return TrainingArguments(
         output_dir=str(out_dir),
         max_steps=steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
+        per_device_train_batch_size=args.batch_size // args.grad_accum,
+        per_device_eval_batch_size=args.batch_size // args.grad_accum,
+        gradient_accumulation_steps=args.grad_accum,
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
         adam_beta1=0.9,
@@ -211,6 +215,11 @@ def run(args) -> dict:
     from hf_plugins import registry
     from hf_plugins.data.corpus import PackedBlocks, read_manifest
 
+    if args.grad_accum < 1 or args.batch_size % args.grad_accum:
+        raise ValueError(f"--grad-accum must divide --batch-size {args.batch_size}, got {args.grad_accum}")
+    if args.grad_accum > 1 and args.loop != "trainer":
+        raise ValueError("--grad-accum needs --loop trainer")
+    micro = args.batch_size // args.grad_accum
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and device.type == "cuda")
     manifest = read_manifest(args.corpus)
@@ -294,11 +303,11 @@ def run(args) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    final = evaluate(model, eval_blocks, args.batch_size, device, bf16)
+    final = evaluate(model, eval_blocks, micro, device, bf16)
     test = None
     if args.test_tokens:
         test_blocks = PackedBlocks(args.corpus, "test", args.seq_len, max_tokens=args.test_tokens)
-        test = evaluate(model, test_blocks, args.batch_size, device, bf16)
+        test = evaluate(model, test_blocks, micro, device, bf16)
     table = getattr(optimizer, "alphadecay_table", None)
     import transformers
 

@@ -235,6 +235,8 @@ def run_unit(group: str, arm: str, lr: float, seed: int, args) -> dict:
     data, base = _setup(args, group)
     tok, pad = data["tok"], data["tok"].pad_token_id
     base_zeros = [r["zeros"] for r in sparsity_report(base).matrices]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(seed)
     r = cfg["r"]
     if arm == "seft":
@@ -269,6 +271,7 @@ def run_unit(group: str, arm: str, lr: float, seed: int, args) -> dict:
         "matrices": len(base_zeros),
         "trainable": trainable,
         "curve": curve,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "device": _results.device_label(device.type == "cuda", args.smoke),
         "stack": _stack(),
     }

@@ -142,6 +142,8 @@ def _int4_unit(arm: str, lr: float, seed: int, args) -> dict:
     steps = args.int4_steps or cfg["steps"]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     tok, data = _int4_data(cfg)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=cfg["hidden"], intermediate_size=cfg["inter"],
@@ -195,6 +197,7 @@ def _int4_unit(arm: str, lr: float, seed: int, args) -> dict:
         "train_loss": losses,
         "steps": steps,
         "tokens": steps * cfg["batch"] * cfg["seq"],
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "device": _results.device_label(device.type == "cuda", args.smoke),
         "stack": _stack(),
     }
@@ -219,7 +222,7 @@ def _corpus_unit(arm: str, lr: float, seed: int, args) -> dict:
         "--tokens", str(tokens), "--batch-size", str(cfg["batch"]), "--seq-len", str(cfg["seq"]),
         "--eval-tokens", str(cfg["eval_tokens"]), "--test-tokens", str(cfg["test_tokens"]),
         "--eval-every", str(max(1, steps // 4)), "--max-grad-norm", str(clip), "--weight-decay", "0.1",
-        "--bf16", "no" if args.smoke else "auto",
+        "--bf16", "no" if args.smoke else "auto", "--grad-accum", str(args.grad_accum),
     ]  # fmt: skip
     res = pretrain.run(pretrain.parse_args(argv))
     cuda = res["device"] != "cpu"
@@ -299,6 +302,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--tokens", type=int, default=None, help=f"training tokens per corpus run (default {CORPUS['tokens']:,})"
     )
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per corpus step (same step, less memory)")
     p.add_argument("--int4-steps", type=int, default=None, help=f"steps per int4 run (default {INT4['steps']})")
     p.add_argument("--bits", type=int, default=4, help="fake-quantisation bits of the int4 group (0: bf16 only)")
     p.add_argument("--spam-max-grad-norm", type=float, default=0.0, help="Stable-SPAM's global clipping (paper: 0)")  # fmt: skip

@@ -124,3 +124,28 @@ def test_full_smoke_protocol(name, tmp_path):
             assert lane["seeds"] == [0, 1, 2] and len(lane["sweep"]) in (3, 4)
     if importlib.util.find_spec("matplotlib"):
         assert all(Path(p).is_file() for p in out["plots"]) and out["plots"]
+
+
+def test_gradient_accumulation_gives_the_same_step(tmp_path):
+    """`--grad-accum 2` (two micro-batches per step, for memory) trains the same model as one batch: pretrain.py's
+    Trainer path and lns_quality.py's own loop."""
+    pretrain = _load("pretrain")
+    corpus = pretrain.smoke_corpus()
+    common = ["--corpus", corpus, "--size", "tiny", "--tokens", str(6 * 4 * 32), "--seq-len", "32", "--batch-size",
+              "4", "--eval-tokens", "512", "--test-tokens", "512", "--lr", "1e-2", "--bf16", "no"]  # fmt: skip
+    one, two = (pretrain.run(pretrain.parse_args([*common, "--grad-accum", k])) for k in ("1", "2"))
+    assert one["steps"] == two["steps"] == 6
+    assert two["final_eval_loss"] == pytest.approx(one["final_eval_loss"], abs=1e-4)
+    assert two["final_test_loss"] == pytest.approx(one["final_test_loss"], abs=1e-4)
+    with pytest.raises(ValueError, match="--grad-accum must divide"):
+        pretrain.run(pretrain.parse_args([*common, "--grad-accum", "3"]))
+
+    lns = _load("lns_quality")
+    ppl = {}
+    for k in ("1", "2"):
+        argv = ["--smoke", "--depths", "2", "--arms", "pre_ln", "--lrs", "4e-3", "--seeds", "0", "--extend", "0"]
+        assert lns.main([*argv, "--grad-accum", k, "--work-dir", str(tmp_path / k), "--plot", ""]) == 0
+        (path,) = (tmp_path / k / "runs").glob("*.json")
+        run = json.loads(path.read_text())
+        ppl[k] = run["test_ppl"], run["final_train_loss"]
+    assert ppl["2"] == pytest.approx(ppl["1"], rel=1e-4)
