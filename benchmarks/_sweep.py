@@ -372,8 +372,9 @@ def rows(plan: Plan, summary: dict, seeds: list[int]) -> list[dict]:
             vo = next((s["value"] for s in ours["sweep"] if s["lr"] == ours["best_lr"]), None)
             vb = next((s["value"] for s in base["sweep"] if s["lr"] == base["best_lr"]), None)
             ratio = vo / vb if vo is not None and vb else float("nan")
-            out.append({"case": case, "metric": f"{plan.select_label} per lr, seed {seeds[0]} (* chosen), {lo} vs {lb}",
-                        "ours_text": sweep_text(ours), "base_text": sweep_text(base), "ratio": ratio})  # fmt: skip
+            metric = f"{plan.select_label} per lr, seed {seeds[0]} (* chosen), {lo} vs {lb}"
+            out.append({"case": case, "metric": metric, "ours_text": sweep_text(ours), "base_text": sweep_text(base),
+                        "ratio": ratio})  # fmt: skip
     return out
 
 
@@ -438,8 +439,8 @@ def plot_summary(plan: Plan, summary: dict, path: str) -> str | None:
             for i, r in enumerate(lane["best_runs"]):
                 curve = r.get("curve") or []
                 if curve:
-                    bottom.plot(*zip(*curve), color=color, ls=("-", "--", ":", "-.")[i % 4], lw=1.2,
-                                label=f"{plan.label(arm)} lr {lr_key(lane['best_lr'])}" if i == 0 else None)  # fmt: skip
+                    label = f"{plan.label(arm)} lr {lr_key(lane['best_lr'])}" if i == 0 else None
+                    bottom.plot(*zip(*curve), color=color, ls=("-", "--", ":", "-.")[i % 4], lw=1.2, label=label)
         top.set(xscale="log", xlabel="learning rate", ylabel=plan.select_label)
         top.set_title(textwrap.fill(plan.case(group), 70), fontsize=7)
         bottom.set(xlabel="step", ylabel=plan.curve_label, title="chosen rate, every seed")

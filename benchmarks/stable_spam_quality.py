@@ -5,9 +5,9 @@ Two comparison groups, each a learning-rate sweep per arm, the best rate chosen 
 seeds at it (benchmarks/_sweep.py):
 - `corpus`: the project's 20M Llama (benchmarks/pretrain.py, stock Trainer, 18.9M parameters) pre-trained from
   scratch on the project corpus, bf16 autocast, cosine schedule, wd 0.1, betas (0.9, 0.95), B=32 x T=512.
-  AdamW keeps the Trainer's gradient clipping at 1.0 (the strong baseline of SPAM's repo issue #6); Stable-SPAM runs
-  without global clipping, as the paper's scripts (`--grad_clipping 0.0`). Selected on validation loss, reported:
-  test-split perplexity. Seeds change the initialisation; the data order is the corpus order in every run.
+  AdamW keeps the Trainer's gradient clipping at 1.0 (a strong baseline reported in the SPAM repository);
+  Stable-SPAM runs without global clipping, as the paper's scripts (`--grad_clipping 0.0`). Selected on validation
+  loss, reported: test-split perplexity. Seeds change the initialisation; the data order is the corpus order.
 - `int4`: a Llama with hidden 512, 8 layers, intermediate 1376 (the 60M core) trained on the embedded arithmetic
   text with the in-code word-level tokenizer, every decoder linear layer with symmetric INT4 fake quantisation of
   weights (per output channel) and activations (per token), straight-through gradients; B=32 x T=128, warm-up 10%,
@@ -305,7 +305,7 @@ def main(argv=None) -> int:
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per corpus step (same step, less memory)")
     p.add_argument("--int4-steps", type=int, default=None, help=f"steps per int4 run (default {INT4['steps']})")
     p.add_argument("--bits", type=int, default=4, help="fake-quantisation bits of the int4 group (0: bf16 only)")
-    p.add_argument("--spam-max-grad-norm", type=float, default=0.0, help="Stable-SPAM's global clipping (paper: 0)")  # fmt: skip
+    p.add_argument("--spam-max-grad-norm", type=float, default=0.0, help="Stable-SPAM's clipping (paper: none)")
     _sweep.add_arguments(p, make_plan(None))
     args = p.parse_args(argv)
     return _sweep.run(make_plan(args), args, run_unit, argv)

@@ -108,8 +108,10 @@ def test_seft_quality_smoke(tmp_path):
     assert all(r["nnz_ok"] == 1.0 for r in records)  # every merged matrix kept the pruned base's non-zero count
     rows = json.loads((work / "summary.json").read_text())["rows"]
     assert [r["metric"] for r in rows[-3:]] == [
-        "perplexity, wanda 50% vs dense", "perplexity, sparsegpt 50% vs wanda 50%", "perplexity, magnitude 50% vs wanda 50%",
-    ]  # fmt: skip
+        "perplexity, wanda 50% vs dense",
+        "perplexity, sparsegpt 50% vs wanda 50%",
+        "perplexity, magnitude 50% vs wanda 50%",
+    ]
 
 
 @pytest.mark.slow

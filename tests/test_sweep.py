@@ -148,7 +148,8 @@ def test_selection_prefers_higher_when_asked_breaks_ties_and_never_picks_a_diver
     import _sweep
 
     plan = _sweep.Plan(script="x.py", path=BENCH, groups={}, ours="a", select="acc", select_label="accuracy",
-                       metrics=lambda g: [], case=str, higher_is_better=frozenset({"acc"}), tie_break="loss")  # fmt: skip
+                       metrics=lambda g: [], case=str, higher_is_better=frozenset({"acc"}),
+                       tie_break="loss")  # fmt: skip
     runs = [{"lr": 1e-3, "acc": 0.5, "loss": 2.0}, {"lr": 2e-3, "acc": 0.5, "loss": 1.0},
             {"lr": 4e-3, "acc": math.nan, "loss": 0.1}, {"lr": 8e-3, "acc": 0.25, "loss": 0.5}]  # fmt: skip
     assert _sweep.best_lr(plan, runs) == 2e-3
