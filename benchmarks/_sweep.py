@@ -245,7 +245,7 @@ def _strip(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 
 def spawn(plan: Plan, args, root: Path, argv: list[str], todo: list[tuple[str, str]]) -> int:
     """Run the lanes in `args.jobs` worker processes on this machine; returns the number of failed workers."""
-    base = _strip(argv, ("--jobs", "--work-dir", "--groups", "--arms"))
+    base = _strip(argv, ("--jobs", "--work-dir"))  # a later --groups / --arms overrides the user's (argparse)
     pending = sorted(todo, key=lambda lane: -plan.cost(*lane))
     running, failed = [], 0
     (root / "logs").mkdir(exist_ok=True)

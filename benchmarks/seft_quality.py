@@ -103,7 +103,8 @@ def _stack() -> str:
 def prepare(args) -> None:
     """Prune once: the reference perplexities and the Wanda bases of every sparsity (skipped when done)."""
     root = Path(args.work_dir)
-    if (root / "prepare.json").is_file():
+    bases = [root / "bases" / name for name in ["tokenizer", *(f"wanda{s}" for s in args.sparsities)]]
+    if (root / "prepare.json").is_file() and all(b.is_dir() for b in bases):
         return
     from hf_plugins.pruning import prune_model
 

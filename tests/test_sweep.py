@@ -129,7 +129,8 @@ def test_jobs_workers_write_the_same_runs_as_one_process(synthetic, tmp_path):
     one, many = tmp_path / "one", tmp_path / "many"
     assert synthetic.main(["--work-dir", str(one), "--no-merge"]) == 0
     res = subprocess.run(
-        [sys.executable, str(tmp_path / "synthetic.py"), "--work-dir", str(many), "--jobs", "2", "--plot", ""],
+        [sys.executable, str(tmp_path / "synthetic.py"), "--arms", "ours", "base", "--work-dir", str(many), "--jobs", "2",
+         "--plot", ""],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
