@@ -1,27 +1,24 @@
-"""AlphaDecay quality check: pre-train a small Llama from scratch (bf16 autocast, no clipping), uniform weight decay
-vs AlphaDecay at the same base decay (AdamW, wd 0.1: the paper's AdamW table), 2 seeds; eval loss / perplexity and
-the alpha distribution per module type at the end (plot).
+"""AlphaDecay vs uniform weight decay, each at its own tuned learning rate (arXiv 2506.14562, AdamW table: 60M
+31.95 -> 31.20 perplexity at decay 0.1).
 
-    python benchmarks/alphadecay_quality.py             # GPU, ~60M-shaped Llama core (~1-2 min on an H200)
-    python benchmarks/alphadecay_quality.py --smoke     # tiny, CPU
-    python benchmarks/alphadecay_quality.py --append --out alphadecay_quality.json --plot alphadecay_alphas.png
+The project's 60M Llama (benchmarks/pretrain.py, stock Trainer, 50.5M parameters) pre-trained from scratch on the
+project corpus, bf16 autocast, B=32 x T=512, cosine schedule, betas (0.9, 0.95), gradient clipping 1.0 (the
+Trainer's default, both arms), base decay 0.1 (decoupled): AdamW with that decay on every matrix ("uniform") vs
+AdamW with AlphaDecay's per-matrix decays (refreshed every `--interval` updates; the paper's 500 is for 10K-step
+runs, these runs are ~120 steps). A learning-rate sweep per arm, the best rate chosen on validation loss, then three
+seeds at it (benchmarks/_sweep.py); reported: test-split perplexity, mean [min, max] over the seeds. Seeds change the
+initialisation; the data order is the corpus order in every run. A second figure shows the per-module alphas at the
+end and the decays AlphaDecay assigned (benchmarks/alphadecay_plot.py) at the chosen rates, seed 0.
 
-Data and model as benchmarks/stable_spam_quality.py (embedded arithmetic text, word-level tokenizer, hidden 512,
-8 layers). The run is far shorter than the paper's (10K steps at 60M), so the refresh interval is 100 instead of
-500 (min_eigs 50 as the paper). Paper direction (60M, AdamW 0.1): 31.95 -> 31.20 ppl; at this budget expect a
-smaller gap than the seed spread.
+    python benchmarks/alphadecay_quality.py --corpus .gpu_corpus --jobs 2 --work-dir W     # GPU
+    python benchmarks/alphadecay_quality.py --smoke                                       # tiny, CPU
+    python benchmarks/alphadecay_quality.py --merge --work-dir W --append --plot docs/img/alphadecay_quality.png
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import math
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 
@@ -29,157 +26,129 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import torch  # noqa: E402
+import _results  # noqa: E402
+import _sweep  # noqa: E402
 
 
-FULL = {"hidden": 512, "layers": 8, "heads": 8, "inter": 1376, "steps": 600, "batch": 32, "seq": 128, "lr": 1e-3}
-SMOKE = {"hidden": 64, "layers": 2, "heads": 4, "inter": 128, "steps": 8, "batch": 4, "seq": 32, "lr": 1e-3}
+SCRIPT = "alphadecay_quality.py"
+FULL = {"size": "60m", "tokens": 2_000_000, "batch": 32, "seq": 512, "eval_tokens": 262_144, "test_tokens": 524_288,
+        "interval": 10, "min_eigs": 50}  # fmt: skip
+SMOKE = {"size": "tiny", "tokens": 6 * 4 * 32, "batch": 4, "seq": 32, "eval_tokens": 1024, "test_tokens": 1024,
+         "interval": 2, "min_eigs": 16}  # fmt: skip
+GRID = [7.5e-4, 1.5e-3, 3e-3]  # the earlier single-rate runs used 1.5e-3 for both arms
 
 
-def run_arm(arm, cfg, data, tok, seed, device, interval, min_eigs):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def run_unit(group: str, arm: str, lr: float, seed: int, args) -> dict:
+    import pretrain
 
-    from hf_plugins import AlphaDecay, hf_param_groups
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=cfg["hidden"],
-        intermediate_size=cfg["inter"],
-        num_hidden_layers=cfg["layers"],
-        num_attention_heads=cfg["heads"],
-        num_key_value_heads=cfg["heads"],
-        max_position_embeddings=cfg["seq"],
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    with torch.device(device):
-        model = LlamaForCausalLM(config)
-    fused = device.type == "cuda"
-    if arm == "uniform":
-        opt = torch.optim.AdamW(hf_param_groups(model, 0.1), lr=cfg["lr"], fused=fused)
-    else:
-        opt = AlphaDecay()(model, lr=cfg["lr"], weight_decay=0.1, interval=interval, min_eigs=min_eigs, fused=fused)
-    steps, warmup = cfg["steps"], max(1, cfg["steps"] // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))),
-    )
-    gen = torch.Generator().manual_seed(seed)
-    train = data["train"]
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    model.train()
-    losses = []
-    for _ in range(steps):
-        batch = train[torch.randint(0, train.shape[0], (cfg["batch"],), generator=gen)].to(device)
-        with amp:
-            loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    model.eval()
-    with torch.no_grad(), amp:
-        test = data["test"][:256].to(device)
-        eval_loss = model(input_ids=test, labels=test).loss.item()
-    from hf_plugins import model_esd
-
-    alphas = {r["name"]: r["alpha"] for r in model_esd(model, min_eigs=min_eigs)}
-    table = opt.alphadecay_table() if hasattr(opt, "alphadecay_table") else {}
-    return {"eval_loss": eval_loss, "losses": losses, "alphas_end": alphas, "decays_end": table}
-
-
-def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for k, (arm, runs) in enumerate(results.items()):
-        by_type: dict[str, list[float]] = {}
-        for name, a in runs[0]["alphas_end"].items():
-            by_type.setdefault(name.rsplit(".", 1)[-1], []).append(a)
-        kinds = sorted(by_type)
-        for j, kind in enumerate(kinds):
-            xs = [j + 0.2 * (k - 0.5)] * len(by_type[kind])
-            ax.scatter(xs, by_type[kind], s=10, label=arm if j == 0 else None, color=f"C{k}")
-        ax.set_xticks(range(len(kinds)), kinds, rotation=30)
-    ax.set_ylabel("alpha at the end (seed 0)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--append", action="store_true")
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--plot", default=None, help="PNG of the final alphas per module type")
-    ap.add_argument("--seeds", type=int, default=2)
-    args = ap.parse_args()
-
-    from stable_spam_quality import make_data
-
-    from hf_plugins.testing import tiny_tokenizer
-
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     cfg = SMOKE if args.smoke else FULL
-    interval, min_eigs = (4, 16) if args.smoke else (100, 50)
-    tok = tiny_tokenizer()
-    data = make_data(tok, 200 if args.smoke else 20000, 50 if args.smoke else 1000, cfg["seq"])
-    t0 = time.perf_counter()
-    results: dict = {"uniform": [], "alphadecay": []}
-    for seed in range(args.seeds):
-        for arm in ("uniform", "alphadecay"):
-            r = run_arm(arm, cfg, data, tok, seed, device, interval, min_eigs)
-            results[arm].append(r)
-            alphas = list(r["alphas_end"].values())
-            print(
-                f"seed {seed} {arm:10s} eval loss {r['eval_loss']:.4f} (ppl {math.exp(r['eval_loss']):.3f})  alpha "
-                f"min/median/max {min(alphas):.2f}/{statistics.median(alphas):.2f}/{max(alphas):.2f}  "
-                f"({time.perf_counter() - t0:.0f} s)"
-            )
-    if args.plot:
-        plot(results, args.plot)
+    tokens = args.tokens or cfg["tokens"]
+    corpus = pretrain.smoke_corpus() if args.smoke else args.corpus
+    steps = max(1, tokens // (cfg["batch"] * cfg["seq"]))
+    argv = [
+        "--corpus", corpus, "--size", cfg["size"], "--lr", repr(lr), "--seed", str(seed), "--tokens", str(tokens),
+        "--batch-size", str(cfg["batch"]), "--seq-len", str(cfg["seq"]), "--eval-tokens", str(cfg["eval_tokens"]),
+        "--test-tokens", str(cfg["test_tokens"]), "--eval-every", str(max(1, steps // 4)),
+        "--weight-decay", str(args.weight_decay), "--esd-min-eigs", str(cfg["min_eigs"]),
+        "--bf16", "no" if args.smoke else "auto", "--grad-accum", str(args.grad_accum),
+    ]  # fmt: skip
+    if arm == "alphadecay":
+        interval = args.interval or cfg["interval"]
+        argv += [
+            "--optim",
+            "alphadecay",
+            "--optim-arg",
+            f"interval={interval}",
+            "--optim-arg",
+            f"min_eigs={cfg['min_eigs']}",
+        ]
+    else:
+        argv += ["--optim", "adamw"]
+    res = pretrain.run(pretrain.parse_args(argv))
+    return {
+        "val_loss": res["final_eval_loss"],
+        "val_ppl": res["final_eval_perplexity"],
+        "test_loss": res["final_test_loss"],
+        "test_ppl": res["final_test_perplexity"],
+        "curve": [[c["step"], c["eval_loss"]] for c in res["curve"] if "eval_loss" in c],
+        "train_loss": [[c["step"], c["loss"]] for c in res["curve"] if "loss" in c],
+        "steps": res["steps"],
+        "tokens": res["tokens"],
+        "parameters": res["parameters"],
+        "tokens_per_s": res["tokens_per_second"],
+        "peak_gib": res["peak_memory_gib"],
+        # what benchmarks/alphadecay_plot.py reads
+        "config": {"optim": res["config"]["optim"], "weight_decay": args.weight_decay},
+        "final_eval_perplexity": res["final_eval_perplexity"],
+        "esd_start": res["esd_start"],
+        "esd_end": res["esd_end"],
+        "alphadecay_end": res["alphadecay_end"],
+        "device": _results.device_label(res["device"] != "cpu", args.smoke),
+        "stack": f"{res['versions']['torch']} / {res['versions']['transformers']}",
+    }
 
-    import transformers
 
-    def mean(arm):
-        return statistics.mean(r["eval_loss"] for r in results[arm])
+def alpha_plot(summary: dict, args, plot_path: str) -> list[str]:
+    """Per-module alphas at the end and AlphaDecay's decays, each arm at its chosen rate, seed 0."""
+    try:
+        import alphadecay_plot
 
-    dev_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    case = (
-        f"{'smoke ' if args.smoke else ''}Llama h{cfg['hidden']} L{cfg['layers']} from scratch, AdamW lr {cfg['lr']} "
-        f"wd 0.1, {cfg['steps']} steps, refresh every {interval}, {args.seeds} seeds"
+        runs, labels = [], []
+        for arms in summary.values():
+            for arm, lane in arms.items():
+                if lane["best_runs"] and lane["best_runs"][0].get("esd_end"):
+                    runs.append(lane["best_runs"][0])
+                    labels.append(f"{alphadecay_plot.label(runs[-1], arm)}, lr {_sweep.lr_key(lane['best_lr'])}")
+        if not runs or not any(alphadecay_plot.by_type(r["esd_end"]) for r in runs):
+            return []
+        path = str(Path(plot_path).with_name(Path(plot_path).stem + "_alphas.png"))
+        alphadecay_plot.plot(runs, labels, path)
+        return [path]
+    except ImportError as exc:
+        print(f"no alpha plot: {exc}", flush=True)
+        return []
+
+
+def make_plan(args) -> _sweep.Plan:
+    def case(group: str) -> str:
+        c = SMOKE if args.smoke else FULL
+        tokens = args.tokens or c["tokens"]
+        return (f"{'smoke, ' if args.smoke else ''}pretrain.py {c['size']} Llama, project corpus {tokens / 1e6:.3g}M "
+                f"tokens, B={c['batch']} T={c['seq']}, cosine, clip 1.0, bf16, base wd {args.weight_decay:g}, "
+                f"AlphaDecay refresh every {args.interval or c['interval']} steps")  # fmt: skip
+
+    return _sweep.Plan(
+        script=SCRIPT,
+        path=Path(__file__).resolve(),
+        groups={"60m": {"alphadecay": GRID, "uniform": GRID}},
+        ours="alphadecay",
+        labels={"alphadecay": "AlphaDecay(AdamW)", "uniform": "AdamW, uniform decay"},
+        select="val_loss",
+        select_label="validation loss",
+        metrics=lambda group: [("test_ppl", "test perplexity")],
+        case=case,
+        cost=lambda group, arm: 1.1 if arm == "alphadecay" else 1.0,
+        extra_plot=alpha_plot,
+        protocol="Each arm: learning rates swept at seed 0, the rate with the lowest validation loss chosen, then "
+        "seeds 1 and 2 at it; mean [min, max] over the three seeds on the test split.",
     )
-    rows = [
-        (case, "eval loss, AlphaDecay vs uniform decay", mean("alphadecay"), mean("uniform")),
-        (
-            case,
-            "eval perplexity, AlphaDecay vs uniform decay",
-            math.exp(mean("alphadecay")),
-            math.exp(mean("uniform")),
-        ),
-    ]
-    stamp = datetime.date.today().isoformat()
-    lines = [
-        f"| {stamp} | alphadecay_quality.py | {dev_name} | {torch.__version__} / {transformers.__version__} | {c} | {m} "
-        f"| {o:.4g} | {b:.4g} | {o / b:.4f} |"
-        for c, m, o, b in rows
-    ]
-    print("\n".join(lines))
-    print(f"total {time.perf_counter() - t0:.0f} s")
-    if args.append:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write("\n".join(lines) + "\n")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"config": cfg, "results": results, "rows": lines}) + "\n")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="a tiny model on a tiny corpus, CPU")
+    p.add_argument("--corpus", default="corpus_out", help="directory written by `hf-plugins corpus build`")
+    p.add_argument("--tokens", type=int, default=None, help=f"training tokens per run (default {FULL['tokens']:,})")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same step, less memory)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="base decay of both arms (paper's AdamW table)")
+    p.add_argument(
+        "--interval", type=int, default=None, help=f"AlphaDecay refresh interval (default {FULL['interval']})"
+    )
+    _sweep.add_arguments(p, make_plan(None))
+    args = p.parse_args(argv)
+    return _sweep.run(make_plan(args), args, run_unit, argv)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    main()
+    raise SystemExit(main())

@@ -50,12 +50,16 @@ def parse_args(argv=None):
     p.add_argument("--tokens", type=int, default=20_000_000, help="training token budget")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per step")
+    p.add_argument(
+        "--grad-accum", type=int, default=1, help="micro-batches per step (--loop trainer; less memory, same step)"
+    )
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument("--weight-decay", type=float, default=0.1, help="decoupled weight decay")
     p.add_argument("--warmup-ratio", type=float, default=0.05, help="share of steps in linear warm-up")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
     p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: 8 times per run)")
     p.add_argument("--eval-tokens", type=int, default=1_000_000, help="validation tokens per evaluation")
+    p.add_argument("--test-tokens", type=int, default=0, help="test-split tokens evaluated at the end (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of every plugin")
     p.add_argument("--bf16", default="auto", choices=["auto", "yes", "no"], help="bf16 autocast (auto: on GPU)")
     p.add_argument("--out", default=None, help="write the JSON result here")
@@ -140,8 +144,9 @@ def _training_arguments(args, steps, eval_every, bf16, out_dir):
     return TrainingArguments(
         output_dir=str(out_dir),
         max_steps=steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
+        per_device_train_batch_size=args.batch_size // args.grad_accum,
+        per_device_eval_batch_size=args.batch_size // args.grad_accum,
+        gradient_accumulation_steps=args.grad_accum,
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
         adam_beta1=0.9,
@@ -210,6 +215,11 @@ def run(args) -> dict:
     from hf_plugins import registry
     from hf_plugins.data.corpus import PackedBlocks, read_manifest
 
+    if args.grad_accum < 1 or args.batch_size % args.grad_accum:
+        raise ValueError(f"--grad-accum must divide --batch-size {args.batch_size}, got {args.grad_accum}")
+    if args.grad_accum > 1 and args.loop != "trainer":
+        raise ValueError("--grad-accum needs --loop trainer")
+    micro = args.batch_size // args.grad_accum
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and device.type == "cuda")
     manifest = read_manifest(args.corpus)
@@ -293,7 +303,11 @@ def run(args) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    final = evaluate(model, eval_blocks, args.batch_size, device, bf16)
+    final = evaluate(model, eval_blocks, micro, device, bf16)
+    test = None
+    if args.test_tokens:
+        test_blocks = PackedBlocks(args.corpus, "test", args.seq_len, max_tokens=args.test_tokens)
+        test = evaluate(model, test_blocks, micro, device, bf16)
     table = getattr(optimizer, "alphadecay_table", None)
     import transformers
 
@@ -308,6 +322,8 @@ def run(args) -> dict:
         "curve": curve,
         "final_eval_loss": final,
         "final_eval_perplexity": math.exp(min(final, 50.0)),
+        "final_test_loss": test,
+        "final_test_perplexity": None if test is None else math.exp(min(test, 50.0)),
         "seconds": seconds,
         "tokens_per_second": steps * args.batch_size * args.seq_len / seconds,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
@@ -316,6 +332,39 @@ def run(args) -> dict:
         "alphadecay_end": table() if callable(table) else None,  # {module: {"alpha", "weight_decay"}} of AlphaDecay
     }
     return result
+
+
+def smoke_corpus(out_dir: str | Path | None = None) -> str:
+    """A tiny corpus for CPU smoke runs: arithmetic word problems (hf_plugins.data.arithmetic) tokenized with the
+    in-code word-level tokenizer, 10% validation and 10% test documents. Built once (default: a folder in the
+    system's temp dir, shared by every smoke run) into a temporary folder that is then renamed, so concurrent smoke
+    runs never read a half-built corpus; returns the directory."""
+    import shutil
+    import tempfile
+
+    from hf_plugins.data.arithmetic import ArithmeticConfig, generate_problems
+    from hf_plugins.data.corpus import Source, build_corpus
+    from hf_plugins.testing import tiny_tokenizer
+
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.gettempdir()) / "hf_plugins_smoke_corpus"
+    if not (out / "manifest.json").is_file():
+        problems = generate_problems(ArithmeticConfig(seed=0, num_train=600, num_test=0))
+
+        def extract(root):
+            for i, problem in enumerate(problems):
+                yield f"arithmetic/{i:05d}", problem.plain_text()
+
+        source = Source("arithmetic", (), "generated in code", None, extract, "arithmetic word problems")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+        build_corpus(tmp, tokenizer=tiny_tokenizer(), sources=[], extra_sources=[source], validation_fraction=0.1,
+                     test_fraction=0.1)  # fmt: skip
+        shutil.rmtree(tmp / "cache", ignore_errors=True)
+        try:
+            tmp.rename(out)
+        except OSError:  # built meanwhile by another process
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
 
 
 def main(argv=None) -> int:
