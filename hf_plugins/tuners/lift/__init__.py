@@ -9,7 +9,7 @@ from hf_plugins.registry import register_method
 from .callback import LiftRefreshCallback, find_lift_model
 from .config import LiftConfig
 from .layer import LiftLayer, Linear, select_masks
-from .model import LIFT_TARGET_MODULES, LiftModel
+from .model import LiftModel
 from .selection import low_rank_approximation, select_principal_indices
 
 
@@ -33,7 +33,6 @@ register_method(
 )
 
 __all__ = [
-    "LIFT_TARGET_MODULES",
     "LiftConfig",
     "LiftLayer",
     "LiftModel",

@@ -50,8 +50,8 @@ class LiftConfig(PeftConfig):
             `LiftRefreshCallback()`; custom loops call `model.refresh_masks(optimizer)`.
         on_leave (`str`, *optional*, defaults to `"keep"`):
             What happens to the learned change of an entry that leaves the mask at a refresh. `"keep"`: it stays in
-            a frozen residual saved with the adapter (what the official in-place code does, spec note 3; the
-            model's function never changes at a refresh). `"reset"`: it is dropped (the adapter stays exactly k
+            a frozen residual saved with the adapter (the official optimizer edits W in place, so a leaving entry keeps
+            its change there; the model's function never changes at a refresh). `"reset"`: it is dropped (the adapter stays exactly k
             entries, but each refresh changes the function).
 
     > Speed and memory

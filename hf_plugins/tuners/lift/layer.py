@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...distributed import full_tensor, is_distributed, is_dtensor
-from .._sparse_delta import SparseDeltaLayer, add_sparse_, carry_map
+from ...distributed import full_tensor, is_distributed
+from .._sparse_delta import SparseDeltaLayer
+from .._sparse_delta_ops import add_sparse_, carry_map
 from .config import LiftConfig
 from .selection import select_principal_indices
 
@@ -131,7 +132,7 @@ class Linear(nn.Module, LiftLayer):
         cached = self._try_cached_forward(x)  # W_eff kept between steps (_sparse_delta_cache.py): the training path
         if cached is not None:
             return cached
-        _check_unsharded(self, "lift_values")
+        self._check_unsharded()
         if self.training and not self.disable_adapters and not self.merged:
             # Fallback when neither LiftRefreshCallback.on_train_begin nor model.initialize_masks() ran: select
             # this layer's mask before its first training step (values are still 0, so nothing is lost).
@@ -142,19 +143,6 @@ class Linear(nn.Module, LiftLayer):
 
     def __repr__(self) -> str:
         return "lift." + super().__repr__()
-
-
-def _check_unsharded(layer: nn.Module, values_attr: str) -> None:
-    """The sparse-delta forward needs whole tensors. Under FSDP2 it runs between the pre-forward all-gather and the
-    reshard of the `fully_shard` unit holding the layer, where the weight and values are plain unsharded tensors; a
-    `DTensor` here means the layer was called outside its unit's forward."""
-    base = layer.get_base_layer()
-    if is_dtensor(base.weight) or any(is_dtensor(v) for v in getattr(layer, values_attr).values()):
-        raise RuntimeError(
-            f"{type(layer).__name__} got FSDP2-sharded (DTensor) parameters in forward: call the model whose "
-            "`fully_shard` unit contains this layer (its pre-forward hook gathers the whole tensors), not the layer "
-            "on its own."
-        )
 
 
 # Max fp32 entries per batched decomposition (1 GiB per stacked tensor, ~3 GiB transient with the approximation

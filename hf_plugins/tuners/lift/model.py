@@ -9,23 +9,14 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .._sparse_delta_cache import CachedSparseDeltaTuner
+from .._sparse_delta_tuner import SparseDeltaTuner
 from .layer import LiftLayer, Linear, select_masks
 
 
-__all__ = ["LIFT_TARGET_MODULES", "LiftModel"]
-
-_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-# All linear projections of the blocks (paper; official `--no_grad head` keeps lm_head and embeddings frozen).
-# hf_plugins' own models (lns_*, coe, neurotrails) use the same module names; names a model lacks are skipped.
-LIFT_TARGET_MODULES: dict[str, list[str]] = {
-    model_type: list(_PROJECTIONS)
-    for model_type in ("llama", "qwen2", "mistral", "lns_llama", "lns_qwen2", "coe", "neurotrails")
-}
+__all__ = ["LiftModel"]
 
 
-class LiftModel(CachedSparseDeltaTuner, BaseTuner):
+class LiftModel(SparseDeltaTuner, BaseTuner):
     """LIFT tuner: trains the principal weights (top-k of a rank-q approximation) of every target matrix.
 
     Created by `get_peft_model(model, LiftConfig(...))`. Masks are selected before training starts
@@ -47,7 +38,6 @@ class LiftModel(CachedSparseDeltaTuner, BaseTuner):
 
     prefix: str = "lift_"
     tuner_layer_cls = LiftLayer
-    target_module_mapping = LIFT_TARGET_MODULES
 
     def _create_and_replace(self, lift_config, adapter_name, target, target_name, parent, current_key, **kwargs):
         residual_size = (lift_config.residual_sizes or {}).get(current_key, 0)

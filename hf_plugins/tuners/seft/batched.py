@@ -19,7 +19,7 @@ import torch
 
 from hf_plugins.distributed import is_dtensor
 
-from .._sparse_delta import carry_map, isin_sorted, remap_optimizer_state_
+from .._sparse_delta_ops import carry_map, isin_sorted, remap_optimizer_state_
 from .evolution import _rebalance_
 from .layer import SeftLayer
 

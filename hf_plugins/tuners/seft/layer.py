@@ -3,7 +3,7 @@
 W_eff = W0 ⊙ (1 - 1_R) + scatter(A, δ), where W0 is the pruned base, A the k active delta positions
 (`seft_indices`, int32) with values δ (`seft_values`, fp32), and R (`seft_pruned_indices`, int32, variable length)
 the base positions removed by re-pruning during fine-tuning. The forward goes through the shared
-`sparse_delta_linear` (hf_plugins/tuners/_sparse_delta.py) with R \\ A as its zero set and δ as its delta (a delta
+`sparse_delta_linear` (hf_plugins/tuners/_sparse_delta_autograd.py) with R \\ A as its zero set and δ as its delta (a delta
 grown on a re-pruned position gets a zero base through `base_keep`); on CUDA the effective weight is one copy and
 one Triton launch. Several active adapters take the general route: R as a first delta of value -W0[R] (rounded to
 the compute dtype), so W0[R] cancels exactly before the deltas are added. Nothing dense is stored.
@@ -20,20 +20,10 @@ import torch
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from hf_plugins.distributed import full_tensor
-from hf_plugins.tuners._sparse_delta import (
-    ResizableBufferDict,
-    SparseDeltaLayer,
-    _register_load_pre_hook,
-    add_sparse_,
-    check_indices,
-    compute_dtype,
-    gather_flat,
-    isin_sorted,
-    sparse_delta_linear,
-    tensor_stamp,
-)
-from hf_plugins.tuners.lift.layer import _check_unsharded
+from ...distributed import full_tensor
+from .._sparse_delta import ResizableBufferDict, SparseDeltaLayer
+from .._sparse_delta_autograd import sparse_delta_linear
+from .._sparse_delta_ops import add_sparse_, check_indices, compute_dtype, gather_flat, isin_sorted, tensor_stamp
 
 
 __all__ = ["Linear", "SeftLayer"]
@@ -58,7 +48,7 @@ class SeftLayer(SparseDeltaLayer):
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
         super().__init__(base_layer, **kwargs)
-        # Persistent, so a checkpoint holds everything a resumed run needs (spec: resume exactly):
+        # Persistent, so a checkpoint holds everything a resumed run needs (save -> load -> resume is exact):
         self.seft_pruned_indices = ResizableBufferDict()  # R, int32, variable length
         self.seft_target_nnz = ResizableBufferDict(structural=False)  # Z, 0-d int64
         # completed cycles, 0-d int64 (the first one drops everything)
@@ -72,7 +62,7 @@ class SeftLayer(SparseDeltaLayer):
         self._seft_merged_base: dict[str, torch.Tensor] = {}
         self._seft_nnz_cache: tuple | None = None  # ((data_ptr, version) of W0, nnz(W0))
         self._seft_plan_cache: dict[str, tuple] = {}  # adapter -> (key, forward plan), see `_seft_plan`
-        _register_load_pre_hook(self, SeftLayer._seft_load_pre_hook)
+        self.register_load_state_dict_pre_hook(SeftLayer._seft_load_pre_hook)
 
     # -- state --------------------------------------------------------------------------------------------------
     def update_layer(self, adapter_name: str, k: int, indices: torch.Tensor, target_nnz: int) -> None:
@@ -117,7 +107,7 @@ class SeftLayer(SparseDeltaLayer):
         cached = self._try_cached_forward(x)  # W_eff kept between steps (_sparse_delta_cache.py): the training path
         if cached is not None:
             return cached
-        _check_unsharded(self, "seft_values")
+        self._check_unsharded()
         active = self._active_sparse_adapters()
         if self.disable_adapters or self.merged or not active:
             return self.sparse_forward(x, *args, **kwargs)

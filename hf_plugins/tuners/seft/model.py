@@ -9,7 +9,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 
 from hf_plugins.pruning.masks import check_n_m, parse_n_m
 
-from .._sparse_delta_cache import CachedSparseDeltaTuner
+from .._sparse_delta_tuner import SparseDeltaTuner
 from .batched import batched_ok, evolve_batched_
 from .config import SeftConfig
 from .evolution import drop_fraction_at, evolve_layer_
@@ -17,11 +17,6 @@ from .layer import Linear, SeftLayer
 
 
 __all__ = ["SeftModel"]
-
-_ALL_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-TARGET_MODULES = dict.fromkeys(
-    ("llama", "qwen2", "mistral", "lns_llama", "lns_qwen2", "coe", "neurotrails", "qwen3"), _ALL_LINEARS
-)
 
 
 def _budget(config: SeftConfig, out_features: int, in_features: int) -> int:
@@ -38,7 +33,7 @@ def _initial_positions(weight: torch.Tensor, k: int, seed: int, key: str) -> tor
     return torch.sort(pick)[0].to(device=weight.device, dtype=torch.int32)
 
 
-class SeftModel(CachedSparseDeltaTuner, BaseTuner):
+class SeftModel(SparseDeltaTuner, BaseTuner):
     """
     SEFT tuner (arXiv 2505.24037). Created by `get_peft_model(pruned_model, SeftConfig(...))`.
 
@@ -56,7 +51,6 @@ class SeftModel(CachedSparseDeltaTuner, BaseTuner):
     #: Run the cycle on all layers at once (`batched.py`); False: the per-layer reference loop (same result).
     seft_batched_cycle: bool = True
     tuner_layer_cls = SeftLayer
-    target_module_mapping = TARGET_MODULES
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs):
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target

@@ -1,0 +1,82 @@
+"""What the tuner models of the sparse-delta tuners (LIFT, SEFT) share: their default target modules and the
+effective-weight cache they own.
+
+Default target modules. Both methods adapt every linear projection of the transformer blocks, and neither the output
+head nor the embeddings (LIFT, arXiv 2506.00772: all linear projections, the official scripts pass `--no_grad head`;
+SEFT, arXiv 2505.24037: the SpIEL code it builds on adapts all linear layers, docs/seft.md). PEFT keeps exactly that list per model type for its OSF tuner
+(`peft.utils.constants.TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING`: q, k, v, o, gate, up and down projections
+for Llama, Qwen2/3, Mistral, Gemma, ...), so `SPARSE_DELTA_TARGET_MODULES` is that table plus hf_plugins' own model
+types, which name their projections like Llama. A model type outside the table gets every `nn.Linear` except the
+output head (PEFT's `"all-linear"`); a name a model lacks is skipped, and a targeted layer that is not an
+`nn.Linear` (GPT-2's `Conv1D`) raises a clear error in the tuner.
+"""
+
+from __future__ import annotations
+
+from peft.config import PeftConfig
+from peft.utils import INCLUDE_LINEAR_LAYERS_SHORTHAND
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING
+
+from ._sparse_delta_cache import SparseDeltaWeightCache
+
+
+__all__ = ["HF_PLUGINS_MODEL_TYPES", "SPARSE_DELTA_TARGET_MODULES", "SparseDeltaTuner", "default_target_modules"]
+
+#: hf_plugins' own model types (registered with transformers' auto classes), all with Llama's projection names.
+HF_PLUGINS_MODEL_TYPES = ("lns_llama", "lns_qwen2", "coe", "neurotrails")
+
+#: model_type -> default target modules of LIFT and SEFT (see the module docstring).
+SPARSE_DELTA_TARGET_MODULES: dict[str, list[str]] = {
+    **{model_type: list(names) for model_type, names in TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING.items()},
+    **{
+        model_type: list(TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING["llama"])
+        for model_type in HF_PLUGINS_MODEL_TYPES
+    },
+}
+
+
+def default_target_modules(model_type: str | None) -> list[str] | str:
+    """The default `target_modules` of LIFT and SEFT for a model type: its row of `SPARSE_DELTA_TARGET_MODULES`, or
+    `"all-linear"` (every `nn.Linear` but the output head) for a model type outside the table."""
+    names = SPARSE_DELTA_TARGET_MODULES.get(model_type or "")
+    return list(names) if names is not None else INCLUDE_LINEAR_LAYERS_SHORTHAND
+
+
+class SparseDeltaTuner:
+    """Mixin of a PEFT tuner model (`BaseTuner`) whose layers are `SparseDeltaLayer`s (LIFT, SEFT).
+
+    - Default target modules from one table for both tuners (`default_target_modules`).
+    - Owns the model's `SparseDeltaWeightCache`: call `_attach_weight_cache(layer, adapter_name, config)` for every
+      layer created or given an adapter.
+    """
+
+    target_module_mapping = SPARSE_DELTA_TARGET_MODULES
+
+    def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
+        if peft_config.target_modules is None:
+            targets = default_target_modules(model_config.get("model_type"))
+            peft_config.target_modules = set(targets) if isinstance(targets, list) else targets
+        return peft_config
+
+    @property
+    def weight_cache(self) -> SparseDeltaWeightCache:
+        """The effective-weight cache shared by this model's sparse-delta layers (`cache_effective_weight`)."""
+        cache = self.__dict__.get("_sparse_weight_cache")
+        if cache is None:
+            cache = self.__dict__["_sparse_weight_cache"] = SparseDeltaWeightCache()
+        return cache
+
+    def invalidate_weight_cache(self) -> None:
+        """Rebuild the cached effective weights at the next forward: call after changing values, indices or the base
+        weights through `tensor.data` outside a torch optimizer (every other change is detected)."""
+        self.weight_cache.invalidate()
+
+    def _attach_weight_cache(self, layer, adapter_name: str, config) -> None:
+        cache = self.weight_cache
+        cache.enabled[adapter_name] = bool(getattr(config, "cache_effective_weight", False))
+        layer._sparse_cache = cache
+        cache.register(layer)
+
+    def _unload_and_optionally_merge(self, *args, **kwargs):
+        self.weight_cache.release()  # the unloaded model keeps no reference to the tuner layers or the buffer
+        return super()._unload_and_optionally_merge(*args, **kwargs)
