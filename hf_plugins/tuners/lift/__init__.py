@@ -28,7 +28,8 @@ register_method(
     "LIFT: train the principal weights (top-k of a rank-r approximation), k = LoRA-r16 budget, re-selected every "
     "400 updates (override with --method-arg r=... update_interval=... lra_rank=...)",
     callbacks=lambda options: [LiftRefreshCallback()],
-    # lr 2e-4: paper Table 5-6 (MATH-10K, Llama-3.2-1B); betas (0.9, 0.95) and eps 1e-6: official sparseAdam.
+    # lr 2e-4: paper Table 5-6 (MATH-10K, Llama-3.2-1B); betas (0.9, 0.95) and eps 1e-6: the official optimizer's
+    # settings (it adds eps before bias correction, torch's AdamW after it: docs/lift.md, Quick start).
     defaults={"learning_rate": 2e-4, "adam_beta2": 0.95, "adam_epsilon": 1e-6},
 )
 

@@ -45,9 +45,10 @@ class LiftConfig(PeftConfig):
 
     Args:
         update_interval (`int` or `None`, *optional*, defaults to `400`):
-            Optimizer updates between mask re-selections (official MATH-10K configs: 400; commonsense: 2000);
-            `None` keeps the first mask (the paper's fixed-mask variant, App. A). With the stock `Trainer`, add
-            `LiftRefreshCallback()`; custom loops call `model.refresh_masks(optimizer)`.
+            Optimizer updates between mask re-selections (official MATH-10K configs: 400; commonsense: 2000), at the
+            official code's timing: after update T - 1, 2T - 1, ... `None` keeps the first mask (the paper's
+            fixed-mask variant, App. A). With the stock `Trainer`, add `LiftRefreshCallback()`; custom loops call
+            `model.maybe_refresh(updates_done, optimizer)` after every update.
         on_leave (`str`, *optional*, defaults to `"keep"`):
             What happens to the learned change of an entry that leaves the mask at a refresh. `"keep"`: it stays in
             a frozen residual saved with the adapter (the official optimizer edits W in place, so a leaving entry keeps

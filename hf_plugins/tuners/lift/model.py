@@ -21,8 +21,9 @@ class LiftModel(SparseDeltaTuner, BaseTuner):
 
     Created by `get_peft_model(model, LiftConfig(...))`. Masks are selected before training starts
     (`LiftRefreshCallback.on_train_begin`, `initialize_masks()`, or lazily on a layer's first training-mode
-    forward) and re-selected every `update_interval` optimizer updates: by `LiftRefreshCallback` under the stock
-    `Trainer`/`SFTTrainer`, by `refresh_masks(optimizer)` in custom loops.
+    forward) and re-selected every `update_interval` optimizer updates, at the official code's timing (after update
+    T - 1, 2T - 1, ...; see `maybe_refresh`): by `LiftRefreshCallback` under the stock `Trainer`/`SFTTrainer`, by
+    `maybe_refresh(updates_done, optimizer)` in custom loops.
 
     Example:
 
@@ -30,10 +31,9 @@ class LiftModel(SparseDeltaTuner, BaseTuner):
         >>> from hf_plugins import LiftConfig
         >>> model = get_peft_model(base, LiftConfig(r=16, update_interval=100, task_type="CAUSAL_LM"))
         >>> model.initialize_masks()
-        >>> for step, batch in enumerate(loader, 1):
+        >>> for step, batch in enumerate(loader, 1):  # step = optimizer updates done
         ...     model(**batch).loss.backward(); optimizer.step(); optimizer.zero_grad()
-        ...     if step % 100 == 0:
-        ...         model.refresh_masks(optimizer)  # carries Adam moments of entries that stay
+        ...     model.maybe_refresh(step, optimizer)  # carries Adam moments of entries that stay
     """
 
     prefix: str = "lift_"
@@ -104,14 +104,18 @@ class LiftModel(SparseDeltaTuner, BaseTuner):
             config.residual_sizes = sizes or None
 
     def maybe_refresh(self, global_step: int, optimizer=None, max_steps: int | None = None) -> dict | None:
-        """Refresh the adapters whose `update_interval` divides `global_step` (official timing: after the
-        400th, 800th, ... update), except after the last update. Used by `LiftRefreshCallback`."""
+        """Refresh the adapters due after update number `global_step` (1-based: the number of optimizer updates done),
+        except after the last update (`max_steps`). Used by `LiftRefreshCallback`.
+
+        Timing of the official code (`sparseAdam.py`: its update counter is incremented after each update, then the
+        masks are re-selected when `(counter + 1) % update_interval == 0`): after updates T - 1, 2T - 1, 3T - 1, ...
+        for `update_interval` T, i.e. every T updates after a first interval of T - 1."""
         if max_steps is not None and 0 < max_steps <= global_step:
             return None
         due = [
             name
             for name, cfg in self.peft_config.items()
-            if cfg.update_interval is not None and global_step > 0 and global_step % cfg.update_interval == 0
+            if cfg.update_interval is not None and global_step > 0 and (global_step + 1) % cfg.update_interval == 0
         ]
         return self.refresh_masks(optimizer, due) if due else None
 
@@ -137,7 +141,7 @@ class LiftModel(SparseDeltaTuner, BaseTuner):
             warnings.warn(
                 f"LIFT: update_interval={min(intervals)} is set but no mask refresh happened in {count - 1} "
                 "optimizer updates. With the stock Trainer/SFTTrainer pass `callbacks=[LiftRefreshCallback()]`; in "
-                "a custom loop call `model.refresh_masks(optimizer)` every update_interval updates; or set "
+                "a custom loop call `model.maybe_refresh(updates_done, optimizer)` after every update; or set "
                 "update_interval=None for the paper's fixed-mask variant.",
                 UserWarning,
                 stacklevel=2,
