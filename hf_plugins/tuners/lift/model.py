@@ -59,9 +59,14 @@ class LiftModel(SparseDeltaTuner, BaseTuner):
         _watch(self)
 
     # -- masks ------------------------------------------------------------------------------------------------
+    def _trainable_adapters(self) -> list[str]:
+        """The active adapters that train (not loaded for inference): the only ones a selection may touch by
+        default, since re-selecting a frozen adapter would rewrite (and with `on_leave="reset"` change) it."""
+        return [a for a in self.active_adapters if a in self.peft_config and not self.peft_config[a].inference_mode]
+
     def _pairs(self, adapter_names=None) -> list[tuple[LiftLayer, str]]:
         if adapter_names is None:
-            adapter_names = list(self.peft_config)
+            adapter_names = self._trainable_adapters()
         elif isinstance(adapter_names, str):
             adapter_names = [adapter_names]
         pairs = []
@@ -71,13 +76,15 @@ class LiftModel(SparseDeltaTuner, BaseTuner):
         return pairs
 
     def initialize_masks(self, optimizer=None, adapter_names=None) -> dict[str, float]:
-        """Select the mask of every layer that has none yet (a loaded adapter already has its masks).
+        """Select the mask of every layer that has none yet (a loaded adapter already has its masks), for the active
+        trainable adapters or the `adapter_names` given.
 
         Call before training in custom loops (under the stock Trainer `LiftRefreshCallback` does it)."""
         return select_masks(self._pairs(adapter_names), optimizer, only_pending=True)
 
     def refresh_masks(self, optimizer=None, adapter_names=None) -> dict[str, float]:
-        """Re-select every mask from the current weights (paper Alg. 1).
+        """Re-select every mask of the active trainable adapters (or of `adapter_names`) from the current weights
+        (paper Alg. 1).
 
         Entries that stay keep their value and their Adam moments; new entries start at zero moments; leaving
         entries follow `on_leave`. The optimizer's step counter is untouched. `optimizer` defaults to the
@@ -112,9 +119,10 @@ class LiftModel(SparseDeltaTuner, BaseTuner):
         for `update_interval` T, i.e. every T updates after a first interval of T - 1."""
         if max_steps is not None and 0 < max_steps <= global_step:
             return None
+        configs = {name: self.peft_config[name] for name in self._trainable_adapters()}
         due = [
             name
-            for name, cfg in self.peft_config.items()
+            for name, cfg in configs.items()
             if cfg.update_interval is not None and global_step > 0 and (global_step + 1) % cfg.update_interval == 0
         ]
         return self.refresh_masks(optimizer, due) if due else None
@@ -135,7 +143,8 @@ class LiftModel(SparseDeltaTuner, BaseTuner):
         self.__dict__["_lift_last_optimizer"] = weakref.ref(optimizer)
         count = self.__dict__.get("_lift_updates_since_refresh", 0) + 1
         self.__dict__["_lift_updates_since_refresh"] = count
-        intervals = [c.update_interval for c in self.peft_config.values() if c.update_interval is not None]
+        configs = [self.peft_config[name] for name in self._trainable_adapters()]
+        intervals = [c.update_interval for c in configs if c.update_interval is not None]
         if intervals and count > 2 * min(intervals) and not self.__dict__.get("_lift_warned", False):
             self.__dict__["_lift_warned"] = True
             warnings.warn(
