@@ -415,6 +415,42 @@ def test_sqft_masked_lora_forward_and_merge_equal_a_dense_reference(pruned_llama
     assert [r["zeros"] for r in sparsity_report(pm.unload()).matrices] == base_zeros
 
 
+def test_transformers_load_adapter_loads_a_repruned_adapter_saved_inside_a_grow_window(pruned_llama, calib, tmp_path):
+    """transformers' `model.load_adapter(dir)` checks shapes before any load hook, so the variable-length buffers
+    (R, the grow window) must be created with their saved lengths: the adapter config records them. A run stopped
+    after a cycle (R non-empty) and inside the next grow window loads with identical buffers and logits."""
+    pm = _seft(pruned_llama, update_interval=4, accumulation_steps=3)
+    _train(pm, calib[:4], 6, total=10)  # cycle after step 3; steps 5.. are the next window
+    layers = _layers(pm)
+    assert sum(m.seft_pruned_indices["default"].numel() for m in layers.values()) > 0
+    assert all(m.seft_grow_candidates["default"].numel() > 0 for m in layers.values())
+    pm.save_pretrained(tmp_path)
+    loaded = copy.deepcopy(pruned_llama)
+    loaded.load_adapter(str(tmp_path))
+    got = {n: m for n, m in loaded.named_modules() if isinstance(m, SeftLayer)}
+    assert got.keys() == layers.keys()
+    for name, layer in layers.items():
+        for attr in ("seft_indices", "seft_values", "seft_pruned_indices", "seft_grow_candidates", "seft_grow_scores"):
+            assert torch.equal(getattr(got[name], attr)["default"], getattr(layer, attr)["default"]), (name, attr)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=calib[:2]).logits, pm(input_ids=calib[:2]).logits)
+
+
+def test_a_config_with_recorded_sizes_but_no_loaded_tensors_refuses_to_run(pruned_llama, calib, tmp_path):
+    """The recorded sizes pre-allocate placeholder buffers; a model created from such a config without loading the
+    adapter's tensors must not run on the placeholders (they would zero base weights)."""
+    from peft import PeftConfig
+
+    pm = _seft(pruned_llama)
+    _train(pm, calib[:4], 3, total=3)
+    pm.save_pretrained(tmp_path)
+    config = PeftConfig.from_pretrained(tmp_path)
+    assert config.pruned_sizes
+    fresh = get_peft_model(copy.deepcopy(pruned_llama), config)
+    with pytest.raises(ValueError, match="never loaded"):
+        fresh(input_ids=calib[:1])
+
+
 def test_a_fresh_process_loads_a_saved_seft_adapter(pruned_llama, calib, tmp_path):
     """Registration happens on `import hf_plugins`; a new interpreter must load the adapter with it."""
     import subprocess

@@ -1,5 +1,5 @@
-"""What the tuner models of the sparse-delta tuners (LIFT, SEFT) share: their default target modules and the
-effective-weight cache they own.
+"""What the tuner models of the sparse-delta tuners (LIFT, SEFT) share: their default target modules, the lengths of
+their variable-length buffers recorded in the adapter config, and the effective-weight cache they own.
 
 Default target modules. Both methods adapt every linear projection of the transformer blocks, and neither the output
 head nor the embeddings (LIFT, arXiv 2506.00772: all linear projections, the official scripts pass `--no_grad head`;
@@ -9,6 +9,11 @@ for Llama, Qwen2/3, Mistral, Gemma, ...), so `SPARSE_DELTA_TARGET_MODULES` is th
 types, which name their projections like Llama. A model type outside the table gets every `nn.Linear` except the
 output head (PEFT's `"all-linear"`); a name a model lacks is skipped, and a targeted layer that is not an
 `nn.Linear` (GPT-2's `Conv1D`) raises a clear error in the tuner.
+
+Recorded buffer sizes. Some buffers change length during training (LIFT's residual, SEFT's re-pruned set and grow
+window). Transformers' `model.load_adapter(dir)` compares saved and created shapes before any load hook runs, so the
+tuner records each such buffer's length per module in the adapter config whenever the model's state dict is taken
+(every save), and creates the buffers with those lengths when an adapter is built from such a config.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from peft.config import PeftConfig
 from peft.utils import INCLUDE_LINEAR_LAYERS_SHORTHAND
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING
 
+from ._sparse_delta import SparseDeltaLayer
 from ._sparse_delta_cache import SparseDeltaWeightCache
 
 
@@ -46,11 +52,37 @@ class SparseDeltaTuner:
     """Mixin of a PEFT tuner model (`BaseTuner`) whose layers are `SparseDeltaLayer`s (LIFT, SEFT).
 
     - Default target modules from one table for both tuners (`default_target_modules`).
+    - Records the lengths of the variable-length containers listed in `recorded_sizes` (`(config field, layer
+      container)` pairs) in every adapter config before each state dict is taken; `recorded_size(config, field,
+      key)` reads them back when a layer is created.
     - Owns the model's `SparseDeltaWeightCache`: call `_attach_weight_cache(layer, adapter_name, config)` for every
       layer created or given an adapter.
     """
 
     target_module_mapping = SPARSE_DELTA_TARGET_MODULES
+    recorded_sizes: tuple[tuple[str, str], ...] = ()
+
+    def _post_injection_hook(self, model, config, adapter_name) -> None:
+        super()._post_injection_hook(model, config, adapter_name)
+        self.register_state_dict_pre_hook(_record_sizes_before_state_dict)
+
+    def _record_buffer_sizes(self) -> None:
+        """Write `{module key: length}` of every container in `recorded_sizes` into each adapter's config (None when
+        all are empty): what transformers' `load_adapter` needs to create buffers of the saved shapes."""
+        layers = [(key, m) for key, m in self.model.named_modules() if isinstance(m, SparseDeltaLayer)]
+        for name, config in self.peft_config.items():
+            for field, attr in self.recorded_sizes:
+                sizes = {}
+                for key, layer in layers:
+                    container = getattr(layer, attr, None)
+                    if container is not None and name in container and container[name].numel():
+                        sizes[key] = container[name].numel()
+                setattr(config, field, sizes or None)
+
+    @staticmethod
+    def recorded_size(config, field: str, key: str) -> int:
+        """The length recorded in `config.<field>` for module `key` (0 if none)."""
+        return int((getattr(config, field, None) or {}).get(key, 0))
 
     def _prepare_adapter_config(self, peft_config: PeftConfig, model_config: dict) -> PeftConfig:
         if peft_config.target_modules is None:
@@ -80,3 +112,7 @@ class SparseDeltaTuner:
     def _unload_and_optionally_merge(self, *args, **kwargs):
         self.weight_cache.release()  # the unloaded model keeps no reference to the tuner layers or the buffer
         return super()._unload_and_optionally_merge(*args, **kwargs)
+
+
+def _record_sizes_before_state_dict(module, prefix, keep_vars) -> None:
+    module._record_buffer_sizes()

@@ -78,8 +78,9 @@ class LiftConfig(PeftConfig):
             Start from a zero delta (the model is unchanged at creation). `False` draws small random values at the
             selected entries; for tests only.
         residual_sizes (`dict[str, int]`, *optional*):
-            Bookkeeping written by the tuner at every refresh: the number of residual entries per module, so that
-            loaders that check shapes before loading (transformers' `load_adapter`) allocate matching buffers.
+            Bookkeeping written by the tuner whenever the adapter is saved: the number of residual entries per
+            module, so that loaders that check shapes before loading (transformers' `load_adapter`) allocate matching
+            buffers.
 
     Example:
 
@@ -129,7 +130,7 @@ class LiftConfig(PeftConfig):
     init_weights: bool = field(default=True, metadata={"help": "Zero delta at creation; False is for tests only."})
     residual_sizes: dict[str, int] | None = field(
         default=None,
-        metadata={"help": "Written by the tuner at every refresh (residual entries per module); do not set by hand."},
+        metadata={"help": "Written by the tuner at every save (residual entries per module); do not set by hand."},
     )
 
     def __post_init__(self):

@@ -92,7 +92,10 @@ class LiftLayer(SparseDeltaLayer):
             else:  # tests only: a non-trivial adapter
                 gen = torch.Generator(device="cpu").manual_seed(opts["seed"])
                 new_values = (torch.randn(new_indices.numel(), generator=gen) * 0.02).to(values.device, values.dtype)
-            self.set_sparse_state_(adapter_name, new_indices, new_values, optimizer=None)
+            # The first selection also drops placeholder residual slots pre-allocated from `residual_sizes` for an
+            # adapter that was never loaded.
+            empty = s["residual_indices"][:0], s["residual_values"][:0]
+            self.set_sparse_state_(adapter_name, new_indices, new_values, *empty, optimizer=None)
             return 0.0
         old, res_idx, res_val = s["indices"], s["residual_indices"], s["residual_values"]
         new_indices = new_indices.to(old.device)

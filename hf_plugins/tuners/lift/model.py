@@ -38,9 +38,10 @@ class LiftModel(SparseDeltaTuner, BaseTuner):
 
     prefix: str = "lift_"
     tuner_layer_cls = LiftLayer
+    recorded_sizes = (("residual_sizes", "lift_residual_indices"),)
 
     def _create_and_replace(self, lift_config, adapter_name, target, target_name, parent, current_key, **kwargs):
-        residual_size = (lift_config.residual_sizes or {}).get(current_key, 0)
+        residual_size = self.recorded_size(lift_config, "residual_sizes", current_key)
         if isinstance(target, LiftLayer):
             target.update_layer(adapter_name, lift_config, residual_size=residual_size)
             self._attach_weight_cache(target, adapter_name, lift_config)
@@ -95,20 +96,7 @@ class LiftModel(SparseDeltaTuner, BaseTuner):
             optimizer = last() if last is not None else None
         stats = select_masks(self._pairs(adapter_names), optimizer)
         self.__dict__["_lift_updates_since_refresh"] = 0
-        self._record_residual_sizes()
         return stats
-
-    def _record_residual_sizes(self) -> None:
-        # Saved in adapter_config.json: transformers' `load_adapter` checks shapes before any load hook runs, so
-        # the residual buffers must be created with their saved lengths.
-        for name, config in self.peft_config.items():
-            sizes = {}
-            for key, module in self.model.named_modules():
-                if isinstance(module, LiftLayer) and name in module.lift_residual_indices:
-                    n = module.lift_residual_indices[name].numel()
-                    if n:
-                        sizes[key] = n
-            config.residual_sizes = sizes or None
 
     def maybe_refresh(self, global_step: int, optimizer=None, max_steps: int | None = None) -> dict | None:
         """Refresh the adapters due after update number `global_step` (1-based: the number of optimizer updates done),

@@ -82,7 +82,12 @@ class SeftConfig(PeftConfig):
         init_seed (`int`, *optional*, defaults to `0`):
             Seed of the random initial positions (inside the base's support) and of the random grow ablation.
         target_modules (`list[str]` or `str`, *optional*):
-            Modules to adapt; default: every linear of the decoder blocks (SpIEL targets all of them).
+            Modules to adapt; default: every linear projection of the decoder blocks (SpIEL targets all linear
+            layers; the shared table of `hf_plugins/tuners/_sparse_delta_tuner.py`).
+        pruned_sizes, grow_sizes (`dict[str, int]`, *optional*):
+            Bookkeeping written by the tuner whenever the adapter is saved: |R| and the grow window's length per
+            module, so that loaders that check shapes before loading (transformers' `load_adapter`) allocate matching
+            buffers. Do not set by hand.
 
     Example:
 
@@ -125,6 +130,12 @@ class SeftConfig(PeftConfig):
     )
     trainable_token_indices: list[int] | dict[str, list[int]] | None = field(
         default=None, metadata={"help": "Read by TRL's SFTTrainer; not used by SEFT."}
+    )
+    pruned_sizes: dict[str, int] | None = field(
+        default=None, metadata={"help": "Written by the tuner at every save (|R| per module); do not set by hand."}
+    )
+    grow_sizes: dict[str, int] | None = field(
+        default=None, metadata={"help": "Written by the tuner at every save (grow window per module); do not set."}
     )
 
     def __post_init__(self):

@@ -65,14 +65,27 @@ class SeftLayer(SparseDeltaLayer):
         self.register_load_state_dict_pre_hook(SeftLayer._seft_load_pre_hook)
 
     # -- state --------------------------------------------------------------------------------------------------
-    def update_layer(self, adapter_name: str, k: int, indices: torch.Tensor, target_nnz: int) -> None:
+    def update_layer(
+        self,
+        adapter_name: str,
+        k: int,
+        indices: torch.Tensor,
+        target_nnz: int,
+        pruned_size: int = 0,
+        grow_size: int = 0,
+    ) -> None:
+        """Add adapter `adapter_name` with k zero deltas at `indices`. `pruned_size` / `grow_size` (from the config's
+        recorded sizes) create R and the grow window with a saved adapter's lengths, as placeholders that the load
+        overwrites; until then the adapter is marked not ready and refuses to run."""
         self.add_sparse_adapter(adapter_name, k, indices)
         dev = self.seft_indices[adapter_name].device
-        self.seft_pruned_indices[adapter_name] = torch.zeros(0, dtype=torch.int32, device=dev)
+        self.seft_pruned_indices[adapter_name] = torch.zeros(pruned_size, dtype=torch.int32, device=dev)
         self.seft_target_nnz[adapter_name] = torch.tensor(int(target_nnz), dtype=torch.int64, device=dev)
         self.seft_cycles[adapter_name] = torch.tensor(0, dtype=torch.int64, device=dev)
-        self.seft_grow_candidates[adapter_name] = torch.zeros(0, dtype=torch.int32, device=dev)
-        self.seft_grow_scores[adapter_name] = torch.zeros(0, dtype=torch.float32, device=dev)
+        self.seft_grow_candidates[adapter_name] = torch.zeros(grow_size, dtype=torch.int32, device=dev)
+        self.seft_grow_scores[adapter_name] = torch.zeros(grow_size, dtype=torch.float32, device=dev)
+        if pruned_size or grow_size:
+            self.seft_ready[adapter_name].fill_(False)
         self.set_adapter(self.active_adapters)
         self._seft_invalidate()
 
@@ -111,6 +124,13 @@ class SeftLayer(SparseDeltaLayer):
         active = self._active_sparse_adapters()
         if self.disable_adapters or self.merged or not active:
             return self.sparse_forward(x, *args, **kwargs)
+        for name in active:
+            if not self.is_ready(name):
+                raise ValueError(
+                    f"SEFT adapter `{name}` was built from a config that records a saved adapter's buffer sizes "
+                    "(`pruned_sizes` / `grow_sizes`), but the saved tensors were never loaded. Load them "
+                    "(PeftModel.from_pretrained / load_adapter), or set both fields to None to start a new adapter."
+                )
         base = self.get_base_layer()
         if len(active) == 1:  # the training case
             name = active[0]
@@ -329,11 +349,13 @@ class SeftLayer(SparseDeltaLayer):
 class Linear(nn.Module, SeftLayer):
     """SEFT on a `torch.nn.Linear`."""
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, k: int, indices: torch.Tensor, target_nnz: int):
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, k: int, indices: torch.Tensor, target_nnz: int, **sizes
+    ):
         super().__init__()
         SeftLayer.__init__(self, base_layer)
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, k, indices, target_nnz)
+        self.update_layer(adapter_name, k, indices, target_nnz, **sizes)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return SeftLayer.forward(self, x, *args, **kwargs)

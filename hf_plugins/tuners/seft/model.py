@@ -51,6 +51,7 @@ class SeftModel(SparseDeltaTuner, BaseTuner):
     #: Run the cycle on all layers at once (`batched.py`); False: the per-layer reference loop (same result).
     seft_batched_cycle: bool = True
     tuner_layer_cls = SeftLayer
+    recorded_sizes = (("pruned_sizes", "seft_pruned_indices"), ("grow_sizes", "seft_grow_candidates"))
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs):
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
@@ -58,11 +59,15 @@ class SeftModel(SparseDeltaTuner, BaseTuner):
             raise TypeError(f"SEFT supports torch.nn.Linear only; `{current_key}` is a {type(base).__name__}.")
         k, target_nnz = self._validate_target(config, base, current_key)
         indices = _initial_positions(base.weight, k, config.init_seed, current_key)
+        sizes = {
+            "pruned_size": self.recorded_size(config, "pruned_sizes", current_key),
+            "grow_size": self.recorded_size(config, "grow_sizes", current_key),
+        }
         if isinstance(target, SeftLayer):
-            target.update_layer(adapter_name, k, indices, target_nnz)
+            target.update_layer(adapter_name, k, indices, target_nnz, **sizes)
             self._attach_weight_cache(target, adapter_name, config)
             return
-        new = Linear(target, adapter_name, k, indices, target_nnz)
+        new = Linear(target, adapter_name, k, indices, target_nnz, **sizes)
         self._attach_weight_cache(new, adapter_name, config)
         if adapter_name not in self.active_adapters:
             new.requires_grad_(False)
