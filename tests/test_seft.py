@@ -36,7 +36,7 @@ def _layers(pm):
     return {n.removeprefix("base_model.model."): m for n, m in pm.named_modules() if isinstance(m, SeftLayer)}
 
 
-def _train(pm, batch, steps, lr=1e-2, total=None, check=None):
+def _train(pm, batch, steps, lr=1e-2, total=100, check=None):
     opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=lr)
     for step in range(steps):
         pm.seft_prepare_step(step, total)
@@ -84,6 +84,17 @@ def _dense_grads(ref, batch):
         ({"target_sparsity": 1.0}, "`target_sparsity`"),
         ({"n_m": "2:4", "target_sparsity": 0.7}, "contradicts"),
         ({"n_m": "4:4"}, "0 < N < M"),
+        ({"n_m": "5:4"}, "0 < N < M"),
+        ({"r": 2.5}, "`r`"),
+        ({"r": True}, "`r`"),
+        ({"update_interval": 2.5}, "`update_interval`"),
+        ({"accumulation_steps": 1.5}, "`accumulation_steps`"),
+        ({"total_steps": 2.5}, "`total_steps`"),
+        ({"init_seed": 0.5}, "`init_seed`"),
+        ({"density": "0.1"}, "`density`"),
+        ({"target_sparsity": -0.1}, "`target_sparsity`"),
+        ({"drop_fraction": float("nan")}, "`drop_fraction`"),
+        ({"resurrection": "yes"}, "`resurrection`"),
     ],
 )
 def test_bad_configs_raise_errors_naming_the_field(kwargs, match):
@@ -187,7 +198,7 @@ def test_grow_picks_the_largest_gradient_positions_and_reprune_the_lowest_sensit
     batch = calib[:4]
     old = {n: m.seft_indices["default"].long().clone() for n, m in _layers(pm).items()}
     grads = _dense_grads(_effective_model(pm, pruned_llama), batch)
-    pm.seft_prepare_step(0)
+    pm.seft_prepare_step(0, 100)
     pm(input_ids=batch, labels=batch).loss.backward()
     pm.seft_evolve(None, 0)
     base = prunable_linears(pruned_llama)
@@ -210,7 +221,7 @@ def test_grow_picks_the_largest_gradient_positions_and_reprune_the_lowest_sensit
 
 def test_magnitude_reprune_ablation_removes_the_smallest_base_weights(pruned_llama, calib):
     pm = _seft(pruned_llama, update_interval=1, grow_criterion="instant_gradient", reprune_criterion="magnitude")
-    pm.seft_prepare_step(0)
+    pm.seft_prepare_step(0, 100)
     pm(input_ids=calib[:4], labels=calib[:4]).loss.backward()
     pm.seft_evolve(None, 0)
     for name, layer in _layers(pm).items():
@@ -240,7 +251,7 @@ def test_every_cycle_keeps_the_support_at_the_target_and_keeps_adam_moments(prun
     values = layer.seft_values["default"]
     before_idx = layer.seft_indices["default"].long().clone()
     for step in (4, 5):  # step 4 opens the grow window, step 5 ends it with a cycle
-        pm.seft_prepare_step(step)
+        pm.seft_prepare_step(step, 100)
         pm(input_ids=calib[:4], labels=calib[:4]).loss.backward()
         opt.step()
         if step == 4:
@@ -279,6 +290,36 @@ def test_no_cycle_on_the_last_step_and_static_mode():
     assert [s for s in range(20) if cfg_model.seft_is_cycle_step(s, 20)] == [4, 9, 14]
     static = get_peft_model(tiny_model("llama"), SeftConfig(update_interval=None, task_type="CAUSAL_LM"))
     assert not any(static.seft_is_cycle_step(s, 20) for s in range(20))
+
+
+def test_a_custom_loop_must_say_how_long_it_runs_so_no_cycle_runs_on_the_last_step(pruned_llama, calib):
+    """Without the number of optimizer steps, the last step of a custom loop could be a cycle: it would drop a share
+    of the trained deltas for new ones at exactly 0 and leave matrices below the pruned base's non-zero count. SEFT
+    refuses to run a cycle schedule without it; given once in the config, a loop whose last step falls on a cycle
+    step runs no cycle there and merges at exactly the base's non-zero counts."""
+    pm = _seft(pruned_llama, update_interval=2)
+    with pytest.raises(ValueError, match="total_steps"):
+        _train(pm, calib[:4], 2, total=None)
+    pm = _seft(pruned_llama, update_interval=2, total_steps=4)
+    _train(pm, calib[:4], 4, total=None)  # cycle steps 1 and 3; step 3 is the last one
+    assert {int(m.seft_cycles["default"]) for m in _layers(pm).values()} == {1}
+    base_nnz = [r["numel"] - r["zeros"] for r in sparsity_report(pruned_llama).matrices]
+    merged = pm.merge_and_unload()
+    assert [r["numel"] - r["zeros"] for r in sparsity_report(merged).matrices] == base_nnz
+
+
+def test_a_target_sparsity_no_cycle_can_reach_is_refused_or_warned(pruned_llama, calib):
+    """Extra pruning to `target_sparsity` happens at the first cycle. With no cycle schedule, a run declared
+    shorter than one interval, or no re-balancing (resurrection off), construction raises; a run that stopped
+    before its first cycle warns at merge instead of silently merging at the base's sparsity."""
+    for kw in ({"update_interval": None}, {"update_interval": 20, "total_steps": 20}, {"resurrection": False}):
+        with pytest.raises(ValueError, match="target_sparsity"):
+            _seft(pruned_llama, target_sparsity=0.7, **kw)
+    pm = _seft(pruned_llama, target_sparsity=0.7, update_interval=20, accumulation_steps=5)
+    _train(pm, calib[:4], 3, total=100)  # stopped before the first cycle
+    with pytest.warns(UserWarning, match="more non-zeros than `target_sparsity` allows at merge"):
+        merged = pm.merge_and_unload()
+    assert sparsity_report(merged).overall == pytest.approx(sparsity_report(pruned_llama).overall)
 
 
 # -- the sparsity contract and persistence under the Trainer --------------------------------------------------

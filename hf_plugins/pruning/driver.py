@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .magnitude import prune_magnitude_
@@ -82,8 +83,6 @@ def prunable_linears(model: nn.Module, target_modules: list[str] | None = None) 
     """`{qualified name: nn.Linear}` of the decoder blocks (optionally only names ending in `target_modules`).
 
     Linears wrapped by a PEFT tuner layer (e.g. LoRA) are listed by the wrapper's name, with its base layer."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     layers = decoder_layers(model)
     prefix = next(name for name, mod in model.named_modules() if mod is layers)
     out, adapter_layers = {}, []
