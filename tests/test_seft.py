@@ -285,10 +285,10 @@ def test_resurrection_off_and_n_m_grow_only_inside_the_support(pruned_llama, pru
                 assert check_n_m(lin.weight, 2, 4)
 
 
-def test_no_cycle_on_the_last_step_and_static_mode():
-    cfg_model = get_peft_model(tiny_model("llama"), SeftConfig(update_interval=5, task_type="CAUSAL_LM"))
+def test_no_cycle_on_the_last_step_and_static_mode(pruned_llama):
+    cfg_model = _seft(pruned_llama, update_interval=5)
     assert [s for s in range(20) if cfg_model.seft_is_cycle_step(s, 20)] == [4, 9, 14]
-    static = get_peft_model(tiny_model("llama"), SeftConfig(update_interval=None, task_type="CAUSAL_LM"))
+    static = _seft(pruned_llama, update_interval=None)
     assert not any(static.seft_is_cycle_step(s, 20) for s in range(20))
 
 

@@ -200,7 +200,7 @@ def test_check_indices_names_the_module():
 class ToyLayer(SparseDeltaLayer):
     sparse_prefix = "toy_"
     adapter_layer_names = ("toy_values",)
-    other_param_names = ("toy_indices", "toy_residual_indices", "toy_residual_values", "toy_ready")
+    other_param_names = ("toy_indices", "toy_residual_indices", "toy_residual_values", "toy_ready", "toy_shape")
 
 
 class ToyLinear(nn.Module, ToyLayer):

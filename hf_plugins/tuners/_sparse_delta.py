@@ -91,17 +91,27 @@ class SparseDeltaLayer(BaseTunerLayer):
       disjoint from `<p>indices`; empty unless a tuner moves entries there, e.g. LIFT's refresh).
     - `<p>ready[name]`: 0-d bool buffer; False until the tuner has chosen real indices (a saved adapter carries
       True, so loading never re-selects).
+    - `<p>shape[name]`: int64 `(out_features, in_features)` of the weight the adapter was made for, saved with it:
+      flat positions alone cannot tell a 64x32 weight from a 32x64 one.
 
-    Subclasses set `sparse_prefix`, `adapter_layer_names` and `other_param_names` (see module docstring).
+    Every adapter is checked once before its first use after creation or a load (`is_ready`), and saved tensors
+    again before they load: wrong shapes, out-of-range or repeated positions and missing tensors raise one
+    `ValueError` naming the module.
+
+    Subclasses set `sparse_prefix`, `adapter_layer_names` and `other_param_names` (see module docstring), and list
+    further variable-length containers in `variable_containers` (resized to the saved lengths on load).
     """
 
     sparse_prefix: str = ""
     adapter_layer_names: tuple[str, ...] = ()
     other_param_names: tuple[str, ...] = ()
+    variable_containers: tuple[str, ...] = ("residual_indices", "residual_values")
+    #: Containers every saved adapter holds for each adapted module (`shape` is absent from older files).
+    required_containers: tuple[str, ...] = ("values", "indices", "residual_indices", "residual_values", "ready")
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
         p = self.sparse_prefix
-        expected = (p + "values",), (p + "indices", p + "residual_indices", p + "residual_values", p + "ready")
+        expected = (p + "values",), tuple(p + c for c in (*self.required_containers[1:], "shape"))
         if (
             not p
             or tuple(self.adapter_layer_names) != expected[0]
@@ -117,12 +127,17 @@ class SparseDeltaLayer(BaseTunerLayer):
         setattr(self, p + "residual_indices", ResizableBufferDict())
         setattr(self, p + "residual_values", ResizableBufferDict())
         setattr(self, p + "ready", ResizableBufferDict())
+        setattr(self, p + "shape", ResizableBufferDict(structural=False))
         self._disable_adapters = False
         self.merged_adapters = []
         # Optional fn(dense_grad_fp32) called on every backward of this layer (e.g. a grow criterion).
         self.sparse_grad_hook: Callable[[torch.Tensor], None] | None = None
         # Adapters whose ready flag was read as True (see `is_ready`); cleared when a state dict loads.
         self._sparse_ready_cache: set[str] = set()
+        # Adapters built to receive a saved adapter (inference mode, recorded sizes): they may not run before it loads.
+        self._sparse_must_load: set[str] = set()
+        # The module's name in the model, set by the tuner (for error messages).
+        self.sparse_name = ""
         # The tuner model's effective-weight cache (_sparse_delta_cache.py), set by the tuner; None: transient W_eff.
         self._sparse_cache = None
         base = self.get_base_layer()
@@ -139,16 +154,20 @@ class SparseDeltaLayer(BaseTunerLayer):
     def weight_numel(self) -> int:
         return self.in_features * self.out_features
 
-    def add_sparse_adapter(self, adapter_name: str, k: int, indices: torch.Tensor | None = None) -> None:
+    def add_sparse_adapter(
+        self, adapter_name: str, k: int, indices: torch.Tensor | None = None, must_load: bool = False
+    ) -> None:
         """Create (or replace) adapter `adapter_name` with k zero values. Without `indices`, placeholder
         positions 0..k-1 are written and the ready flag stays False (values are 0, so the layer is exact
-        either way); the tuner selects real indices later."""
+        either way); the tuner selects real indices later. `must_load`: the adapter is built to receive a saved one
+        (PEFT's inference mode, or sizes recorded in its config); it stays not ready, and refuses to run, until the
+        saved tensors load."""
         weight = self.get_base_layer().weight
         numel = self.weight_numel
         if not 1 <= k <= numel:
             raise ValueError(f"k must be in [1, {numel}] for a {self.out_features}x{self.in_features} weight, got {k}")
         dev = weight.device if weight.device.type != "meta" else torch.device("cpu")
-        ready = indices is not None
+        ready = indices is not None and not must_load
         if indices is None:
             indices = torch.arange(k, dtype=torch.int32, device=dev)
         elif indices.numel() != k:
@@ -159,7 +178,9 @@ class SparseDeltaLayer(BaseTunerLayer):
         self._c("residual_indices")[adapter_name] = torch.zeros(0, dtype=torch.int32, device=dev)
         self._c("residual_values")[adapter_name] = torch.zeros(0, dtype=torch.float32, device=dev)
         self._c("ready")[adapter_name] = torch.tensor(ready, device=dev)
+        self._c("shape")[adapter_name] = torch.tensor([self.out_features, self.in_features], device=dev)
         self._sparse_ready_cache.discard(adapter_name)
+        (self._sparse_must_load.add if must_load else self._sparse_must_load.discard)(adapter_name)
         self._invalidate_sparse_cache()
 
     def _invalidate_sparse_cache(self) -> None:
@@ -177,14 +198,59 @@ class SparseDeltaLayer(BaseTunerLayer):
     def is_ready(self, adapter_name: str) -> bool:
         """Whether the adapter's indices were chosen. Read from the (device) buffer only until it is True: the
         answer is then cached on the layer, so the training forward never synchronises with the GPU (one sync
-        per layer per step cost LIFT ~15% of its small-batch step time). Loading a state dict clears the cache."""
+        per layer per step cost LIFT ~15% of its small-batch step time). Loading a state dict clears the cache.
+
+        The first time it is True after creation or a load, the adapter's tensors are checked against this layer
+        (transformers' `load_adapter` assigns them without any load hook). An adapter built to receive a saved one
+        raises while nothing has loaded."""
         cache = self._sparse_ready_cache
         if adapter_name in cache:
             return True
         ready = bool(self._c("ready")[adapter_name])
         if ready:
+            names = (*self.required_containers, "shape", *self.variable_containers)
+            live = {c: self._c(c)[adapter_name] for c in dict.fromkeys(names) if adapter_name in self._c(c)}
+            self._check_adapter_tensors(live, self.sparse_name or adapter_name)
+            self._sparse_must_load.discard(adapter_name)
             cache.add(adapter_name)
+        elif adapter_name in self._sparse_must_load:
+            raise ValueError(
+                f"The {self.sparse_prefix.rstrip('_').upper()} adapter `{adapter_name}` of `{self.sparse_name}` was "
+                "built to receive a saved adapter (inference mode, or buffer sizes recorded in its config), but its "
+                "saved tensors were never loaded: the adapter file is incomplete (truncated, or saved for other "
+                "target modules), or a saved config was used to start a new adapter. Load a complete adapter, or "
+                "build a new one from a config with inference_mode=False and the recorded sizes set to None."
+            )
         return ready
+
+    def _check_adapter_tensors(self, tensors: dict[str, torch.Tensor], where: str) -> None:
+        """Raise one `ValueError` if an adapter's tensors (saved or live, keyed by container suffix; any subset) do not
+        fit this layer: another weight shape, positions that are not unique in-range integers, lengths that differ
+        between positions and values, residual positions that overlap the trained ones."""
+        shape = tensors.get("shape")
+        if shape is not None:
+            saved = tuple(int(v) for v in shape.reshape(-1).tolist())
+            if saved != (self.out_features, self.in_features):
+                raise ValueError(
+                    f"The sparse adapter for `{where}` was made for a {'x'.join(map(str, saved))} weight, but this "
+                    f"weight is {self.out_features}x{self.in_features}: the adapter was trained on a base model with "
+                    "different shapes. Load it onto the model named in adapter_config.json (`base_model_name_or_path`)."
+                )
+        for idx, val in (("indices", "values"), ("residual_indices", "residual_values")):
+            if idx in tensors:
+                check_indices(tensors[idx], self.weight_numel, where, unique=True)
+                if val in tensors and tensors[val].shape != tensors[idx].shape:
+                    raise ValueError(
+                        f"The sparse adapter for `{where}` holds {tensors[idx].numel()} {idx} but "
+                        f"{tensors[val].numel()} {val}; the file is damaged. Re-save it from the trained model."
+                    )
+        if "indices" in tensors and tensors.get("residual_indices") is not None:
+            both = torch.cat([tensors["indices"].reshape(-1), tensors["residual_indices"].reshape(-1)])
+            if torch.unique(both).numel() != both.numel():
+                raise ValueError(
+                    f"The sparse adapter for `{where}` lists positions both as trained and as frozen residual entries; "
+                    "the file is damaged. Re-save it from the trained model."
+                )
 
     def sparse_state(self, adapter_name: str) -> dict[str, torch.Tensor]:
         """`indices`, `values`, `residual_indices`, `residual_values` of one adapter (live tensors)."""
@@ -349,25 +415,37 @@ class SparseDeltaLayer(BaseTunerLayer):
     # -- loading ------------------------------------------------------------------------------------------------
     @staticmethod
     def _sparse_load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-        """Resize residual buffers to the saved lengths (they change at every refresh) and check that saved
-        indices fit this base weight, before the containers load."""
+        """Before the containers load: check the saved tensors of every adapter present in `state_dict` (complete,
+        and fitting this weight; `_check_adapter_tensors`) and resize the variable-length buffers to their saved
+        lengths."""
         p = module.sparse_prefix
-        numel = module.weight_numel
-        where = prefix.rstrip(".").removeprefix("base_model.model.")
+        where = module.sparse_name or prefix.rstrip(".").removeprefix("base_model.model.")
         module._sparse_ready_cache.clear()  # the saved ready flags replace the cached ones
         module._invalidate_sparse_cache()
-        for attr in ("indices", "residual_indices", "residual_values", "values"):
+        containers = dict.fromkeys((*module.required_containers, "shape", *module.variable_containers))
+        for name in list(module._c("values").keys()):
+            saved = {
+                c: state_dict[f"{prefix}{p}{c}.{name}"] for c in containers if f"{prefix}{p}{c}.{name}" in state_dict
+            }
+            if not saved:
+                continue  # another adapter is loading
+            absent = [p + c for c in module.required_containers if c not in saved]
+            if absent:
+                raise ValueError(
+                    f"The saved sparse adapter `{name}` for `{where}` lacks {absent}: the file is incomplete "
+                    "(truncated or edited). Re-save it from the trained model."
+                )
+            module._check_adapter_tensors(saved, where)
+        for attr in ("values", *module.variable_containers, "indices"):
             container = getattr(module, p + attr)
             for name in list(container.keys()):
                 key = f"{prefix}{p}{attr}.{name}"
                 if key not in state_dict:
                     continue
                 saved, current = state_dict[key], container[name]
-                if attr.endswith("indices"):
-                    check_indices(saved, numel, where)
                 if saved.shape == current.shape:
                     continue
-                if attr.startswith("residual"):
+                if attr in module.variable_containers:
                     container[name] = torch.empty(saved.shape, dtype=current.dtype, device=current.device)
                 elif attr == "values" and current.device.type == "meta":
                     continue  # low_cpu_mem_usage: assigned as loaded

@@ -18,6 +18,8 @@ tuner records each such buffer's length per module in the adapter config wheneve
 
 from __future__ import annotations
 
+import warnings
+
 from peft.config import PeftConfig
 from peft.utils import INCLUDE_LINEAR_LAYERS_SHORTHAND
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING
@@ -62,9 +64,30 @@ class SparseDeltaTuner:
     target_module_mapping = SPARSE_DELTA_TARGET_MODULES
     recorded_sizes: tuple[tuple[str, str], ...] = ()
 
+    def inject_adapter(self, model, adapter_name: str, *args, **kwargs) -> None:
+        """PEFT's injection, then one warning per kind of target noted by `_note_target` (e.g. a budget that covers a
+        whole matrix), listing how many modules it concerns, instead of one warning per module."""
+        self.__dict__["_sparse_notes"] = {}
+        try:
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
+        finally:
+            notes = self.__dict__.pop("_sparse_notes", {})
+        for message, keys in notes.items():
+            warnings.warn(
+                f"{type(self).__name__[: -len('Model')].upper()} adapter `{adapter_name}`: {len(keys)} target "
+                f"module(s) (e.g. `{keys[0]}`) {message}",
+                UserWarning,
+                stacklevel=4,
+            )
+
+    def _note_target(self, key: str, message: str) -> None:
+        """Record that target `key` gets `message` (warned once per message after the injection)."""
+        self.__dict__.setdefault("_sparse_notes", {}).setdefault(message, []).append(key)
+
     def _post_injection_hook(self, model, config, adapter_name) -> None:
         super()._post_injection_hook(model, config, adapter_name)
         self.register_state_dict_pre_hook(_record_sizes_before_state_dict)
+        self.register_load_state_dict_pre_hook(_check_every_module_is_saved)
 
     def _record_buffer_sizes(self) -> None:
         """Write `{module key: length}` of every container in `recorded_sizes` into each adapter's config (None when
@@ -116,3 +139,23 @@ class SparseDeltaTuner:
 
 def _record_sizes_before_state_dict(module, prefix, keep_vars) -> None:
     module._record_buffer_sizes()
+
+
+def _check_every_module_is_saved(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    """Before an adapter's tensors load: every module that holds the adapter must have them in the file. A file that
+    lacks whole modules (truncated, or saved for other target modules) would otherwise leave those modules at their
+    fresh values without a word."""
+    layers = [(key, m) for key, m in module.model.named_modules() if isinstance(m, SparseDeltaLayer)]
+    if not layers:
+        return
+    p = layers[0][1].sparse_prefix
+    marker = f".{p}values."
+    for name in {k.rsplit(".", 1)[-1] for k in state_dict if marker in k}:
+        holders = [key for key, m in layers if name in m._c("values")]
+        absent = [key for key in holders if f"{prefix}model.{key}.{p}values.{name}" not in state_dict]
+        if absent:
+            raise ValueError(
+                f"The saved adapter `{name}` has no tensors for {len(absent)} of the {len(holders)} modules it adapts "
+                f"(e.g. `{absent[0]}`): the adapter file is incomplete (truncated, or saved for other target "
+                "modules than its adapter_config.json names). Re-save it from the trained model."
+            )

@@ -34,6 +34,7 @@ class LiftLayer(SparseDeltaLayer):
         "lift_residual_indices",
         "lift_residual_values",
         "lift_ready",
+        "lift_shape",
         "lift_selection",
     )
 
@@ -46,7 +47,7 @@ class LiftLayer(SparseDeltaLayer):
         adapter never computes a decomposition; the first selection runs before training). `residual_size`
         pre-allocates the residual buffers with the saved length (from `config.residual_sizes`)."""
         k, q = config.budget(self.out_features, self.in_features)
-        self.add_sparse_adapter(adapter_name, k)
+        self.add_sparse_adapter(adapter_name, k, must_load=config.inference_mode)
         if residual_size:
             dev = self.lift_indices[adapter_name].device
             self.lift_residual_indices[adapter_name] = torch.zeros(residual_size, dtype=torch.int32, device=dev)
@@ -136,11 +137,12 @@ class Linear(nn.Module, LiftLayer):
         if cached is not None:
             return cached
         self._check_unsharded()
-        if self.training and not self.disable_adapters and not self.merged:
-            # Fallback when neither LiftRefreshCallback.on_train_begin nor model.initialize_masks() ran: select
-            # this layer's mask before its first training step (values are still 0, so nothing is lost).
+        if not self.disable_adapters and not self.merged:
+            # `is_ready` checks an adapter at its first use and raises for a saved one that never loaded.
             pending = [a for a in self._active_sparse_adapters() if not self.is_ready(a)]
-            if pending:
+            if pending and self.training:
+                # Fallback when neither LiftRefreshCallback.on_train_begin nor model.initialize_masks() ran: select
+                # this layer's mask before its first training step (values are still 0, so nothing is lost).
                 select_masks([(self, a) for a in pending])
         return self.sparse_forward(x, *args, **kwargs)
 

@@ -41,18 +41,27 @@ class LiftModel(SparseDeltaTuner, BaseTuner):
     recorded_sizes = (("residual_sizes", "lift_residual_indices"),)
 
     def _create_and_replace(self, lift_config, adapter_name, target, target_name, parent, current_key, **kwargs):
-        residual_size = self.recorded_size(lift_config, "residual_sizes", current_key)
-        if isinstance(target, LiftLayer):
-            target.update_layer(adapter_name, lift_config, residual_size=residual_size)
-            self._attach_weight_cache(target, adapter_name, lift_config)
-            return
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if not isinstance(base, torch.nn.Linear):
             raise TypeError(
                 f"LIFT supports torch.nn.Linear targets only; `{current_key}` is a {type(base).__name__}. Remove it "
                 "from `target_modules` or add it to `exclude_modules`."
             )
+        k, _ = lift_config.budget(base.out_features, base.in_features)
+        if k == base.weight.numel() and not lift_config.inference_mode:
+            self._note_target(
+                current_key,
+                "get a budget of every entry (k = m·n): LIFT then trains all of their weights, i.e. full fine-tuning "
+                "plus the index memory. Lower `r` so that r·(m + n) < m·n (or `density` below 1).",
+            )
+        residual_size = self.recorded_size(lift_config, "residual_sizes", current_key)
+        if isinstance(target, LiftLayer):
+            target.update_layer(adapter_name, lift_config, residual_size=residual_size)
+            target.sparse_name = current_key
+            self._attach_weight_cache(target, adapter_name, lift_config)
+            return
         new_module = Linear(target, adapter_name, lift_config, residual_size=residual_size)
+        new_module.sparse_name = current_key
         self._attach_weight_cache(new_module, adapter_name, lift_config)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an additional adapter is not trainable until set_adapter

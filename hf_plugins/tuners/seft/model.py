@@ -59,16 +59,26 @@ class SeftModel(SparseDeltaTuner, BaseTuner):
         if not isinstance(base, torch.nn.Linear):
             raise TypeError(f"SEFT supports torch.nn.Linear only; `{current_key}` is a {type(base).__name__}.")
         k, target_nnz = self._validate_target(config, base, current_key)
+        if target_nnz == base.weight.numel() and not config.inference_mode:
+            self._note_target(
+                current_key,
+                "have no zero: SEFT keeps each matrix's sparsity and these are dense, so nothing is kept and nothing "
+                "is resurrected (plain sparse fine-tuning). Prune the base first (hf_plugins.pruning.prune_model, "
+                "`hf-plugins prune`), or set `target_sparsity` to prune during training.",
+            )
         indices = _initial_positions(base.weight, k, config.init_seed, current_key)
         sizes = {
             "pruned_size": self.recorded_size(config, "pruned_sizes", current_key),
             "grow_size": self.recorded_size(config, "grow_sizes", current_key),
         }
+        sizes["must_load"] = config.inference_mode
         if isinstance(target, SeftLayer):
             target.update_layer(adapter_name, k, indices, target_nnz, **sizes)
+            target.sparse_name = current_key
             self._attach_weight_cache(target, adapter_name, config)
             return
         new = Linear(target, adapter_name, k, indices, target_nnz, **sizes)
+        new.sparse_name = current_key
         self._attach_weight_cache(new, adapter_name, config)
         if adapter_name not in self.active_adapters:
             new.requires_grad_(False)
