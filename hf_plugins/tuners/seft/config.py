@@ -24,7 +24,7 @@ class SeftConfig(PeftConfig):
     re-prune by sensitivity |w * grad| so every matrix keeps exactly its target number of non-zeros.
 
     The official code and the paper body were not available; defaults marked "SpIEL" come from the closest
-    verified code, the SpIEL PEFT fork (Ansell et al., `src/peft/tuners/sft`), see docs/seft.md.
+    verified code, the SpIEL PEFT fork (Ansell et al., arXiv 2401.16405; `src/peft/tuners/sft`), see docs/seft.md.
 
     > Budget
 
