@@ -3,9 +3,9 @@ their variable-length buffers recorded in the adapter config, and the effective-
 
 Default target modules. Both methods adapt every linear projection of the transformer blocks, and neither the output
 head nor the embeddings (LIFT, arXiv 2506.00772: all linear projections, the official scripts pass `--no_grad head`;
-SEFT, arXiv 2505.24037: the SpIEL code it builds on adapts all linear layers, docs/seft.md). PEFT keeps exactly that list per model type for its OSF tuner
-(`peft.utils.constants.TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING`: q, k, v, o, gate, up and down projections
-for Llama, Qwen2/3, Mistral, Gemma, ...), so `SPARSE_DELTA_TARGET_MODULES` is that table plus hf_plugins' own model
+SEFT, arXiv 2505.24037: the SpIEL code it builds on adapts all linear layers, docs/seft.md). PEFT keeps exactly that
+list per model type for its OSF tuner (`peft.utils.constants.TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING`:
+q, k, v, o, gate, up and down projections for Llama, Qwen2/3, Mistral, Gemma, ...), so `SPARSE_DELTA_TARGET_MODULES` is that table plus hf_plugins' own model
 types, which name their projections like Llama. A model type outside the table gets every `nn.Linear` except the
 output head (PEFT's `"all-linear"`); a name a model lacks is skipped, and a targeted layer that is not an
 `nn.Linear` (GPT-2's `Conv1D`) raises a clear error in the tuner.
