@@ -8,7 +8,7 @@ does the one missing step itself: it adds a member to `PeftType` at run time, th
 (`get_peft_model`, `PeftConfig.from_pretrained`, `PeftModel.from_pretrained`, transformers' `load_adapter`).
 
 Why a real enum member and not a plain string: transformers' `load_adapter` and parts of PEFT call
-`config.peft_type.value`; a plain string fails there (see ../shared/spec/hf_integration.md, section 1.2).
+`config.peft_type.value`; a plain string fails there.
 
 The enum surgery relies on CPython's `enum` internals (`_member_map_`, `_value2member_map_`,
 `_member_names_`). `check_peft_internals()` verifies every assumption and raises a clear error if a PEFT or

@@ -57,15 +57,38 @@ def _values(model):
     return torch.cat([m.lift_values["default"].detach().clone() for m in model.modules() if isinstance(m, LiftLayer)])
 
 
+def _official_refresh_updates(interval: int, updates: int) -> list[int]:
+    """The updates after which the official LIFT optimizer re-selects its masks, by its own counting: a counter
+    incremented after every update, then a refresh when `(counter + 1) % interval == 0` (`sparseAdam.py`). The last
+    update is left out (a refresh there would only rewrite the adapter)."""
+    out, counter = [], 0
+    for _ in range(updates):
+        counter += 1
+        if (counter + 1) % interval == 0 and counter < updates:
+            out.append(counter)
+    return out
+
+
+@pytest.mark.parametrize("interval, max_steps", [(4, 9), (1, 3)])
+def test_refresh_schedule_follows_the_official_counter(interval, max_steps, tmp_path):
+    """The callback refreshes after updates T - 1, 2T - 1, ... (the official timing the docs promise), not after T,
+    2T, ...: interval 4 over 12 updates gives 3, 7, 11."""
+    callback = LiftRefreshCallback()
+    _trainer(_lift_model(update_interval=interval), tmp_path, max_steps=max_steps, callbacks=[callback]).train()
+    assert [r["step"] for r in callback.refreshes] == _official_refresh_updates(interval, max_steps)
+    assert _official_refresh_updates(4, 12) == [3, 7, 11]
+
+
 def test_trainer_with_refresh_changes_only_the_adapter_values(tmp_path):
-    """3 updates with interval 2: masks selected at train begin, refreshed once after update 2 (not after the
-    last update); every base parameter is bit-identical afterwards; the saved adapter reproduces the model."""
+    """3 updates with interval 2: masks selected at train begin, refreshed once after update 1 (official timing;
+    not after the last update); every base parameter is bit-identical afterwards; the saved adapter reproduces the
+    model."""
     model = _lift_model()
     base_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lift_" not in n}
     callback = LiftRefreshCallback()
     trainer = _trainer(model, tmp_path / "run", max_steps=3, callbacks=[callback])
     trainer.train()
-    assert [r["step"] for r in callback.refreshes] == [2]
+    assert [r["step"] for r in callback.refreshes] == [1]
     assert callback.refreshes[0]["matrices"] == 14
     for n, p in model.named_parameters():
         if "lift_" not in n:
@@ -79,12 +102,12 @@ def test_trainer_with_refresh_changes_only_the_adapter_values(tmp_path):
 
 
 def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
-    """Save after update 2 (just after a refresh, so residual buffers and remapped Adam moments are in the
-    checkpoint), resume, train to 4: the adapter equals the uninterrupted run's."""
+    """Save after update 3 (just after a refresh, so residual buffers and remapped Adam moments are in the
+    checkpoint), resume, train to 5: the adapter equals the uninterrupted run's."""
     full = _lift_model()
-    _trainer(full, tmp_path / "a", max_steps=4, save_steps=2).train()
+    _trainer(full, tmp_path / "a", max_steps=5, save_steps=3).train()
     resumed = _lift_model()
-    _trainer(resumed, tmp_path / "b", max_steps=4).train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    _trainer(resumed, tmp_path / "b", max_steps=5).train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
     torch.testing.assert_close(_values(resumed), _values(full), atol=1e-6, rtol=1e-6)
     full.eval()
     resumed.eval()

@@ -212,7 +212,7 @@ def test_bad_arguments_raise_clear_errors(calib):
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="in_features divisible by M"):
         prune_model(model, "wanda", n_m="3:5", calibration=calib)
-    with pytest.raises(ValueError, match="`sparsity` must be in"):
+    with pytest.raises(ValueError, match="`sparsity` must be a number in"):
         prune_model(model, "wanda", 1.2, calibration=calib)
     with pytest.raises(ValueError, match="needs `calibration`"):
         prune_model(model, "sparsegpt", 0.5)

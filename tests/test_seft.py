@@ -1,12 +1,14 @@
-"""SEFT tuner: sparse-delta forward with re-pruned positions, the drop/grow/re-prune cycle, the sparsity contract,
-save/load/resume, and the CLI methods. References are computed another way (dense weights in a plain
-transformers model, explicit top-k over dense gradients)."""
+"""SEFT tuner: sparse-delta forward with re-pruned positions, the drop/grow/re-prune cycle and the sparsity contract
+in custom loops (the Trainer, saving, loading and the CLI: test_seft_trainer.py). References are computed another
+way (dense weights in a plain transformers model, explicit top-k over dense gradients)."""
 
 import copy
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from _seft_util import seft_layers as _layers
+from _seft_util import seft_model as _seft
+from _seft_util import seft_train as _train
 
 import hf_plugins  # noqa: F401  (registers PeftType.SEFT)
 from hf_plugins import SeftConfig
@@ -17,7 +19,6 @@ from hf_plugins.pruning import (
     sparsity_report,
 )
 from hf_plugins.testing import tiny_model
-from hf_plugins.tuners.seft import SeftLayer
 
 
 @pytest.fixture(scope="module")
@@ -25,28 +26,6 @@ def pruned_llama_2_4(calib):
     model = tiny_model("llama")
     prune_model(model, "wanda", n_m="2:4", calibration=calib)
     return model
-
-
-def _seft(model, **kw):
-    kw = {"density": 0.05, "update_interval": 2, "accumulation_steps": 1, "task_type": "CAUSAL_LM", **kw}
-    return get_peft_model(copy.deepcopy(model), SeftConfig(**kw))
-
-
-def _layers(pm):
-    return {n.removeprefix("base_model.model."): m for n, m in pm.named_modules() if isinstance(m, SeftLayer)}
-
-
-def _train(pm, batch, steps, lr=1e-2, total=None, check=None):
-    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=lr)
-    for step in range(steps):
-        pm.seft_prepare_step(step, total)
-        pm(input_ids=batch, labels=batch).loss.backward()
-        opt.step()
-        out = pm.seft_after_optimizer_step(opt, step, total)
-        if out is not None and check is not None:
-            check(pm, out)
-        opt.zero_grad()
-    return opt
 
 
 def _effective_model(pm, base):
@@ -84,6 +63,17 @@ def _dense_grads(ref, batch):
         ({"target_sparsity": 1.0}, "`target_sparsity`"),
         ({"n_m": "2:4", "target_sparsity": 0.7}, "contradicts"),
         ({"n_m": "4:4"}, "0 < N < M"),
+        ({"n_m": "5:4"}, "0 < N < M"),
+        ({"r": 2.5}, "`r`"),
+        ({"r": True}, "`r`"),
+        ({"update_interval": 2.5}, "`update_interval`"),
+        ({"accumulation_steps": 1.5}, "`accumulation_steps`"),
+        ({"total_steps": 2.5}, "`total_steps`"),
+        ({"init_seed": 0.5}, "`init_seed`"),
+        ({"density": "0.1"}, "`density`"),
+        ({"target_sparsity": -0.1}, "`target_sparsity`"),
+        ({"drop_fraction": float("nan")}, "`drop_fraction`"),
+        ({"resurrection": "yes"}, "`resurrection`"),
     ],
 )
 def test_bad_configs_raise_errors_naming_the_field(kwargs, match):
@@ -187,7 +177,7 @@ def test_grow_picks_the_largest_gradient_positions_and_reprune_the_lowest_sensit
     batch = calib[:4]
     old = {n: m.seft_indices["default"].long().clone() for n, m in _layers(pm).items()}
     grads = _dense_grads(_effective_model(pm, pruned_llama), batch)
-    pm.seft_prepare_step(0)
+    pm.seft_prepare_step(0, 100)
     pm(input_ids=batch, labels=batch).loss.backward()
     pm.seft_evolve(None, 0)
     base = prunable_linears(pruned_llama)
@@ -210,7 +200,7 @@ def test_grow_picks_the_largest_gradient_positions_and_reprune_the_lowest_sensit
 
 def test_magnitude_reprune_ablation_removes_the_smallest_base_weights(pruned_llama, calib):
     pm = _seft(pruned_llama, update_interval=1, grow_criterion="instant_gradient", reprune_criterion="magnitude")
-    pm.seft_prepare_step(0)
+    pm.seft_prepare_step(0, 100)
     pm(input_ids=calib[:4], labels=calib[:4]).loss.backward()
     pm.seft_evolve(None, 0)
     for name, layer in _layers(pm).items():
@@ -240,7 +230,7 @@ def test_every_cycle_keeps_the_support_at_the_target_and_keeps_adam_moments(prun
     values = layer.seft_values["default"]
     before_idx = layer.seft_indices["default"].long().clone()
     for step in (4, 5):  # step 4 opens the grow window, step 5 ends it with a cycle
-        pm.seft_prepare_step(step)
+        pm.seft_prepare_step(step, 100)
         pm(input_ids=calib[:4], labels=calib[:4]).loss.backward()
         opt.step()
         if step == 4:
@@ -274,65 +264,41 @@ def test_resurrection_off_and_n_m_grow_only_inside_the_support(pruned_llama, pru
                 assert check_n_m(lin.weight, 2, 4)
 
 
-def test_no_cycle_on_the_last_step_and_static_mode():
-    cfg_model = get_peft_model(tiny_model("llama"), SeftConfig(update_interval=5, task_type="CAUSAL_LM"))
+def test_no_cycle_on_the_last_step_and_static_mode(pruned_llama):
+    cfg_model = _seft(pruned_llama, update_interval=5)
     assert [s for s in range(20) if cfg_model.seft_is_cycle_step(s, 20)] == [4, 9, 14]
-    static = get_peft_model(tiny_model("llama"), SeftConfig(update_interval=None, task_type="CAUSAL_LM"))
+    static = _seft(pruned_llama, update_interval=None)
     assert not any(static.seft_is_cycle_step(s, 20) for s in range(20))
 
 
-# -- the sparsity contract and persistence under the Trainer --------------------------------------------------
+def test_a_custom_loop_must_say_how_long_it_runs_so_no_cycle_runs_on_the_last_step(pruned_llama, calib):
+    """Without the number of optimizer steps, the last step of a custom loop could be a cycle: it would drop a share
+    of the trained deltas for new ones at exactly 0 and leave matrices below the pruned base's non-zero count. SEFT
+    refuses to run a cycle schedule without it; given once in the config, a loop whose last step falls on a cycle
+    step runs no cycle there and merges at exactly the base's non-zero counts."""
+    pm = _seft(pruned_llama, update_interval=2)
+    with pytest.raises(ValueError, match="total_steps"):
+        _train(pm, calib[:4], 2, total=None)
+    pm = _seft(pruned_llama, update_interval=2, total_steps=4)
+    _train(pm, calib[:4], 4, total=None)  # cycle steps 1 and 3; step 3 is the last one
+    assert {int(m.seft_cycles["default"]) for m in _layers(pm).values()} == {1}
+    base_nnz = [r["numel"] - r["zeros"] for r in sparsity_report(pruned_llama).matrices]
+    merged = pm.merge_and_unload()
+    assert [r["numel"] - r["zeros"] for r in sparsity_report(merged).matrices] == base_nnz
 
 
-def _trainer(pm, calib, out_dir, steps, save_steps=0):
-    from transformers import Trainer, TrainingArguments
-
-    from hf_plugins.tuners.seft import SeftCallback
-
-    rows = [{"input_ids": r, "labels": r} for r in calib]
-    args = TrainingArguments(
-        output_dir=str(out_dir),
-        max_steps=steps,
-        per_device_train_batch_size=2,
-        learning_rate=1e-2,
-        report_to="none",
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
-        logging_steps=100,
-        seed=0,
-        use_cpu=True,
-        disable_tqdm=True,
-    )
-    return Trainer(model=pm, args=args, train_dataset=rows, callbacks=[SeftCallback()])
-
-
-def test_trainer_run_keeps_the_merged_sparsity_and_resumes_exactly(pruned_llama, calib, tmp_path):
-    """Sparsity contract: after Trainer training (cycles at steps 2 and 4), merge_and_unload has exactly the pruned
-    base's non-zero count in every matrix. Resume: stopping at step 3 (inside a grow window) and resuming gives the
-    same adapter as the uninterrupted run; save -> load gives identical logits."""
-    kw = {"update_interval": 2, "accumulation_steps": 2}
-    full = _trainer(_seft(pruned_llama, **kw), calib, tmp_path / "full", 6)
-    full.train()
-    torch.manual_seed(0)
-    part = _trainer(_seft(pruned_llama, **kw), calib, tmp_path / "part", 6, save_steps=3)
-    part.train()
-    resumed = _trainer(_seft(pruned_llama, **kw), calib, tmp_path / "part", 6)
-    resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-3"))
-    a, b = full.model.state_dict(), resumed.model.state_dict()
-    for key in a:
-        if "seft_" in key:
-            assert torch.equal(a[key], b[key]), key
-    assert sum(m.seft_pruned_indices["default"].numel() for m in _layers(full.model).values()) > 0
-
-    full.model.save_pretrained(tmp_path / "adapter")
-    loaded = PeftModel.from_pretrained(copy.deepcopy(pruned_llama), tmp_path / "adapter")
-    x = calib[:2]
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=x).logits, full.model(input_ids=x).logits, atol=0, rtol=0)
-
-    base_zeros = [r["zeros"] for r in sparsity_report(pruned_llama).matrices]
-    merged = full.model.merge_and_unload()
-    assert [r["zeros"] for r in sparsity_report(merged).matrices] == base_zeros
+def test_a_target_sparsity_no_cycle_can_reach_is_refused_or_warned(pruned_llama, calib):
+    """Extra pruning to `target_sparsity` happens at the first cycle. With no cycle schedule, a run declared
+    shorter than one interval, or no re-balancing (resurrection off), construction raises; a run that stopped
+    before its first cycle warns at merge instead of silently merging at the base's sparsity."""
+    for kw in ({"update_interval": None}, {"update_interval": 20, "total_steps": 20}, {"resurrection": False}):
+        with pytest.raises(ValueError, match="target_sparsity"):
+            _seft(pruned_llama, target_sparsity=0.7, **kw)
+    pm = _seft(pruned_llama, target_sparsity=0.7, update_interval=20, accumulation_steps=5)
+    _train(pm, calib[:4], 3, total=100)  # stopped before the first cycle
+    with pytest.warns(UserWarning, match="more non-zeros than `target_sparsity` allows at merge"):
+        merged = pm.merge_and_unload()
+    assert sparsity_report(merged).overall == pytest.approx(sparsity_report(pruned_llama).overall)
 
 
 def test_target_sparsity_above_the_base_is_reached_at_the_first_cycle(pruned_llama, calib):
@@ -340,101 +306,6 @@ def test_target_sparsity_above_the_base_is_reached_at_the_first_cycle(pruned_lla
     _train(pm, calib[:4], 3, total=3)  # cycle after step 2 of 3; step 3 updates the grown deltas
     for name, lin in prunable_linears(pm.merge_and_unload()).items():
         assert int((lin.weight != 0).sum()) == lin.weight.numel() - int(lin.weight.numel() * 0.6), name
-
-
-# -- CLI methods ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pruned_dir(tmp_path_factory):
-    from hf_plugins.cli.main import main
-
-    out = tmp_path_factory.mktemp("pruned")
-    assert main(["prune", "--model", "tiny", "--nsamples", "4", "--seqlen", "32", "--output-dir", str(out)]) == 0
-    return out
-
-
-@pytest.mark.parametrize("method", ["seft", "lora_star", "sqft"])
-def test_cli_methods_keep_the_base_sparsity(method, pruned_dir, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    from hf_plugins.cli.main import build_parser
-    from hf_plugins.cli.train_job import run_training
-
-    argv = ["train", "--model", str(pruned_dir), "--method", method, "--max-steps", "3", "--eval-size", "0"]
-    argv += ["--train-size", "16", "--per-device-train-batch-size", "4", "--output-dir", str(tmp_path)]
-    if method == "seft":
-        argv += [
-            "--method-arg",
-            "update_interval=1",
-            "--method-arg",
-            "accumulation_steps=1",
-            "--method-arg",
-            "density=0.05",
-        ]
-    else:
-        argv += ["--method-arg", "calib_nsamples=4"] if method == "lora_star" else []
-    result = run_training(build_parser().parse_args(argv))
-    model = result["trainer"].model
-    base = AutoModelForCausalLM.from_pretrained(pruned_dir)
-    base_zeros = [r["zeros"] for r in sparsity_report(base).matrices]
-    if method == "seft":
-        merged = model.merge_and_unload()
-    else:  # the baselines' callbacks merged (SQFT: masked; LoRA*: then Wanda re-pruning) at on_train_end
-        assert all(layer.merged for layer in model.modules() if hasattr(layer, "lora_A") and layer.lora_A)
-        merged = model.unload()
-    # LoRA*: Wanda per row at each matrix's measured ratio; the base was Wanda-pruned per row, so exact.
-    assert [r["zeros"] for r in sparsity_report(merged).matrices] == base_zeros
-
-
-def test_sqft_masked_lora_forward_and_merge_equal_a_dense_reference(pruned_llama, calib):
-    """SQFT-like: forward = F.linear(x, W0 + s (BA) ⊙ 1_supp(W0)); the masked merge gives the same weights."""
-    from peft import LoraConfig
-
-    from hf_plugins.tuners.seft.baselines import mask_lora_in_training_, sqft_merge_
-
-    pm = get_peft_model(copy.deepcopy(pruned_llama), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    assert mask_lora_in_training_(pm) == 14
-    ref = copy.deepcopy(pruned_llama)
-    with torch.no_grad():
-        for name, lin in prunable_linears(ref).items():
-            lora = pm.get_base_model().get_submodule(name)
-            delta = lora.lora_B["default"].weight @ lora.lora_A["default"].weight * lora.scaling["default"]
-            lin.weight += delta * (lin.weight != 0)
-    x = calib[:2]
-    with torch.no_grad():
-        torch.testing.assert_close(pm(input_ids=x).logits, ref(input_ids=x).logits, atol=1e-5, rtol=1e-5)
-        sqft_merge_(pm)
-        torch.testing.assert_close(pm(input_ids=x).logits, ref(input_ids=x).logits, atol=1e-5, rtol=1e-5)
-    base_zeros = [r["zeros"] for r in sparsity_report(pruned_llama).matrices]
-    assert [r["zeros"] for r in sparsity_report(pm.unload()).matrices] == base_zeros
-
-
-def test_a_fresh_process_loads_a_saved_seft_adapter(pruned_llama, calib, tmp_path):
-    """Registration happens on `import hf_plugins`; a new interpreter must load the adapter with it."""
-    import subprocess
-    import sys
-
-    pm = _seft(pruned_llama)
-    _train(pm, calib[:4], 3, total=3)
-    pm.save_pretrained(tmp_path / "adapter")
-    pruned_llama.save_pretrained(tmp_path / "base")
-    with torch.no_grad():
-        torch.save(pm(input_ids=calib[:1]).logits, tmp_path / "logits.pt")
-    code = (
-        "import torch, hf_plugins; from peft import PeftModel; from transformers import AutoModelForCausalLM;"
-        f"m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{tmp_path / 'base'}'), '{tmp_path / 'adapter'}');"
-        f"ids = torch.tensor({calib[:1].tolist()});"
-        f"assert torch.equal(m(input_ids=ids).logits, torch.load('{tmp_path / 'logits.pt'}')); print('ok', m.peft_type)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "ok PeftType.SEFT" in out.stdout
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Tests of hf_plugins/tuners/_sparse_delta.py, the machinery shared by the LIFT and SEFT tuners.
+"""Tests of the machinery shared by the LIFT and SEFT tuners (hf_plugins/tuners/_sparse_delta*.py).
 
 Every result is compared with a reference computed another way: a dense weight built with `scatter_add` and
 `F.linear` under autograd, an explicit Python loop for the optimizer remap, a saved-tensor census for memory.
@@ -11,14 +11,14 @@ import torch
 from _triton_interpreter import run_in_interpreter
 from torch import nn
 
-from hf_plugins.tuners._sparse_delta import (
-    SparseDeltaLayer,
+from hf_plugins.tuners._sparse_delta import SparseDeltaLayer
+from hf_plugins.tuners._sparse_delta_autograd import sparse_delta_linear
+from hf_plugins.tuners._sparse_delta_ops import (
     add_sparse_,
     carry_map,
     check_indices,
     dense_delta,
     remap_optimizer_state_,
-    sparse_delta_linear,
 )
 
 
@@ -200,7 +200,7 @@ def test_check_indices_names_the_module():
 class ToyLayer(SparseDeltaLayer):
     sparse_prefix = "toy_"
     adapter_layer_names = ("toy_values",)
-    other_param_names = ("toy_indices", "toy_residual_indices", "toy_residual_values", "toy_ready")
+    other_param_names = ("toy_indices", "toy_residual_indices", "toy_residual_values", "toy_ready", "toy_shape")
 
 
 class ToyLinear(nn.Module, ToyLayer):
@@ -269,8 +269,9 @@ _TRITON_CHECK = r"""
 import os
 os.environ["TRITON_INTERPRET"] = "1"
 import torch
-from hf_plugins.tuners import _sparse_delta as S
+from hf_plugins.tuners import _sparse_delta_ops as S
 from hf_plugins.tuners import _sparse_delta_triton as K
+from hf_plugins.tuners._sparse_delta_autograd import sparse_delta_linear
 
 g = torch.Generator().manual_seed(0)
 cases = 0
@@ -301,7 +302,7 @@ for use in (True, False):
     v = torch.zeros(300, requires_grad=True)
     with torch.no_grad():
         v.copy_(torch.randn(300, generator=torch.Generator().manual_seed(1)) * 0.01)
-    y = S.sparse_delta_linear(x, w, None, [idx], [v])
+    y = sparse_delta_linear(x, w, None, [idx], [v])
     y.float().square().sum().backward()
     outs.append((y, v.grad))
     K.usable = usable
@@ -320,8 +321,9 @@ def test_triton_add_sparse_equals_the_aten_path_bit_for_bit():
 
 _ZERO_ADD_CHECK = r"""
 import torch
-from hf_plugins.tuners import _sparse_delta as S
+from hf_plugins.tuners import _sparse_delta_ops as S
 from hf_plugins.tuners import _sparse_delta_triton as K
+from hf_plugins.tuners._sparse_delta_autograd import sparse_delta_linear
 
 g = torch.Generator().manual_seed(0)
 cases = 0
@@ -412,7 +414,7 @@ def test_triton_zero_add_on_cuda_equals_a_dense_reference(dtype):
     arithmetic with one rounding."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from hf_plugins.tuners import _sparse_delta as S
+    from hf_plugins.tuners import _sparse_delta_ops as S
 
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(896, 4864, generator=g) * 3).to(dtype)

@@ -12,7 +12,7 @@ from peft import get_peft_model
 import hf_plugins  # noqa: F401  (registers PeftType.SEFT)
 from hf_plugins import LiftConfig, SeftConfig
 from hf_plugins.testing import tiny_model
-from hf_plugins.tuners import _sparse_delta
+from hf_plugins.tuners import _sparse_delta_autograd
 from hf_plugins.tuners.lift import LiftLayer
 from hf_plugins.tuners.seft import SeftLayer
 
@@ -41,13 +41,13 @@ def _transient_logits(pm, x):
 def count_builds(monkeypatch):
     """Counts transient W_eff builds (`_effective_weight` calls)."""
     calls = []
-    real = _sparse_delta._effective_weight
+    real = _sparse_delta_autograd._effective_weight
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_sparse_delta, "_effective_weight", counting)
+    monkeypatch.setattr(_sparse_delta_autograd, "_effective_weight", counting)
     return calls
 
 

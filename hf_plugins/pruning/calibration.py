@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
+from ..data.arithmetic import ArithmeticConfig, generate_problems
+
 
 __all__ = ["arithmetic_texts", "calibration_windows", "text_file_texts"]
 
 
 def arithmetic_texts(num: int = 2000, seed: int = 0) -> list[str]:
     """Plain text ("Question: ... Answer: ...") of `num` training problems of the embedded arithmetic task."""
-    from hf_plugins.data.arithmetic import ArithmeticConfig, generate_problems
-
     problems = generate_problems(ArithmeticConfig(seed=seed, num_train=num, num_test=0), split="train")
     return [p.plain_text() for p in problems]
 

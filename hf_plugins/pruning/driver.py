@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .magnitude import prune_magnitude_
@@ -82,8 +84,6 @@ def prunable_linears(model: nn.Module, target_modules: list[str] | None = None) 
     """`{qualified name: nn.Linear}` of the decoder blocks (optionally only names ending in `target_modules`).
 
     Linears wrapped by a PEFT tuner layer (e.g. LoRA) are listed by the wrapper's name, with its base layer."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     layers = decoder_layers(model)
     prefix = next(name for name, mod in model.named_modules() if mod is layers)
     out, adapter_layers = {}, []
@@ -121,15 +121,41 @@ def sparsity_report(
     return report
 
 
-def _calibration_batches(calibration, batch_size: int, device) -> list[torch.Tensor]:
+def _calibration_batches(calibration, batch_size: int, device, vocab_size: int | None) -> list[torch.Tensor]:
+    """The calibration token ids as (batch, seqlen) LongTensors, checked: integer ids of the model's vocabulary."""
+    tensors = [calibration] if isinstance(calibration, torch.Tensor) else list(calibration)
+    for t in tensors:
+        if (
+            not isinstance(t, torch.Tensor)
+            or t.dtype.is_floating_point
+            or t.dtype == torch.bool
+            or t.dim() not in (1, 2)
+        ):
+            what = f"{t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(
+                f"`calibration` must hold integer token ids, as a (num_windows, seqlen) tensor or a list of "
+                f"(batch, seqlen) tensors (see hf_plugins.pruning.calibration_windows); got a {what}."
+            )
+        if t.numel() and (int(t.min()) < 0 or (vocab_size is not None and int(t.max()) >= vocab_size)):
+            raise ValueError(
+                f"`calibration` holds token id {int(t.max()) if int(t.min()) >= 0 else int(t.min())}, outside the "
+                f"model's vocabulary of {vocab_size}: tokenize the calibration text with the model's own tokenizer."
+            )
     if isinstance(calibration, torch.Tensor):
         rows = calibration if calibration.dim() == 2 else calibration.unsqueeze(0)
         batches = list(rows.split(batch_size))
     else:
-        batches = [c if c.dim() == 2 else c.unsqueeze(0) for c in calibration]
+        batches = [c if c.dim() == 2 else c.unsqueeze(0) for c in tensors]
+    batches = [b for b in batches if b.numel()]
     if not batches:
         raise ValueError("`calibration` is empty: Wanda and SparseGPT need calibration token ids")
     return [b.to(device=device, dtype=torch.long) for b in batches]
+
+
+def _check_fraction(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"`sparsity` must be a number in [0, 1), got {value!r} (for {where}).")
+    return float(value)
 
 
 class _Stop(Exception):
@@ -195,6 +221,17 @@ def prune_model(
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     nm = parse_n_m(n_m)
+    if per_row and (method != "magnitude" or nm is not None):
+        raise ValueError(
+            "`per_row` chooses magnitude pruning's comparison group (rows instead of the whole matrix); Wanda always "
+            f"compares within rows, SparseGPT within column blocks, N:M within groups. Got method={method!r}, "
+            f"n_m={n_m!r}: drop per_row."
+        )
+    for name, value, low in (("batch_size", batch_size, 1), ("blocksize", blocksize, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+    if isinstance(percdamp, bool) or not isinstance(percdamp, Real) or not 0.0 <= percdamp < float("inf"):
+        raise ValueError(f"`percdamp` must be a finite number >= 0 (SparseGPT's default: 0.01), got {percdamp!r}.")
     linears = prunable_linears(model, target_modules)
     if not linears:
         raise ValueError(f"no nn.Linear in the decoder blocks matches target_modules={target_modules}")
@@ -202,17 +239,23 @@ def prune_model(
         missing = sorted(set(linears) - set(sparsity))
         if missing:
             raise ValueError(f"`sparsity` is a dict but has no entry for {missing}")
-        sparsity_of = {name: float(sparsity[name]) for name in linears}
+        unknown = sorted(set(sparsity) - set(linears))
+        if unknown:
+            raise ValueError(
+                f"`sparsity` names matrices the model does not prune: {unknown}; use the names of "
+                "hf_plugins.pruning.prunable_linears(model)."
+            )
+    if nm is not None:  # the pattern fixes the sparsity: `sparsity` is ignored
+        sparsity_of = dict.fromkeys(linears, nm[0] / nm[1])
+    elif isinstance(sparsity, dict):
+        sparsity_of = {name: _check_fraction(sparsity[name], name) for name in linears}
     else:
-        sparsity_of = dict.fromkeys(linears, float(sparsity))
-    bad = {n: s for n, s in sparsity_of.items() if not 0.0 <= s < 1.0}
-    if nm is None and bad:
-        raise ValueError(f"`sparsity` must be in [0, 1), got {next(iter(bad.values()))} (for {next(iter(bad))})")
+        sparsity_of = dict.fromkeys(linears, _check_fraction(sparsity, "every matrix"))
     if nm is not None:
         bad = [f"{n} (in_features={m.in_features})" for n, m in linears.items() if m.in_features % nm[1]]
         if bad:
             raise ValueError(f"N:M pruning with M={nm[1]} needs in_features divisible by M; not the case for: {bad}")
-    report_sparsity = nm[0] / nm[1] if nm else sum(sparsity_of.values()) / len(sparsity_of)
+    report_sparsity = sum(sparsity_of.values()) / len(sparsity_of)
     t0 = time.perf_counter()
     ids_of = {id(m): n for n, m in linears.items()}
     tokens = 0
@@ -226,7 +269,10 @@ def prune_model(
         model.eval()
         device = next(model.parameters()).device
         layers = decoder_layers(model)
-        captured = _capture_first_block_inputs(model, layers, _calibration_batches(calibration, batch_size, device))
+        embeddings = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+        vocab = getattr(embeddings, "num_embeddings", None)
+        batches = _calibration_batches(calibration, batch_size, device, vocab)
+        captured = _capture_first_block_inputs(model, layers, batches)
         tokens = sum(item[0].shape[0] * item[0].shape[1] for item in captured)
         stats_cls = WandaStats if method == "wanda" else SparseGPTStats
         for block in layers:

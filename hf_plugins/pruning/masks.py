@@ -26,8 +26,14 @@ def parse_n_m(n_m: str | tuple[int, int] | None) -> tuple[int, int] | None:
         if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
             raise ValueError(f"`n_m` must look like '2:4' (N zeros in every M columns), got {n_m!r}")
         n, m = (int(p) for p in parts)
+    elif (
+        isinstance(n_m, (tuple, list))
+        and len(n_m) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in n_m)
+    ):
+        n, m = n_m
     else:
-        n, m = (int(v) for v in n_m)
+        raise ValueError(f"`n_m` must look like '2:4' or (2, 4) (N zeros in every M columns), got {n_m!r}")
     if not 0 < n < m:
         raise ValueError(f"`n_m` needs 0 < N < M, got {n}:{m}")
     return n, m

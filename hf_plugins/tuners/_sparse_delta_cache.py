@@ -1,4 +1,6 @@
-"""The effective-weight cache of the sparse-delta tuners (LIFT, SEFT; `cache_effective_weight`, default on).
+"""The effective-weight cache of the sparse-delta tuners (`cache_effective_weight`: off by default for LIFT, whose goal
+is peak memory at or below LoRA's at every batch size; on by default for SEFT, whose goal is step time; see
+docs/lift.md and docs/seft.md, "Performance").
 
 Without it, a layer rebuilds its effective weight in its forward and again in its backward (a copy and a scatter
 launch each time, plus their Python):
@@ -42,12 +44,12 @@ import weakref
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from hf_plugins.distributed import is_dtensor
+from ..distributed import is_dtensor
+from ._sparse_delta import STRUCTURE_GENERATION
+from ._sparse_delta_ops import acc_dtype, add_sparse_, tensor_stamp
 
-from ._sparse_delta import STRUCTURE_GENERATION, _acc_dtype, add_sparse_, tensor_stamp
 
-
-__all__ = ["CachedSparseDeltaTuner", "SparseDeltaWeightCache"]
+__all__ = ["SparseDeltaWeightCache"]
 
 _CACHES: weakref.WeakSet = weakref.WeakSet()
 _HOOK_HANDLE = None
@@ -89,7 +91,7 @@ class _Entry:
 
 class SparseDeltaWeightCache:
     """The effective weights of one tuner model's sparse-delta layers (see the module docstring). The tuner model
-    (`CachedSparseDeltaTuner`) owns one and hands it to every layer it creates; a layer asks
+    (`SparseDeltaTuner`, _sparse_delta_tuner.py) owns one and hands it to every layer it creates; a layer asks
     `serve(layer, adapter, dtype)` in its forward.
 
     The per-forward check is a few attribute reads on tensors the entry holds (the versions of δ and W0); the
@@ -288,7 +290,7 @@ class SparseDeltaWeightCache:
         if frozen:  # disjoint from A and from the zero set, so adding them first changes no entry of A
             add_sparse_(self.buffer, torch.cat([i for i, _ in frozen]), torch.cat([v for _, v in frozen]))
         self.index = torch.cat([a.long() + o for (a, _, _, _), o in zip(parts, offsets)])
-        self.base = self.buffer.index_select(0, self.index).to(_acc_dtype(dtype))
+        self.base = self.buffer.index_select(0, self.index).to(acc_dtype(dtype))
         self.entries = {
             id(m): _Entry(v, a, val, b.weight, b.bias, st)
             for m, v, (a, val, _, _), b, st in zip(members, views, parts, bases, stamps)
@@ -296,32 +298,3 @@ class SparseDeltaWeightCache:
         self.members = members
         self.value_ids = {id(val) for _, val, _, _ in parts}
         self.key = (name, dtype, device)
-
-
-class CachedSparseDeltaTuner:
-    """Mixin of a PEFT tuner model (`BaseTuner`) whose layers are `SparseDeltaLayer`s: owns the model's
-    `SparseDeltaWeightCache`. Call `_attach_weight_cache(layer, adapter_name, config)` for every layer created or
-    given an adapter."""
-
-    @property
-    def weight_cache(self) -> SparseDeltaWeightCache:
-        """The effective-weight cache shared by this model's sparse-delta layers (`cache_effective_weight`)."""
-        cache = self.__dict__.get("_sparse_weight_cache")
-        if cache is None:
-            cache = self.__dict__["_sparse_weight_cache"] = SparseDeltaWeightCache()
-        return cache
-
-    def invalidate_weight_cache(self) -> None:
-        """Rebuild the cached effective weights at the next forward: call after changing values, indices or the base
-        weights through `tensor.data` outside a torch optimizer (every other change is detected)."""
-        self.weight_cache.invalidate()
-
-    def _attach_weight_cache(self, layer, adapter_name: str, config) -> None:
-        cache = self.weight_cache
-        cache.enabled[adapter_name] = bool(getattr(config, "cache_effective_weight", False))
-        layer._sparse_cache = cache
-        cache.register(layer)
-
-    def _unload_and_optionally_merge(self, *args, **kwargs):
-        self.weight_cache.release()  # the unloaded model keeps no reference to the tuner layers or the buffer
-        return super()._unload_and_optionally_merge(*args, **kwargs)

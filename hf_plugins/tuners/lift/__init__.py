@@ -9,7 +9,7 @@ from hf_plugins.registry import register_method
 from .callback import LiftRefreshCallback, find_lift_model
 from .config import LiftConfig
 from .layer import LiftLayer, Linear, select_masks
-from .model import LIFT_TARGET_MODULES, LiftModel
+from .model import LiftModel
 from .selection import low_rank_approximation, select_principal_indices
 
 
@@ -28,12 +28,12 @@ register_method(
     "LIFT: train the principal weights (top-k of a rank-r approximation), k = LoRA-r16 budget, re-selected every "
     "400 updates (override with --method-arg r=... update_interval=... lra_rank=...)",
     callbacks=lambda options: [LiftRefreshCallback()],
-    # lr 2e-4: paper Table 5-6 (MATH-10K, Llama-3.2-1B); betas (0.9, 0.95) and eps 1e-6: official sparseAdam.
+    # lr 2e-4: paper Table 5-6 (MATH-10K, Llama-3.2-1B); betas (0.9, 0.95) and eps 1e-6: the official optimizer's
+    # settings (it adds eps before bias correction, torch's AdamW after it: docs/lift.md, Quick start).
     defaults={"learning_rate": 2e-4, "adam_beta2": 0.95, "adam_epsilon": 1e-6},
 )
 
 __all__ = [
-    "LIFT_TARGET_MODULES",
     "LiftConfig",
     "LiftLayer",
     "LiftModel",

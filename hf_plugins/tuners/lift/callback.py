@@ -26,8 +26,8 @@ def find_lift_model(model) -> LiftModel | None:
 
 class LiftRefreshCallback(TrainerCallback):
     """Selects LIFT masks at `on_train_begin` and re-selects them at `on_step_end` every `update_interval`
-    optimizer updates (`state.global_step % update_interval == 0`, the official timing: after the 400th, 800th, ...
-    update; gradient accumulation counts real updates). Adam moments of entries that stay are carried over in the
+    optimizer updates, at the official code's timing: after update T - 1, 2T - 1, ... (`LiftModel.maybe_refresh`;
+    gradient accumulation counts real updates), never after the last update. Adam moments of entries that stay are carried over in the
     Trainer's optimizer (accelerate's wrapper is unwrapped). All durable state lives in the adapter, so resuming
     from a checkpoint needs nothing from this callback. Under DDP and FSDP2 every rank selects from whole matrices
     (FSDP2: gathered with `full_tensor`) and rank 0's masks are broadcast (docs/distributed.md).

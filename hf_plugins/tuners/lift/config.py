@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
+from .._config_checks import check_bool, check_choice, check_int, check_real, check_sizes
 from .selection import SELECTION_METHODS
 
 
@@ -45,13 +46,14 @@ class LiftConfig(PeftConfig):
 
     Args:
         update_interval (`int` or `None`, *optional*, defaults to `400`):
-            Optimizer updates between mask re-selections (official MATH-10K configs: 400; commonsense: 2000);
-            `None` keeps the first mask (the paper's fixed-mask variant, App. A). With the stock `Trainer`, add
-            `LiftRefreshCallback()`; custom loops call `model.refresh_masks(optimizer)`.
+            Optimizer updates between mask re-selections (official MATH-10K configs: 400; commonsense: 2000), at the
+            official code's timing: after update T - 1, 2T - 1, ... `None` keeps the first mask (the paper's
+            fixed-mask variant, App. A). With the stock `Trainer`, add `LiftRefreshCallback()`; custom loops call
+            `model.maybe_refresh(updates_done, optimizer)` after every update.
         on_leave (`str`, *optional*, defaults to `"keep"`):
             What happens to the learned change of an entry that leaves the mask at a refresh. `"keep"`: it stays in
-            a frozen residual saved with the adapter (what the official in-place code does, spec note 3; the
-            model's function never changes at a refresh). `"reset"`: it is dropped (the adapter stays exactly k
+            a frozen residual saved with the adapter (the official optimizer edits W in place, so a leaving entry keeps
+            its change there; the model's function never changes at a refresh). `"reset"`: it is dropped (the adapter stays exactly k
             entries, but each refresh changes the function).
 
     > Speed and memory
@@ -77,8 +79,9 @@ class LiftConfig(PeftConfig):
             Start from a zero delta (the model is unchanged at creation). `False` draws small random values at the
             selected entries; for tests only.
         residual_sizes (`dict[str, int]`, *optional*):
-            Bookkeeping written by the tuner at every refresh: the number of residual entries per module, so that
-            loaders that check shapes before loading (transformers' `load_adapter`) allocate matching buffers.
+            Bookkeeping written by the tuner whenever the adapter is saved: the number of residual entries per
+            module, so that loaders that check shapes before loading (transformers' `load_adapter`) allocate matching
+            buffers.
 
     Example:
 
@@ -128,7 +131,7 @@ class LiftConfig(PeftConfig):
     init_weights: bool = field(default=True, metadata={"help": "Zero delta at creation; False is for tests only."})
     residual_sizes: dict[str, int] | None = field(
         default=None,
-        metadata={"help": "Written by the tuner at every refresh (residual entries per module); do not set by hand."},
+        metadata={"help": "Written by the tuner at every save (residual entries per module); do not set by hand."},
     )
 
     def __post_init__(self):
@@ -138,32 +141,24 @@ class LiftConfig(PeftConfig):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, list):
             self.exclude_modules = set(self.exclude_modules)
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-            raise ValueError(f"`r` must be a positive integer, got {self.r!r}.")
-        if not isinstance(self.cache_effective_weight, bool):
-            raise ValueError(f"`cache_effective_weight` must be True or False, got {self.cache_effective_weight!r}.")
-        if self.density is not None and not (0.0 < float(self.density) <= 1.0):
-            raise ValueError(f"`density` must be in (0, 1], or None to use `r`; got {self.density!r}.")
-        if (self.lra_rank is not None and self.lra_rank != "full") and (
-            not isinstance(self.lra_rank, int) or isinstance(self.lra_rank, bool) or self.lra_rank < 1
-        ):
-            raise ValueError(f"`lra_rank` must be a positive integer, 'full' or None; got {self.lra_rank!r}.")
-        if self.selection_method not in SELECTION_METHODS:
-            raise ValueError(f"`selection_method` must be one of {SELECTION_METHODS}, got {self.selection_method!r}.")
-        if self.oversample < 0:
-            raise ValueError(f"`oversample` must be >= 0, got {self.oversample!r}.")
-        if self.niter < 0:
-            raise ValueError(f"`niter` must be >= 0, got {self.niter!r}.")
-        if self.update_interval is not None and (
-            not isinstance(self.update_interval, int)
-            or isinstance(self.update_interval, bool)
-            or self.update_interval < 1
-        ):
-            raise ValueError(
-                f"`update_interval` must be >= 1, or None for a fixed mask; got {self.update_interval!r}."
-            )
-        if self.on_leave not in ("keep", "reset"):
-            raise ValueError(f"`on_leave` must be 'keep' or 'reset', got {self.on_leave!r}.")
+        check_int("r", self.r, minimum=1)
+        check_real("density", self.density, 0.0, 1.0, low_open=True, optional=True)
+        if self.lra_rank != "full":
+            try:
+                check_int("lra_rank", self.lra_rank, minimum=1, optional=True)
+            except ValueError:
+                raise ValueError(
+                    f"`lra_rank` must be a positive integer, 'full' or None; got {self.lra_rank!r}."
+                ) from None
+        check_choice("selection_method", self.selection_method, SELECTION_METHODS)
+        check_int("oversample", self.oversample, minimum=0)
+        check_int("niter", self.niter, minimum=0)
+        check_int("selection_seed", self.selection_seed, minimum=0)
+        check_int("update_interval", self.update_interval, minimum=1, optional=True)
+        check_choice("on_leave", self.on_leave, ("keep", "reset"))
+        check_bool("cache_effective_weight", self.cache_effective_weight)
+        check_bool("init_weights", self.init_weights)
+        check_sizes("residual_sizes", self.residual_sizes)
         if self.on_leave == "reset" and self.update_interval is not None:
             warnings.warn(
                 "on_leave='reset' drops the learned change of entries that leave the mask, so every refresh changes "
@@ -176,7 +171,7 @@ class LiftConfig(PeftConfig):
         """`(k, q)` for a weight of shape (out_features, in_features); q None means plain magnitude."""
         m, n = out_features, in_features
         if self.density is not None:
-            k = max(1, min(m * n, round(float(self.density) * m * n)))
+            k = max(1, min(m * n, round(self.density * m * n)))
             default_q = max(1, round(k / (m + n)))
         else:
             k = min(self.r * (m + n), m * n)

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...distributed import full_tensor, is_distributed, is_dtensor
-from .._sparse_delta import SparseDeltaLayer, add_sparse_, carry_map
+from ...distributed import full_tensor, is_distributed
+from .._sparse_delta import SparseDeltaLayer
+from .._sparse_delta_ops import add_sparse_, carry_map
 from .config import LiftConfig
 from .selection import select_principal_indices
 
@@ -33,6 +34,7 @@ class LiftLayer(SparseDeltaLayer):
         "lift_residual_indices",
         "lift_residual_values",
         "lift_ready",
+        "lift_shape",
         "lift_selection",
     )
 
@@ -45,7 +47,7 @@ class LiftLayer(SparseDeltaLayer):
         adapter never computes a decomposition; the first selection runs before training). `residual_size`
         pre-allocates the residual buffers with the saved length (from `config.residual_sizes`)."""
         k, q = config.budget(self.out_features, self.in_features)
-        self.add_sparse_adapter(adapter_name, k)
+        self.add_sparse_adapter(adapter_name, k, must_load=config.inference_mode)
         if residual_size:
             dev = self.lift_indices[adapter_name].device
             self.lift_residual_indices[adapter_name] = torch.zeros(residual_size, dtype=torch.int32, device=dev)
@@ -91,7 +93,10 @@ class LiftLayer(SparseDeltaLayer):
             else:  # tests only: a non-trivial adapter
                 gen = torch.Generator(device="cpu").manual_seed(opts["seed"])
                 new_values = (torch.randn(new_indices.numel(), generator=gen) * 0.02).to(values.device, values.dtype)
-            self.set_sparse_state_(adapter_name, new_indices, new_values, optimizer=None)
+            # The first selection also drops placeholder residual slots pre-allocated from `residual_sizes` for an
+            # adapter that was never loaded.
+            empty = s["residual_indices"][:0], s["residual_values"][:0]
+            self.set_sparse_state_(adapter_name, new_indices, new_values, *empty, optimizer=None)
             return 0.0
         old, res_idx, res_val = s["indices"], s["residual_indices"], s["residual_values"]
         new_indices = new_indices.to(old.device)
@@ -131,30 +136,18 @@ class Linear(nn.Module, LiftLayer):
         cached = self._try_cached_forward(x)  # W_eff kept between steps (_sparse_delta_cache.py): the training path
         if cached is not None:
             return cached
-        _check_unsharded(self, "lift_values")
-        if self.training and not self.disable_adapters and not self.merged:
-            # Fallback when neither LiftRefreshCallback.on_train_begin nor model.initialize_masks() ran: select
-            # this layer's mask before its first training step (values are still 0, so nothing is lost).
+        self._check_unsharded()
+        if not self.disable_adapters and not self.merged:
+            # `is_ready` checks an adapter at its first use and raises for a saved one that never loaded.
             pending = [a for a in self._active_sparse_adapters() if not self.is_ready(a)]
-            if pending:
+            if pending and self.training:
+                # Fallback when neither LiftRefreshCallback.on_train_begin nor model.initialize_masks() ran: select
+                # this layer's mask before its first training step (values are still 0, so nothing is lost).
                 select_masks([(self, a) for a in pending])
         return self.sparse_forward(x, *args, **kwargs)
 
     def __repr__(self) -> str:
         return "lift." + super().__repr__()
-
-
-def _check_unsharded(layer: nn.Module, values_attr: str) -> None:
-    """The sparse-delta forward needs whole tensors. Under FSDP2 it runs between the pre-forward all-gather and the
-    reshard of the `fully_shard` unit holding the layer, where the weight and values are plain unsharded tensors; a
-    `DTensor` here means the layer was called outside its unit's forward."""
-    base = layer.get_base_layer()
-    if is_dtensor(base.weight) or any(is_dtensor(v) for v in getattr(layer, values_attr).values()):
-        raise RuntimeError(
-            f"{type(layer).__name__} got FSDP2-sharded (DTensor) parameters in forward: call the model whose "
-            "`fully_shard` unit contains this layer (its pre-forward hook gathers the whole tensors), not the layer "
-            "on its own."
-        )
 
 
 # Max fp32 entries per batched decomposition (1 GiB per stacked tensor, ~3 GiB transient with the approximation

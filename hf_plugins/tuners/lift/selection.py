@@ -4,16 +4,17 @@ Three ways to get the rank-q approximation W' of a matrix W (m x n), all in fp32
 one shape:
 
 - "eigh" (default): top-q eigenvectors of the smaller Gram matrix, W' = W V_q V_q^T (from W^T W when m >= n)
-  or U_q U_q^T W (from W W^T). Equal to the truncated SVD up to round-off (spec note 4); tests check it against
+  or U_q U_q^T W (from W W^T). Equal to the truncated SVD up to round-off; tests check it against
   "svd" and report the overlap of the masks.
 - "svd": the exact truncated SVD from `torch.linalg.svd` (the official code's route, `torch.svd` every refresh).
 - "randomized": randomized subspace iteration with a seeded generator (`oversample`, `niter`). Cheap but only
   accurate when the spectrum decays past q; on matrices with flat spectra the mask can differ a lot (see
-  docs/lift.md for measured overlaps). The official 'rand' path crashes (spec note 4), so there is nothing to
-  match there.
+  docs/lift.md for measured overlaps). The official 'rand' path passes `niter=args.niter` to `svd_lowrank`, an
+  argument its training script never defines, so there is nothing to match there.
 
-The selection always takes the LARGEST magnitudes (`largest=True` explicitly): the official configs pass
-`mask_type=lift_sparse`, from which the code derives `largest=False` (spec note 1).
+The selection always takes the LARGEST magnitudes (`largest=True` explicitly), as the paper describes: the official
+configs pass `mask_type=lift_sparse`, from which the official optimizer derives `largest = "largest" in mask_type`,
+i.e. False (its first release used `..._largest_sparse`).
 """
 
 from __future__ import annotations

@@ -18,8 +18,12 @@ import logging
 import types
 
 import torch
+from peft.tuners.lora import Linear as LoraLinear
+from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import TrainerCallback
+
+from ...pruning import arithmetic_texts, calibration_windows, prunable_linears, prune_model, text_file_texts
 
 
 __all__ = ["LoraStarCallback", "SqftCallback", "base_sparsity", "lora_star_merge_", "sqft_merge_"]
@@ -28,8 +32,6 @@ logger = logging.getLogger(__name__)
 
 
 def _lora_layers(model: nn.Module):
-    from peft.tuners.lora import LoraLayer
-
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
@@ -40,8 +42,6 @@ def _inner_model(model: nn.Module) -> nn.Module:
 
 def base_sparsity(model: nn.Module) -> dict[str, float]:
     """Measured sparsity of every prunable base matrix (`hf_plugins.pruning.prunable_linears` names)."""
-    from hf_plugins.pruning import prunable_linears
-
     return {
         name: float((lin.weight == 0).sum()) / lin.weight.numel()
         for name, lin in prunable_linears(_inner_model(model)).items()
@@ -59,8 +59,6 @@ def lora_star_merge_(
     """LoRA*: merge the LoRA adapters into the base weights, then prune the merged weights with Wanda (per output
     row, as Wanda) to `sparsity` (a float, or the `base_sparsity(model)` dict recorded before training) or the N:M
     pattern. In place; returns the `PruningReport`."""
-    from hf_plugins.pruning import prune_model
-
     peft_model.merge_adapter()
     return prune_model(
         _inner_model(peft_model), "wanda", sparsity, n_m=n_m, calibration=calibration, batch_size=batch_size
@@ -102,8 +100,6 @@ def _sqft_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 
 def mask_lora_in_training_(peft_model: nn.Module) -> int:
     """Route every LoRA linear's forward through `_sqft_forward` (per instance); returns the number patched."""
-    from peft.tuners.lora import Linear as LoraLinear
-
     count = 0
     for _, layer in _lora_layers(peft_model):
         if isinstance(layer, LoraLinear) and not hasattr(layer, "_sqft_lora_forward"):
@@ -143,8 +139,6 @@ class LoraStarCallback(TrainerCallback):
         self.sparsity = base_sparsity(model)
 
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        from hf_plugins.pruning import arithmetic_texts, calibration_windows, text_file_texts
-
         if processing_class is None:
             raise ValueError("LoRA* re-pruning needs the tokenizer: pass processing_class= to the trainer")
         tok = getattr(processing_class, "tokenizer", processing_class)

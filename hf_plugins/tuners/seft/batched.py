@@ -19,7 +19,7 @@ import torch
 
 from hf_plugins.distributed import is_dtensor
 
-from .._sparse_delta import carry_map, isin_sorted, remap_optimizer_state_
+from .._sparse_delta_ops import carry_map, isin_sorted, remap_optimizer_state_
 from .evolution import _rebalance_
 from .layer import SeftLayer
 
@@ -121,7 +121,7 @@ def evolve_batched_(
         layer.seft_grow_candidates[name] = layer.seft_grow_candidates[name][:0]
         layer.seft_grow_scores[name] = layer.seft_grow_scores[name][:0]
         layer._seft_sens = None
-        layer._seft_invalidate()
+        layer._invalidate_sparse_cache()
     n = sum(ns)
     return {"dropped": n, "grown": n, "repruned": pruned, "restored": restored}
 

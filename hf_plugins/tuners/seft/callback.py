@@ -6,6 +6,8 @@ import logging
 
 from transformers import TrainerCallback
 
+from .model import SeftModel
+
 
 __all__ = ["SeftCallback"]
 
@@ -13,8 +15,6 @@ logger = logging.getLogger(__name__)
 
 
 def _seft_tuner(model):
-    from .model import SeftModel
-
     for candidate in (model, getattr(model, "base_model", None), getattr(model, "module", None)):
         if isinstance(candidate, SeftModel):
             return candidate
@@ -33,6 +33,11 @@ class SeftCallback(TrainerCallback):
 
     DDP / FSDP2: the grow and sensitivity hooks see the rank-averaged dense gradient and the cycle reads whole
     matrices and values (`full_tensor` under FSDP2), so every rank makes the same choice (docs/distributed.md)."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        tuner = _seft_tuner(model)
+        if tuner is not None:
+            tuner.seft_check_run_length(state.max_steps)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         tuner = _seft_tuner(model)

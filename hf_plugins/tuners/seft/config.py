@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peft import PeftConfig
+from peft.utils import PeftType
+
+from ...pruning.masks import parse_n_m
+from .._config_checks import check_bool, check_choice, check_int, check_real, check_sizes
 
 
 DROP_SCHEDULES = ("linear", "cosine", "constant")
@@ -20,7 +24,7 @@ class SeftConfig(PeftConfig):
     re-prune by sensitivity |w * grad| so every matrix keeps exactly its target number of non-zeros.
 
     The official code and the paper body were not available; defaults marked "SpIEL" come from the closest
-    verified code, the SpIEL PEFT fork (Ansell et al., `src/peft/tuners/sft`), see docs/seft.md.
+    verified code, the SpIEL PEFT fork (Ansell et al., arXiv 2401.16405; `src/peft/tuners/sft`), see docs/seft.md.
 
     > Budget
 
@@ -78,11 +82,18 @@ class SeftConfig(PeftConfig):
     > Other
 
         total_steps (`int`, *optional*):
-            T of the drop schedule for custom loops; under the Trainer its `max_steps` is used.
+            T, the run's number of optimizer steps, for custom loops that do not pass it to `seft_prepare_step` /
+            `seft_after_optimizer_step` (one of the two is required: no cycle may run on the last step, and the drop
+            schedule decays over T); under the Trainer its `max_steps` is used.
         init_seed (`int`, *optional*, defaults to `0`):
             Seed of the random initial positions (inside the base's support) and of the random grow ablation.
         target_modules (`list[str]` or `str`, *optional*):
-            Modules to adapt; default: every linear of the decoder blocks (SpIEL targets all of them).
+            Modules to adapt; default: every linear projection of the decoder blocks (SpIEL targets all linear
+            layers; the shared table of `hf_plugins/tuners/_sparse_delta_tuner.py`).
+        pruned_sizes, grow_sizes (`dict[str, int]`, *optional*):
+            Bookkeeping written by the tuner whenever the adapter is saved: |R| and the grow window's length per
+            module, so that loaders that check shapes before loading (transformers' `load_adapter`) allocate matching
+            buffers. Do not set by hand.
 
     Example:
 
@@ -126,44 +137,41 @@ class SeftConfig(PeftConfig):
     trainable_token_indices: list[int] | dict[str, list[int]] | None = field(
         default=None, metadata={"help": "Read by TRL's SFTTrainer; not used by SEFT."}
     )
+    pruned_sizes: dict[str, int] | None = field(
+        default=None, metadata={"help": "Written by the tuner at every save (|R| per module); do not set by hand."}
+    )
+    grow_sizes: dict[str, int] | None = field(
+        default=None, metadata={"help": "Written by the tuner at every save (grow window per module); do not set."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        from peft.utils import PeftType
-
-        from hf_plugins.pruning.masks import parse_n_m
-
-        self.peft_type = PeftType.SEFT
+        self.peft_type = PeftType["SEFT"]
         if isinstance(self.target_modules, list):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, list):
             self.exclude_modules = set(self.exclude_modules)
-        if not 0.0 < self.density <= 1.0:
-            raise ValueError(f"`density` must be in (0, 1], got {self.density}.")
-        if not isinstance(self.cache_effective_weight, bool):
-            raise ValueError(f"`cache_effective_weight` must be True or False, got {self.cache_effective_weight!r}.")
-        if self.r is not None and self.r < 1:
-            raise ValueError(f"`r` must be a positive integer or None, got {self.r}.")
-        if self.update_interval is not None and self.update_interval < 1:
+        check_real("density", self.density, 0.0, 1.0, low_open=True)
+        check_int("r", self.r, minimum=1, optional=True)
+        check_int("update_interval", self.update_interval, minimum=1, optional=True)
+        check_int("accumulation_steps", self.accumulation_steps, minimum=1)
+        if self.update_interval is not None and self.accumulation_steps > self.update_interval:
             raise ValueError(
-                f"`update_interval` must be >= 1, or None for static positions; got {self.update_interval}."
+                f"`accumulation_steps` must be in [1, update_interval={self.update_interval}], got "
+                f"{self.accumulation_steps}."
             )
-        if self.update_interval is not None and not 1 <= self.accumulation_steps <= self.update_interval:
-            raise ValueError(
-                f"`accumulation_steps` must be in [1, update_interval={self.update_interval}], got {self.accumulation_steps}."
-            )
-        if not 0.0 <= self.drop_fraction <= 1.0:
-            raise ValueError(f"`drop_fraction` must be in [0, 1], got {self.drop_fraction}.")
-        if self.drop_schedule not in DROP_SCHEDULES:
-            raise ValueError(f"`drop_schedule` must be one of {DROP_SCHEDULES}, got {self.drop_schedule!r}.")
-        if self.grow_criterion not in GROW_CRITERIA:
-            raise ValueError(f"`grow_criterion` must be one of {GROW_CRITERIA}, got {self.grow_criterion!r}.")
-        if self.reprune_criterion not in REPRUNE_CRITERIA:
-            raise ValueError(f"`reprune_criterion` must be one of {REPRUNE_CRITERIA}, got {self.reprune_criterion!r}.")
-        if self.target_sparsity is not None and not 0.0 <= self.target_sparsity < 1.0:
-            raise ValueError(f"`target_sparsity` must be in [0, 1) or None, got {self.target_sparsity}.")
-        if self.total_steps is not None and self.total_steps < 1:
-            raise ValueError(f"`total_steps` must be >= 1 or None, got {self.total_steps}.")
+        check_real("drop_fraction", self.drop_fraction, 0.0, 1.0)
+        check_choice("drop_schedule", self.drop_schedule, DROP_SCHEDULES)
+        check_bool("full_first_reselection", self.full_first_reselection)
+        check_choice("grow_criterion", self.grow_criterion, GROW_CRITERIA)
+        check_bool("resurrection", self.resurrection)
+        check_choice("reprune_criterion", self.reprune_criterion, REPRUNE_CRITERIA)
+        check_real("target_sparsity", self.target_sparsity, 0.0, 1.0, high_open=True, optional=True)
+        check_bool("cache_effective_weight", self.cache_effective_weight)
+        check_int("total_steps", self.total_steps, minimum=1, optional=True)
+        check_int("init_seed", self.init_seed, minimum=0)
+        check_sizes("pruned_sizes", self.pruned_sizes)
+        check_sizes("grow_sizes", self.grow_sizes)
         if self.n_m is not None:
             n, m = parse_n_m(self.n_m)
             self.n_m = f"{n}:{m}"

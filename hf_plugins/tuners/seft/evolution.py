@@ -1,6 +1,6 @@
 """One SEFT cycle on one layer: drop the weakest deltas, grow new ones, re-balance the support to exactly Z.
 
-Order and choices (spec seft.md section 3; the official code was not available):
+Order and choices (docs/seft.md, "Algorithm as implemented"; the official code was not available):
 
 1. Drop the n smallest |δ| of A (their position reverts to W0, or to 0 if it is pruned).
 2. Grow n positions outside A: the largest |accumulated gradient| among the window's candidates (or random).
@@ -97,7 +97,7 @@ def evolve_layer_(
     layer.seft_grow_candidates[name] = layer.seft_grow_candidates[name][:0]
     layer.seft_grow_scores[name] = layer.seft_grow_scores[name][:0]
     layer._seft_sens = None
-    layer._seft_invalidate()
+    layer._invalidate_sparse_cache()
     return {"dropped": n, "grown": n, "repruned": pruned, "restored": restored}
 
 

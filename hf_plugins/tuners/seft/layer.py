@@ -3,7 +3,7 @@
 W_eff = W0 ⊙ (1 - 1_R) + scatter(A, δ), where W0 is the pruned base, A the k active delta positions
 (`seft_indices`, int32) with values δ (`seft_values`, fp32), and R (`seft_pruned_indices`, int32, variable length)
 the base positions removed by re-pruning during fine-tuning. The forward goes through the shared
-`sparse_delta_linear` (hf_plugins/tuners/_sparse_delta.py) with R \\ A as its zero set and δ as its delta (a delta
+`sparse_delta_linear` (hf_plugins/tuners/_sparse_delta_autograd.py) with R \\ A as its zero set and δ as its delta (a delta
 grown on a re-pruned position gets a zero base through `base_keep`); on CUDA the effective weight is one copy and
 one Triton launch. Several active adapters take the general route: R as a first delta of value -W0[R] (rounded to
 the compute dtype), so W0[R] cancels exactly before the deltas are added. Nothing dense is stored.
@@ -20,25 +20,13 @@ import torch
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from hf_plugins.distributed import full_tensor
-from hf_plugins.tuners._sparse_delta import (
-    ResizableBufferDict,
-    SparseDeltaLayer,
-    _register_load_pre_hook,
-    add_sparse_,
-    check_indices,
-    compute_dtype,
-    gather_flat,
-    isin_sorted,
-    sparse_delta_linear,
-    tensor_stamp,
-)
-from hf_plugins.tuners.lift.layer import _check_unsharded
+from ...distributed import full_tensor
+from .._sparse_delta import ResizableBufferDict, SparseDeltaLayer
+from .._sparse_delta_autograd import sparse_delta_linear
+from .._sparse_delta_ops import add_sparse_, check_indices, compute_dtype, gather_flat, isin_sorted, tensor_stamp
 
 
 __all__ = ["Linear", "SeftLayer"]
-
-_VARIABLE = ("pruned_indices", "grow_candidates", "grow_scores")
 
 
 class SeftLayer(SparseDeltaLayer):
@@ -54,11 +42,21 @@ class SeftLayer(SparseDeltaLayer):
         "seft_cycles",
         "seft_grow_candidates",
         "seft_grow_scores",
+        "seft_shape",
+    )
+    variable_containers = (*SparseDeltaLayer.variable_containers, "pruned_indices", "grow_candidates", "grow_scores")
+    required_containers = (
+        *SparseDeltaLayer.required_containers,
+        "pruned_indices",
+        "target_nnz",
+        "cycles",
+        "grow_candidates",
+        "grow_scores",
     )
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
         super().__init__(base_layer, **kwargs)
-        # Persistent, so a checkpoint holds everything a resumed run needs (spec: resume exactly):
+        # Persistent, so a checkpoint holds everything a resumed run needs (save -> load -> resume is exact):
         self.seft_pruned_indices = ResizableBufferDict()  # R, int32, variable length
         self.seft_target_nnz = ResizableBufferDict(structural=False)  # Z, 0-d int64
         # completed cycles, 0-d int64 (the first one drops everything)
@@ -72,19 +70,30 @@ class SeftLayer(SparseDeltaLayer):
         self._seft_merged_base: dict[str, torch.Tensor] = {}
         self._seft_nnz_cache: tuple | None = None  # ((data_ptr, version) of W0, nnz(W0))
         self._seft_plan_cache: dict[str, tuple] = {}  # adapter -> (key, forward plan), see `_seft_plan`
-        _register_load_pre_hook(self, SeftLayer._seft_load_pre_hook)
 
     # -- state --------------------------------------------------------------------------------------------------
-    def update_layer(self, adapter_name: str, k: int, indices: torch.Tensor, target_nnz: int) -> None:
-        self.add_sparse_adapter(adapter_name, k, indices)
+    def update_layer(
+        self,
+        adapter_name: str,
+        k: int,
+        indices: torch.Tensor,
+        target_nnz: int,
+        pruned_size: int = 0,
+        grow_size: int = 0,
+        must_load: bool = False,
+    ) -> None:
+        """Add adapter `adapter_name` with k zero deltas at `indices`. `pruned_size` / `grow_size` (from the config's
+        recorded sizes) create R and the grow window with a saved adapter's lengths, as placeholders that the load
+        overwrites; with them, or `must_load` (inference mode), the adapter refuses to run until a saved one loads."""
+        self.add_sparse_adapter(adapter_name, k, indices, must_load=must_load or bool(pruned_size or grow_size))
         dev = self.seft_indices[adapter_name].device
-        self.seft_pruned_indices[adapter_name] = torch.zeros(0, dtype=torch.int32, device=dev)
+        self.seft_pruned_indices[adapter_name] = torch.zeros(pruned_size, dtype=torch.int32, device=dev)
         self.seft_target_nnz[adapter_name] = torch.tensor(int(target_nnz), dtype=torch.int64, device=dev)
         self.seft_cycles[adapter_name] = torch.tensor(0, dtype=torch.int64, device=dev)
-        self.seft_grow_candidates[adapter_name] = torch.zeros(0, dtype=torch.int32, device=dev)
-        self.seft_grow_scores[adapter_name] = torch.zeros(0, dtype=torch.float32, device=dev)
+        self.seft_grow_candidates[adapter_name] = torch.zeros(grow_size, dtype=torch.int32, device=dev)
+        self.seft_grow_scores[adapter_name] = torch.zeros(grow_size, dtype=torch.float32, device=dev)
         self.set_adapter(self.active_adapters)
-        self._seft_invalidate()
+        self._invalidate_sparse_cache()
 
     def whole_base_weight(self) -> torch.Tensor:
         """The (detached) base weight W0 as a whole matrix: gathered with `full_tensor` when FSDP2 shards it (a
@@ -117,10 +126,12 @@ class SeftLayer(SparseDeltaLayer):
         cached = self._try_cached_forward(x)  # W_eff kept between steps (_sparse_delta_cache.py): the training path
         if cached is not None:
             return cached
-        _check_unsharded(self, "seft_values")
+        self._check_unsharded()
         active = self._active_sparse_adapters()
         if self.disable_adapters or self.merged or not active:
             return self.sparse_forward(x, *args, **kwargs)
+        for name in active:
+            self.is_ready(name)  # raises for an adapter built to receive a saved one that never loaded
         base = self.get_base_layer()
         if len(active) == 1:  # the training case
             name = active[0]
@@ -187,7 +198,7 @@ class SeftLayer(SparseDeltaLayer):
         """W <- W ⊙ (1 - 1_R) + scatter(A, δ), with the same single rounding as the forward (bit-identical)."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
         weight = self.get_base_layer().weight
-        self._seft_invalidate()
+        self._invalidate_sparse_cache()
         for name in adapter_names:
             if name not in self.seft_values:
                 continue
@@ -208,7 +219,7 @@ class SeftLayer(SparseDeltaLayer):
         if not self.merged:
             return super().unmerge()  # warns "Already unmerged"
         weight = self.get_base_layer().weight
-        self._seft_invalidate()
+        self._invalidate_sparse_cache()
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if name not in self.seft_values:
@@ -303,10 +314,11 @@ class SeftLayer(SparseDeltaLayer):
             self._seft_nnz_cache = (key, int((w != 0).sum()))
         return self._seft_nnz_cache[1]
 
-    def _seft_invalidate(self) -> None:
-        """Drop caches derived from A, R, δ or W0 (called whenever a cycle, a load or a merge changes them)."""
+    def _invalidate_sparse_cache(self) -> None:
+        """Drop caches derived from A, R, δ or W0 (called whenever a cycle, a load or a merge changes them): the
+        forward plan and the model's effective-weight cache."""
         self._seft_plan_cache.clear()
-        self._invalidate_sparse_cache()
+        super()._invalidate_sparse_cache()
 
     def _cache_parts(self, adapter_name: str):
         """W_eff = W0 ⊙ (1 - 1_R) + scatter(A, δ) for the effective-weight cache (SEFT keeps no residual)."""
@@ -317,33 +329,31 @@ class SeftLayer(SparseDeltaLayer):
             [],
         )
 
-    # -- loading ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _seft_load_pre_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-        """Resize the variable-length containers (R, grow window) to the saved lengths before they load."""
-        where = prefix.rstrip(".").removeprefix("base_model.model.")
-        module._seft_invalidate()
-        for attr in _VARIABLE:
-            container = getattr(module, "seft_" + attr)
-            for name in list(container.keys()):
-                key = f"{prefix}seft_{attr}.{name}"
-                if key not in state_dict:
-                    continue
-                saved, current = state_dict[key], container[name]
-                if attr.endswith(("indices", "candidates")):
-                    check_indices(saved, module.weight_numel, where)
-                if saved.shape != current.shape:
-                    container[name] = torch.empty(saved.shape, dtype=current.dtype, device=current.device)
+    # -- checks ---------------------------------------------------------------------------------------------------
+    def _check_adapter_tensors(self, tensors: dict[str, torch.Tensor], where: str) -> None:
+        """The shared checks, plus R and the grow window: unique in-range positions, one score per candidate."""
+        super()._check_adapter_tensors(tensors, where)
+        for attr in ("pruned_indices", "grow_candidates"):
+            if attr in tensors:
+                check_indices(tensors[attr], self.weight_numel, where, unique=True)
+        if "grow_candidates" in tensors and "grow_scores" in tensors:
+            if tensors["grow_candidates"].shape != tensors["grow_scores"].shape:
+                raise ValueError(
+                    f"The SEFT adapter for `{where}` holds {tensors['grow_candidates'].numel()} grow candidates but "
+                    f"{tensors['grow_scores'].numel()} scores; the file is damaged. Re-save it from the trained model."
+                )
 
 
 class Linear(nn.Module, SeftLayer):
     """SEFT on a `torch.nn.Linear`."""
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, k: int, indices: torch.Tensor, target_nnz: int):
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, k: int, indices: torch.Tensor, target_nnz: int, **sizes
+    ):
         super().__init__()
         SeftLayer.__init__(self, base_layer)
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, k, indices, target_nnz)
+        self.update_layer(adapter_name, k, indices, target_nnz, **sizes)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return SeftLayer.forward(self, x, *args, **kwargs)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from hf_plugins.registry import register_method
+from peft import LoraConfig
+
+from ...registry import register_method
+from .baselines import LoraStarCallback, SqftCallback
+from .callback import SeftCallback
+from .config import SeftConfig
 
 
 _LORA_DEFAULTS = {
@@ -17,27 +22,19 @@ _SQFT_KEYS = ("mask_in_training",)
 
 
 def _seft(model, options: dict):
-    from .config import SeftConfig
-
     return SeftConfig(**{"task_type": "CAUSAL_LM", **options})
 
 
 def _seft_callbacks(options: dict):
-    from .callback import SeftCallback
-
     return [SeftCallback()]
 
 
 def _lora(options: dict, own_keys):
-    from peft import LoraConfig
-
     kwargs = {**_LORA_DEFAULTS, **{k: v for k, v in options.items() if k not in own_keys}}
     return LoraConfig(**kwargs)
 
 
 def _lora_star_callbacks(options: dict):
-    from .baselines import LoraStarCallback
-
     return [
         LoraStarCallback(
             calib_text=options.get("calib_text"),
@@ -49,8 +46,6 @@ def _lora_star_callbacks(options: dict):
 
 
 def _sqft_callbacks(options: dict):
-    from .baselines import SqftCallback
-
     return [SqftCallback(mask_in_training=bool(options.get("mask_in_training", True)))]
 
 

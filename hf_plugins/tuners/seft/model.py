@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import torch
@@ -9,7 +10,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 
 from hf_plugins.pruning.masks import check_n_m, parse_n_m
 
-from .._sparse_delta_cache import CachedSparseDeltaTuner
+from .._sparse_delta_tuner import SparseDeltaTuner
 from .batched import batched_ok, evolve_batched_
 from .config import SeftConfig
 from .evolution import drop_fraction_at, evolve_layer_
@@ -17,11 +18,6 @@ from .layer import Linear, SeftLayer
 
 
 __all__ = ["SeftModel"]
-
-_ALL_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-TARGET_MODULES = dict.fromkeys(
-    ("llama", "qwen2", "mistral", "lns_llama", "lns_qwen2", "coe", "neurotrails", "qwen3"), _ALL_LINEARS
-)
 
 
 def _budget(config: SeftConfig, out_features: int, in_features: int) -> int:
@@ -38,7 +34,7 @@ def _initial_positions(weight: torch.Tensor, k: int, seed: int, key: str) -> tor
     return torch.sort(pick)[0].to(device=weight.device, dtype=torch.int32)
 
 
-class SeftModel(CachedSparseDeltaTuner, BaseTuner):
+class SeftModel(SparseDeltaTuner, BaseTuner):
     """
     SEFT tuner (arXiv 2505.24037). Created by `get_peft_model(pruned_model, SeftConfig(...))`.
 
@@ -56,19 +52,33 @@ class SeftModel(CachedSparseDeltaTuner, BaseTuner):
     #: Run the cycle on all layers at once (`batched.py`); False: the per-layer reference loop (same result).
     seft_batched_cycle: bool = True
     tuner_layer_cls = SeftLayer
-    target_module_mapping = TARGET_MODULES
+    recorded_sizes = (("pruned_sizes", "seft_pruned_indices"), ("grow_sizes", "seft_grow_candidates"))
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs):
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if not isinstance(base, torch.nn.Linear):
             raise TypeError(f"SEFT supports torch.nn.Linear only; `{current_key}` is a {type(base).__name__}.")
         k, target_nnz = self._validate_target(config, base, current_key)
+        if target_nnz == base.weight.numel() and not config.inference_mode:
+            self._note_target(
+                current_key,
+                "have no zero: SEFT keeps each matrix's sparsity and these are dense, so nothing is kept and nothing "
+                "is resurrected (plain sparse fine-tuning). Prune the base first (hf_plugins.pruning.prune_model, "
+                "`hf-plugins prune`), or set `target_sparsity` to prune during training.",
+            )
         indices = _initial_positions(base.weight, k, config.init_seed, current_key)
+        sizes = {
+            "pruned_size": self.recorded_size(config, "pruned_sizes", current_key),
+            "grow_size": self.recorded_size(config, "grow_sizes", current_key),
+        }
+        sizes["must_load"] = config.inference_mode
         if isinstance(target, SeftLayer):
-            target.update_layer(adapter_name, k, indices, target_nnz)
+            target.update_layer(adapter_name, k, indices, target_nnz, **sizes)
+            target.sparse_name = current_key
             self._attach_weight_cache(target, adapter_name, config)
             return
-        new = Linear(target, adapter_name, k, indices, target_nnz)
+        new = Linear(target, adapter_name, k, indices, target_nnz, **sizes)
+        new.sparse_name = current_key
         self._attach_weight_cache(new, adapter_name, config)
         if adapter_name not in self.active_adapters:
             new.requires_grad_(False)
@@ -103,6 +113,24 @@ class SeftModel(CachedSparseDeltaTuner, BaseTuner):
                     f"{1 - nnz / numel:.4f} sparse and SEFT can keep or raise sparsity, never lower it. Leave "
                     "target_sparsity unset (keep the base's) or choose a value >= the base's sparsity."
                 )
+        if target_nnz < nnz:  # extra pruning, done by the re-balancing of the first cycle
+            reason = None
+            if config.update_interval is None:
+                reason = "update_interval=None runs no cycle"
+            elif config.total_steps is not None and config.total_steps <= config.update_interval:
+                reason = (
+                    f"total_steps={config.total_steps} <= update_interval={config.update_interval} leaves no room for "
+                    "a cycle (none runs on the last step)"
+                )
+            elif not config.resurrection:
+                reason = "resurrection=False never re-balances the support"
+            if reason is not None:
+                raise ValueError(
+                    f"`target_sparsity`={config.target_sparsity} needs extra pruning of `{key}` (its base is "
+                    f"{1 - nnz / numel:.4f} sparse), which SEFT does at its first drop/grow/re-prune cycle, but "
+                    f"{reason}. Set update_interval (and train for more steps than it), keep resurrection on, or "
+                    "prune the base to the target first (hf_plugins.pruning.prune_model) and leave target_sparsity unset."
+                )
         if k > min(nnz, target_nnz):
             raise ValueError(
                 f"The SEFT budget k={k} of `{key}` exceeds its {min(nnz, target_nnz)} allowed non-zeros "
@@ -125,18 +153,29 @@ class SeftModel(CachedSparseDeltaTuner, BaseTuner):
         return (names[0], cfg) if cfg.update_interval is not None and not cfg.inference_mode else None
 
     @staticmethod
-    def _total(cfg: SeftConfig, total_steps: int | None) -> int | None:
-        return total_steps if total_steps and total_steps > 0 else cfg.total_steps
+    def _total(cfg: SeftConfig, total_steps: int | None, required: bool = True) -> int | None:
+        """T, the run's number of optimizer steps: the argument, else `cfg.total_steps`; required by the schedule."""
+        total = total_steps if total_steps and total_steps > 0 else cfg.total_steps
+        if total is None and required:
+            raise ValueError(
+                "SEFT needs the run's number of optimizer steps to schedule its cycles: no cycle may run on the last "
+                "step (it would replace trained deltas by new ones at exactly 0, below the pruned base's non-zero "
+                "count) and the drop fraction decays over the run. Pass it as `total_steps` to seft_prepare_step / "
+                "seft_after_optimizer_step, or set SeftConfig(total_steps=...); under the Trainer, SeftCallback "
+                "passes max_steps."
+            )
+        return total
 
     def seft_is_cycle_step(self, step: int, total_steps: int | None = None) -> bool:
         """True if the 0-based optimizer step `step` ends with a cycle: (step + 1) % ΔT == 0, never the last step
-        (new deltas get at least one update, so none is left at exactly 0 in the merged model)."""
+        (new deltas get at least one update, so none is left at exactly 0 in the merged model). `total_steps` (or
+        `SeftConfig.total_steps`) is required while an adapter evolves."""
         sel = self._evolving_adapter()
         if sel is None:
             return False
         cfg = sel[1]
         total = self._total(cfg, total_steps)
-        return (step + 1) % cfg.update_interval == 0 and (total is None or step + 1 < total)
+        return (step + 1) % cfg.update_interval == 0 and step + 1 < total
 
     def seft_prepare_step(self, step: int, total_steps: int | None = None) -> None:
         """Arm (or disarm) the layers' gradient hooks for the 0-based optimizer step `step`."""
@@ -148,8 +187,7 @@ class SeftModel(CachedSparseDeltaTuner, BaseTuner):
             dt = cfg.update_interval
             acc = 1 if cfg.grow_criterion == "instant_gradient" else cfg.accumulation_steps
             cycle_step = step - step % dt + dt - 1
-            total = self._total(cfg, total_steps)
-            cycle_ahead = total is None or cycle_step + 1 < total
+            cycle_ahead = cycle_step + 1 < self._total(cfg, total_steps)
             grow = cfg.grow_criterion != "random" and step % dt >= dt - acc and cycle_ahead
             sensitivity = (
                 self.seft_is_cycle_step(step, total_steps)
@@ -188,7 +226,7 @@ class SeftModel(CachedSparseDeltaTuner, BaseTuner):
         if sel is None:
             return totals
         name, cfg = sel
-        total = self._total(cfg, total_steps)
+        total = self._total(cfg, total_steps, required=False)
         all_layers = self._seft_layers()
         layers = [layer for layer in all_layers if name in layer.seft_values]
         if not layers:
@@ -252,3 +290,49 @@ class SeftModel(CachedSparseDeltaTuner, BaseTuner):
                     "numel": module.weight_numel,
                 }
         return out
+
+    # -- the sparsity contract at merge time --------------------------------------------------------------------
+    def _warn_above_target(self, adapter_names: list[str] | None, why: str) -> None:
+        """Warn once per adapter whose matrices hold more non-zeros than their target (the first cycle, which prunes
+        to `target_sparsity`, has not run)."""
+        names = adapter_names or [a for a in self.active_adapters if isinstance(self.peft_config.get(a), SeftConfig)]
+        for name in names:
+            layers = [
+                (k, m) for k, m in self.model.named_modules() if isinstance(m, SeftLayer) and name in m.seft_values
+            ]
+            off = [
+                (key, m.support_size(name), int(m.seft_target_nnz[name]), m.weight_numel)
+                for key, m in layers
+                if not m.merged
+            ]
+            off = [row for row in off if row[1] > row[2]]
+            if not off:
+                continue
+            key, support, target, numel = off[0]
+            warnings.warn(
+                f"SEFT adapter `{name}`: {len(off)} of {len(layers)} matrices have more non-zeros than "
+                f"`target_sparsity` allows {why} (e.g. `{key}`: sparsity {1 - support / numel:.4f}, target "
+                f"{1 - target / numel:.4f}). The extra pruning happens at the first drop/grow/re-prune cycle, after "
+                f"update_interval={self.peft_config[name].update_interval} optimizer steps: train for more steps "
+                "than update_interval before merging.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        self._warn_above_target(adapter_names, "at merge")
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+
+    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+        if merge:
+            self._warn_above_target(adapter_names, "at merge")
+        return super()._unload_and_optionally_merge(
+            merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+        )
+
+    def seft_check_run_length(self, total_steps: int) -> None:
+        """Warn before training when `total_steps` leaves no room for the first cycle while some matrix is still
+        above its target (called by `SeftCallback.on_train_begin`)."""
+        sel = self._evolving_adapter()
+        if sel is not None and total_steps and total_steps <= sel[1].update_interval:
+            self._warn_above_target([sel[0]], f"and a run of {total_steps} steps runs no cycle")
