@@ -453,7 +453,7 @@ def test_add_mask_token_leaves_the_tokenizer_unchanged_when_the_model_cannot_gro
         vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
         blocks_in_head=1, num_trails=2, density=1.0,
     )  # fmt: skip
-    with pytest.raises(NotImplementedError, match="resize"):
+    with pytest.raises(ValueError, match=r"^MEAP needs .*NeuroTrails cannot resize .*add_mask_token\(tokenizer\)"):
         add_mask_token(tok, NeuroTrailsForCausalLM(config))
     assert (len(tok), tok.mask_token, tok.get_vocab()) == before
     assert add_mask_token(tok) == len(tok) - 1  # without a model the token is still added

@@ -25,7 +25,8 @@ def add_mask_token(tokenizer, model=None, mask_token: str = DEFAULT_MASK_TOKEN) 
       adapter and pass `LoraConfig(trainable_token_indices=[id])` (PEFT 0.21), or reuse a reserved token.
 
     All or nothing: the model is resized before the tokenizer changes, so a model that cannot be resized (e.g.
-    NeuroTrails, whose several output layers have fixed sizes) raises and leaves the tokenizer untouched.
+    NeuroTrails, whose several output layers have fixed sizes) raises a `ValueError` saying how to add the token
+    before the config is built, and leaves the tokenizer untouched.
 
     Save the tokenizer with the model: the id must match at inference time.
 
@@ -62,7 +63,15 @@ def _resize_for_mask_token(model, rows_needed: int, mask_token: str) -> None:
     rows = model.get_input_embeddings().weight.shape[0]
     if rows >= rows_needed:
         return
-    model.resize_token_embeddings(rows_needed)
+    try:
+        model.resize_token_embeddings(rows_needed)
+    except NotImplementedError as err:  # e.g. NeuroTrails: fixed-size embedding and trail heads
+        raise ValueError(
+            f"MEAP needs an embedding row for the mask token {mask_token!r}, but the model has "
+            f"{rows} rows and cannot grow: {err} Add the token to the tokenizer first (`add_mask_token(tokenizer)`) "
+            "and build the config with `vocab_size=len(tokenizer)`, or pass `mask_token_id=` of a token already in "
+            "the vocabulary."
+        ) from None
     trainable = model.get_input_embeddings().weight.requires_grad
     logger.warning(
         "MEAP: resized the token embeddings from %d to %d rows for the mask token %r%s",

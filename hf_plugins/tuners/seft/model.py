@@ -57,7 +57,10 @@ class SeftModel(SparseDeltaTuner, BaseTuner):
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs):
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if not isinstance(base, torch.nn.Linear):
-            raise TypeError(f"SEFT supports torch.nn.Linear only; `{current_key}` is a {type(base).__name__}.")
+            raise TypeError(
+                f"SEFT supports torch.nn.Linear targets only; `{current_key}` is a {type(base).__name__}. Remove it "
+                "from `target_modules` or add it to `exclude_modules`."
+            )
         k, target_nnz = self._validate_target(config, base, current_key)
         if target_nnz == base.weight.numel() and not config.inference_mode:
             self._note_target(
