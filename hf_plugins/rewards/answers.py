@@ -9,7 +9,8 @@ Which answer a text gives (`extract_answer`), first rule that applies:
    (`\\boxed{x = 5}` is 5); `\\boxed{3 + 4}` or `\\boxed{5 or 6}` hold no number. A `####` line's answer is the
    number that starts it (`#### 12 apples` is 12), or follows its last `=`. If that last marker holds no single
    number, or is a box the text never closes (a truncated answer), the text has **no** answer: the grader does
-   not fall back to an earlier marker or number.
+   not fall back to an earlier marker or number. `#### Step 1` (`####` before a word) is a markdown heading, no
+   marker.
 2. The last "answer is / answer: / answer =" phrase followed by a number.
 3. The last number in the text.
 
@@ -50,7 +51,6 @@ __all__ = [
 
 RULES = ("boxed", "hash", "answer_is", "last_number")
 MARKED_RULES = ("boxed", "hash")
-STRICT_RULES = MARKED_RULES  # older name
 _MAX_EXPONENT = 400  # |e| beyond this is not an answer, and would make Fraction arithmetic unbounded
 _MAX_DIGITS = 400
 
