@@ -116,3 +116,25 @@ def test_overlong_punishment_is_trls_and_length_penalty_is_deprecated():
             RlStageConfig(overlong_punishment=(4, 10))
     with pytest.raises(ValueError, match="temperature"):
         RlStageConfig(temperature=0.0)
+
+
+def test_monitor_keeps_async_reward_functions_async_and_skips_reward_models():
+    """TRL awaits async reward functions and scores reward models itself: the wrappers must keep both working."""
+    import asyncio
+
+    from trl.trainer.utils import is_async_callable
+
+    async def slow_reward(completions, **kwargs):
+        return [1.0, 0.0]
+
+    def plain(completions, **kwargs):
+        return [0.5, 0.5]
+
+    monitor = RewardGroupMonitor([slow_reward, plain], [1.0, 1.0], num_generations=2)
+    wrapped = monitor.wrapped()
+    assert is_async_callable(wrapped[0]) and not is_async_callable(wrapped[1])
+    assert [w.__name__ for w in wrapped] == ["slow_reward", "plain"]
+    assert asyncio.run(wrapped[0](completions=["#### 1", "x"])) == [1.0, 0.0]
+    assert wrapped[1](completions=["#### 1", "x"]) == [0.5, 0.5]
+    assert monitor.batches[0]["groups/reward_std"] == pytest.approx(statistics.stdev([1.5, 0.5]))
+    assert not RewardGroupMonitor.supports([plain, tiny_model("llama")]) and RewardGroupMonitor.supports([plain])

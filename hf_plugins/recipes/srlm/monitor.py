@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -60,6 +61,19 @@ class _Recorded:
         return out
 
 
+class _RecordedAsync(_Recorded):
+    """The same for an `async` reward function (TRL awaits those together)."""
+
+    async def __call__(self, *args, **kwargs):
+        out = await self.func(*args, **kwargs)
+        self.monitor._collect(self.index, out, kwargs)
+        return out
+
+
+def _is_async(func) -> bool:
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
+
+
 class RewardGroupMonitor:
     """Wraps `reward_funcs` (weights `weights`, groups of `num_generations`); `wrapped()` are the functions to give
     to `GRPOTrainer`. `batches` keeps one dict of statistics per scored generation batch."""
@@ -71,8 +85,13 @@ class RewardGroupMonitor:
         self.batches: list[dict] = []
         self._outputs: dict[int, list] = {}
 
+    @staticmethod
+    def supports(reward_funcs: Sequence) -> bool:
+        """Only reward *functions* can be wrapped: a reward model (a module or a model id) is scored by TRL itself."""
+        return all(callable(fn) and not isinstance(fn, torch.nn.Module) for fn in reward_funcs)
+
     def wrapped(self) -> list[_Recorded]:
-        return [_Recorded(self, i, fn) for i, fn in enumerate(self.funcs)]
+        return [(_RecordedAsync if _is_async(fn) else _Recorded)(self, i, fn) for i, fn in enumerate(self.funcs)]
 
     def _collect(self, index: int, out: list, kwargs: dict) -> None:
         self._outputs[index] = list(out)

@@ -264,7 +264,8 @@ def run_rl(model, tokenizer, problems, cfg: RlStageConfig, ctx: StageContext, te
     if not rows:
         raise ValueError(f"every prompt is longer than max_prompt_length={cfg.max_prompt_length} tokens")
     funcs, weights = rl_rewards(cfg)
-    monitor = RewardGroupMonitor(funcs, weights, cfg.num_generations)
+    # reward models (modules, model ids) in extra_rewards: TRL scores them; no within-group statistics then
+    monitor = RewardGroupMonitor(funcs, weights, cfg.num_generations) if RewardGroupMonitor.supports(funcs) else None
     args = _trl_args(
         GRPOConfig,
         cfg,
@@ -294,7 +295,7 @@ def run_rl(model, tokenizer, problems, cfg: RlStageConfig, ctx: StageContext, te
         t0 = time.perf_counter()
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=monitor.wrapped(),
+            reward_funcs=monitor.wrapped() if monitor else funcs,
             args=args,
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
@@ -309,7 +310,7 @@ def run_rl(model, tokenizer, problems, cfg: RlStageConfig, ctx: StageContext, te
         "examples": len(rows),
         "dropped_long_prompts": len(problems) - len(rows),
         "rl_steps": rl_step_table(trainer.state.log_history, drift),
-        "reward_batches": monitor.batches,
+        "reward_batches": monitor.batches if monitor else [],
     }
     return _finish(trainer, peft_config, t0, extra)
 
