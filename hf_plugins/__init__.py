@@ -16,7 +16,7 @@ from . import (
 # --- meap ---
 from .collators.meap import DataCollatorForMEAP, MaskRatioSchedule, MEAPCallback, add_mask_token
 from .data.arithmetic import ArithmeticConfig, Problem, generate_problems, make_dataset
-from .evaluation import evaluate_exact_match, generate_completions
+from .evaluation import evaluate_exact_match, generate_completions, score_completions
 
 # --- coe ---
 from .models.coe import CoEConfig, CoEForCausalLM, CoEModel, moe_to_coe
@@ -40,7 +40,7 @@ from .peft_registration import register_peft_type
 
 # --- srlm ---
 from .recipes.srlm import KdStageConfig, RlStageConfig, SftStageConfig, SrlmConfig, run_srlm  # TRL: lazy
-from .rewards.answers import extract_final_number, numbers_equal
+from .rewards.answers import answer_matches, extract_answer, extract_final_number, numbers_equal
 from .rewards.math import correctness_reward, format_reward, length_penalty
 
 # --- sos ---

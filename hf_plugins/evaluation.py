@@ -1,4 +1,9 @@
-"""Exact-match evaluation of a causal LM on question/answer problems (batched greedy generation)."""
+"""Exact-match evaluation of a causal LM on question/answer problems (batched greedy generation).
+
+Completions are graded with the reward functions' extractor and grader (`hf_plugins.rewards.answers`), so an
+evaluation and a `correctness_reward` never disagree on the same text. Accuracy is lenient (any rule of
+`extract_answer`, down to the last number) and strict (the answer is marked with `\\boxed{}` or `####`); strict is
+lenient restricted to marked answers, so it can never exceed it."""
 
 from __future__ import annotations
 
@@ -7,10 +12,10 @@ from collections.abc import Sequence
 
 import torch
 
-from hf_plugins.rewards.answers import numbers_equal
+from hf_plugins.rewards.answers import answer_matches, extract_answer
 
 
-__all__ = ["evaluate_exact_match", "generate_completions"]
+__all__ = ["evaluate_exact_match", "generate_completions", "score_completions"]
 
 
 def _prompts(tokenizer, questions: Sequence[str], use_chat_template: bool) -> list[str]:
@@ -78,9 +83,10 @@ def evaluate_exact_match(
     use_chat_template: bool = True,
     progress: bool = False,
 ) -> dict:
-    """Accuracy of the final number in each greedy completion against `answers`.
+    """Accuracy of the final answer of each greedy completion against `answers` (see `score_completions`).
 
-    Returns `{"accuracy", "correct", "n", "seconds", "samples": [{question, answer, completion, correct}]}`.
+    Returns `{"accuracy", "strict_accuracy", "correct", "strict_correct", "n", "seconds", "samples": [{question,
+    answer, completion, correct, strict_correct, rule}]}`.
     """
     if len(questions) != len(answers):
         raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
@@ -94,16 +100,40 @@ def evaluate_exact_match(
         use_chat_template=use_chat_template,
         progress=progress,
     )
-    samples = [
-        {"question": q, "answer": a, "completion": c, "correct": numbers_equal(c, a)}
-        for q, a, c in zip(questions, answers, completions)
-    ]
-    correct = sum(s["correct"] for s in samples)
+    scores = score_completions(completions, answers)
+    scores["samples"] = [{"question": q, **s} for q, s in zip(questions, scores["samples"])]
+    return {**scores, "seconds": time.perf_counter() - t0}
+
+
+def score_completions(completions: Sequence[str], answers: Sequence) -> dict:
+    """Grade `completions` against `answers` with `extract_answer` / `answer_matches`.
+
+    Returns `{"accuracy", "strict_accuracy", "correct", "strict_correct", "n", "samples": [{answer, completion,
+    correct, strict_correct, rule}]}`; `strict_correct` implies `correct`.
+    """
+    if len(completions) != len(answers):
+        raise ValueError(f"got {len(completions)} completions but {len(answers)} answers")
+    samples = []
+    for completion, answer in zip(completions, answers):
+        match = extract_answer(completion)
+        correct = answer_matches(match, answer)
+        samples.append(
+            {
+                "answer": answer,
+                "completion": completion,
+                "correct": correct,
+                "strict_correct": correct and answer_matches(match, answer, strict=True),
+                "rule": match.rule,
+            }
+        )
     n = len(samples)
+    correct = sum(s["correct"] for s in samples)
+    strict = sum(s["strict_correct"] for s in samples)
     return {
         "accuracy": correct / n if n else 0.0,
+        "strict_accuracy": strict / n if n else 0.0,
         "correct": correct,
+        "strict_correct": strict,
         "n": n,
-        "seconds": time.perf_counter() - t0,
         "samples": samples,
     }

@@ -212,7 +212,7 @@ def test_disk_handoff_with_a_merged_lora_stage_keeps_weights(tmp_path):
 
 def test_grpo_with_equal_rewards_in_every_group_trains_nothing():
     """The tiny model never answers correctly: every group has equal rewards, so the advantage is 0, the loss
-    and gradient norm are 0, frac_reward_zero_std is 1 and the weights do not move (spec srlm.md, GRPO sanity)."""
+    and gradient norm are 0, frac_reward_zero_std is 1 and the weights do not move."""
     tok, model = tiny_tokenizer(), tiny_model("llama")
     before = _snapshot(model)
     final, report = run_srlm(model, tok, _tiny_config("rl"))

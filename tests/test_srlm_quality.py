@@ -1,7 +1,10 @@
 """benchmarks/srlm_quality.py: equal budgets per pipeline, the worker schedule, and the aggregated table."""
 
 import importlib.util
+import json
 from pathlib import Path
+
+import pytest
 
 
 def _load():
@@ -14,7 +17,7 @@ def _load():
 
 def test_every_pipeline_gets_the_same_updates_and_problems_per_update(tmp_path):
     """Comparable compute: with the defaults every trained pipeline takes 48 optimizer updates in all, and every
-    update of every stage sees 8 problems (sft/kd: batch 8; rl: 2 accumulated micro-batches of 4 prompts x 8)."""
+    update of every stage sees 8 problems (sft/kd: batch 8; rl: 4 accumulated micro-batches of 2 prompts x 8)."""
     bench = _load()
     args = bench._parser().parse_args([])
     runs = bench._plan(args)
@@ -30,10 +33,12 @@ def test_every_pipeline_gets_the_same_updates_and_problems_per_update(tmp_path):
             if kind == "rl":
                 accum = stage.trainer_kwargs["gradient_accumulation_steps"]
                 assert stage.prompts_per_step * accum == 8
-                assert stage.per_device_train_batch_size == 4 * 8  # prompts x G per micro-batch
-                # one generate call = 2 updates = 16 prompts x 8 completions
+                assert stage.per_device_train_batch_size == 2 * 8  # prompts x G per micro-batch
+                # one generate call = 8 updates = 64 prompts x 8 completions
                 gen_batch = stage.per_device_train_batch_size * stage.trainer_kwargs["steps_per_generation"]
-                assert gen_batch == 128
+                assert gen_batch == 512
+                assert stage.temperature == 0.7 and stage.max_completion_length == 128 and stage.probe_size == 8
+                assert stage.overlong_punishment == (128, 32) and stage.learning_rate == 3e-5
             else:
                 assert stage.per_device_train_batch_size == 8
         assert cfg.eval_before is False and cfg.eval_size == 200
@@ -91,12 +96,33 @@ def test_aggregate_means_spreads_and_rows():
         run("SFT->RL", 1, 0.5, [0.3, 0.5]),
         {"pipeline": "RL", "stages": ["rl"], "seed": 0, "steps": 48, "error": "RuntimeError: boom"},
     ]
-    table = bench._aggregate(results)
+    table = bench.aggregate(results)
     e = table["SFT->RL"]
     assert e["accuracy"] == {"mean": 0.4, "min": 0.3, "max": 0.5, "n": 2}
     assert e["after_stage"] == [0.2, 0.4]
     assert table["RL"]["errors"] == ["RuntimeError: boom"] and "accuracy" not in table["RL"]
-    rows = bench._rows(table, bench._parser().parse_args([]), "SmolLM2-135M-Instruct")
+    rows = bench.result_rows(table, bench._parser().parse_args([]), "SmolLM2-135M-Instruct")
     assert [r["ours_text"] for r in rows] == ["0.200", "0.400 [0.300, 0.500]"]
     assert abs(rows[1]["ratio"] - 2.0) < 1e-12 and rows[1]["base_text"] == "0.200"
-    assert "failed: RuntimeError: boom" in bench._text_table(table)
+    assert "failed: RuntimeError: boom" in bench.text_table(table)
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_table_rows_and_rl_curves(tmp_path):
+    """`--smoke`: every pipeline on a tiny random Llama in this process; the JSON has the table, the rows, and
+    per-update RL curves (reward, within-group std, zero-variance share, KL to the start, ...); the plot is written."""
+    pytest.importorskip("matplotlib")
+    bench = _load()
+    out, plot = tmp_path / "srlm.json", tmp_path / "curves.png"
+    assert bench.main(["--smoke", "--out", str(out), "--plot", str(plot)]) == 0
+    payload = json.loads(out.read_text())
+    table = payload["raw"]["table"]
+    assert set(table) == set(bench.PIPELINES) and all("accuracy" in e for e in table.values())
+    assert table["RL"]["accuracy"]["n"] == 2 and len(payload["rows"]) == len(bench.PIPELINES)
+    rl_runs = [r for r in payload["raw"]["runs"] if "rl" in r["stages"]]
+    for run in rl_runs:
+        steps = run["stage_results"][-1]["rl"]["steps"]
+        assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))
+        assert all(s["kl_start"] is not None and s["kl_start"] >= 0 for s in steps)
+        assert any(s["reward"] is not None and s["frac_reward_zero_std"] is not None for s in steps)
+    assert plot.stat().st_size > 10_000

@@ -2,22 +2,33 @@
 
 Each function is `fn(completions, **kwargs) -> list[float]` and accepts (and ignores) the other keyword
 arguments GRPOTrainer passes (`prompts`, `completion_ids`, `trainer_state`, dataset columns, ...). Completions
-may be strings or conversational (`[{"role": "assistant", "content": ...}]`). Answers are extracted with
-`hf_plugins.rewards.answers.extract_answer`; no `math_verify` is needed.
+may be strings or conversational (`[{"role": "assistant", "content": ...}]`). Answers are read with
+`hf_plugins.rewards.answers.extract_answer`, the extractor `hf_plugins.evaluation` uses too, and graded by
+`answer_matches` (exact fractions; `math-verify` for LaTeX that is not a plain number, when installed).
 
-- `correctness_reward`: 1.0 if the extracted answer equals the reference exactly (as a fraction), else 0.0.
-  A completion without a number gets 0.0, never None (None would silently drop it from its GRPO group).
-- `format_reward`: 1.0 if exactly one final-answer marker (`#### n` or `\\boxed{n}`) is present and it comes last.
-- `length_penalty(max_length, cache)`: DAPO's soft overlong punishment (arXiv 2503.14476, Eq. 13).
+- `correctness_reward`: 1.0 if the extracted answer equals the reference, else 0.0. A completion without an
+  answer gets 0.0, never None (None would silently drop it from its GRPO group).
+- `format_reward`: 1.0 if exactly one final-answer marker (`#### n` or `\\boxed{n}`) is present, it holds a
+  number, and nothing but whitespace or a period follows it.
+- Overlong completions: use TRL's `trl.rewards.get_soft_overlong_punishment(max_completion_len,
+  soft_punish_cache)` (DAPO, arXiv 2503.14476, Eq. 13); `length_penalty` is its deprecated alias.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
-from fractions import Fraction
 
-from .answers import STRICT_RULES, extract_answer, parse_number
+from .answers import (
+    MARKED_RULES,
+    NUMBER_PATTERN,
+    answer_matches,
+    as_reference,
+    extract_answer,
+    final_markers,
+    parse_number,
+)
 
 
 __all__ = [
@@ -29,8 +40,8 @@ __all__ = [
     "reference_answer",
 ]
 
-_MARKER_RE = re.compile(r"####|\\boxed\s*\{")
-_TRAILER_RE = re.compile(r"^[\s.!$]*$")  # what may follow the final answer: whitespace, a period, a closing $
+_TRAILER_RE = re.compile(r"[\s.!$]*")  # what may follow the final answer: whitespace, a period, a closing $
+_HASH_LINE_RE = re.compile(r"[\s$]*" + NUMBER_PATTERN + r"[\s.!$]*")
 
 
 def completion_text(completion) -> str:
@@ -44,27 +55,23 @@ def completion_text(completion) -> str:
     return ""
 
 
-def reference_answer(answer=None, solution: str | None = None) -> Fraction | None:
-    """The reference value from an `answer` column (number or string) or a worked `solution` text."""
+def reference_answer(answer=None, solution: str | None = None):
+    """The reference from an `answer` column (`as_reference`: a number, `Fraction` or string such as `"3/4"` or
+    `"\\sqrt{2}"`) or else from the final answer of a worked `solution` text; None if there is none."""
     if answer is not None:
-        if isinstance(answer, Fraction):
-            return answer
-        value = parse_number(str(answer))
-        if value is not None:
-            return value
-        return extract_answer(str(answer)).value
+        return as_reference(answer)
     if solution is not None:
-        return extract_answer(solution).value
+        found = extract_answer(solution)
+        if found.value is not None:
+            return found.value
+        return (found.text or None) if found.rule in MARKED_RULES else None
     return None
 
 
 def is_correct(text: str, answer=None, solution: str | None = None, strict: bool = False) -> bool:
     """True if the final answer of `text` equals the reference; `strict` also demands a `####` or `\\boxed{}`."""
-    got = extract_answer(text)
     want = reference_answer(answer, solution)
-    if got.value is None or want is None:
-        return False
-    return got.value == want and (not strict or got.rule in STRICT_RULES)
+    return want is not None and answer_matches(extract_answer(text), want, strict=strict)
 
 
 def _column(kwargs: dict, name: str, n: int) -> list:
@@ -93,23 +100,13 @@ def correctness_reward(
 
 
 def _marked_answer_comes_last(text: str) -> bool:
-    markers = _MARKER_RE.findall(text)
-    if len(markers) != 1:
+    markers = final_markers(text)
+    if len(markers) != 1 or markers[0].content is None:
         return False
-    match = extract_answer(text)
-    if match.rule not in STRICT_RULES:
-        return False
-    if match.rule == "boxed":
-        start = text.rfind("\\boxed")
-        depth, i = 0, text.index("{", start)
-        while i < len(text):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-            if depth == 0:
-                break
-        return depth == 0 and bool(_TRAILER_RE.match(text[i:]))
-    after = text[text.rfind("####") + 4 :]
-    return bool(re.match(r"^\s*\$?\s*[-+]?[\d,]+(?:\.\d+)?(?:/\d+)?[\s.!$]*$", after))
+    marker = markers[0]
+    if marker.rule == "hash":
+        return bool(_HASH_LINE_RE.fullmatch(marker.content)) and not text[marker.end :].strip()
+    return parse_number(marker.content) is not None and bool(_TRAILER_RE.fullmatch(text[marker.end :]))
 
 
 def format_reward(completions: list, **kwargs) -> list[float]:
@@ -119,21 +116,18 @@ def format_reward(completions: list, **kwargs) -> list[float]:
 
 
 def length_penalty(max_length: int, cache: int):
-    """DAPO's soft overlong punishment (arXiv 2503.14476, Eq. 13) over completion token counts: 0 up to
-    `max_length - cache` tokens, then linear down to -1 at `max_length`, -1 beyond.
+    """Deprecated: use `trl.rewards.get_soft_overlong_punishment(max_completion_len=max_length,
+    soft_punish_cache=cache)`, which this returns (DAPO's soft overlong punishment, arXiv 2503.14476, Eq. 13)."""
+    warnings.warn(
+        "hf_plugins.rewards.math.length_penalty is deprecated: use trl.rewards.get_soft_overlong_punishment("
+        "max_completion_len, soft_punish_cache), which it now returns",
+        FutureWarning,
+        stacklevel=2,
+    )
+    if not 0 <= cache <= max_length or max_length < 1:
+        raise ValueError(
+            f"need 0 <= `cache` <= `max_length` and max_length >= 1, got cache={cache}, max_length={max_length}"
+        )
+    from trl.rewards import get_soft_overlong_punishment
 
-    Returns a reward function reading `completion_ids` (GRPOTrainer passes them)."""
-    if not 0 < cache <= max_length:
-        raise ValueError(f"need 0 < `cache` <= `max_length`, got cache={cache}, max_length={max_length}")
-    free = max_length - cache
-
-    def length_penalty_reward(completions: list, completion_ids: list | None = None, **kwargs) -> list[float]:
-        if completion_ids is None:
-            raise ValueError("length_penalty needs `completion_ids` (GRPOTrainer passes them)")
-        out = []
-        for ids in completion_ids:
-            n = len(ids)
-            out.append(0.0 if n <= free else (-1.0 if n > max_length else (free - n) / cache))
-        return out
-
-    return length_penalty_reward
+    return get_soft_overlong_punishment(max_completion_len=max_length, soft_punish_cache=cache)

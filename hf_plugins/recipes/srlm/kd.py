@@ -62,7 +62,7 @@ def _describe(model, tokenizer) -> str:
 def check_same_vocabulary(student, student_tokenizer, teacher, teacher_tokenizer) -> None:
     """Raise `ValueError` unless the two tokenizers map every token to the same id, share special tokens, and the
     two models' output sizes match. TRL only compares `config.vocab_size`, which two different tokenizers of the
-    same size pass silently (spec srlm.md, item 3)."""
+    same size pass silently."""
     problems = []
     if student_tokenizer is not teacher_tokenizer:
         if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():

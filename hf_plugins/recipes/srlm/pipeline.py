@@ -24,10 +24,10 @@ __all__ = ["evaluate_arithmetic", "run_srlm"]
 
 
 def evaluate_arithmetic(model, tokenizer, problems, max_new_tokens: int = 128, batch_size: int = 32) -> dict:
-    """Greedy zero-shot accuracy: `accuracy` (lenient: the last number, as `hf-plugins eval`) and
-    `strict_accuracy` (the answer is marked with `####` or `\\boxed{}` and correct); spec srlm.md, item 9."""
+    """Greedy zero-shot accuracy, graded by one extractor (`hf_plugins.evaluation.score_completions`):
+    `accuracy` (lenient: any answer, down to the last number) and `strict_accuracy` (the same answer, marked with
+    `####` or `\\boxed{}`), so strict never exceeds lenient."""
     from hf_plugins.evaluation import evaluate_exact_match
-    from hf_plugins.rewards.math import is_correct
 
     res = evaluate_exact_match(
         model,
@@ -38,10 +38,9 @@ def evaluate_arithmetic(model, tokenizer, problems, max_new_tokens: int = 128, b
         max_new_tokens=max_new_tokens,
         use_chat_template=bool(getattr(tokenizer, "chat_template", None)),
     )
-    strict = sum(is_correct(s["completion"], s["answer"], strict=True) for s in res["samples"])
     return {
         "accuracy": res["accuracy"],
-        "strict_accuracy": strict / res["n"] if res["n"] else 0.0,
+        "strict_accuracy": res["strict_accuracy"],
         "n": res["n"],
         "seconds": res["seconds"],
         "examples": res["samples"][:3],

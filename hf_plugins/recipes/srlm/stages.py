@@ -15,10 +15,11 @@ from hf_plugins.data.arithmetic import Problem
 
 from .config import KdStageConfig, RlStageConfig, SftStageConfig, StageConfig
 from .kd import check_same_vocabulary
+from .monitor import PolicyDriftCallback, RewardGroupMonitor, build_probe, rl_step_table
 from .teacher import ArithmeticTeacher, sample_teacher_solutions
 
 
-__all__ = ["StageContext", "load_teacher", "run_stage"]
+__all__ = ["StageContext", "load_teacher", "rl_rewards", "run_stage"]
 
 
 @dataclasses.dataclass
@@ -56,7 +57,7 @@ def _trl_args(config_cls, cfg: StageConfig, ctx: StageContext, name: str, **stag
         "save_strategy": "no",
         "report_to": "none",
         "seed": ctx.seed,
-        # TRL resolves bf16=None to True and then refuses to run on a CPU (spec srlm.md, "CPU, bf16").
+        # TRL resolves bf16=None to True and then refuses to run on a CPU.
         "bf16": bool(ctx.bf16 and cuda),
         "use_cpu": not cuda,
         "gradient_checkpointing": False,  # TRL defaults to True; it only costs time on small models
@@ -76,7 +77,7 @@ def _peft_config(cfg: StageConfig, model):
 def _finish(trainer, peft_config, t0: float, extra: dict) -> tuple:
     model = trainer.model
     if peft_config is not None:
-        model = model.merge_and_unload()  # every stage hands a plain model on (spec srlm.md, "PEFT stages")
+        model = model.merge_and_unload()  # every stage hands a plain model on (docs/srlm.md)
     logs = trainer.state.log_history
     tokens = [e["num_tokens"] for e in logs if "num_tokens" in e]
     report = {
@@ -222,32 +223,49 @@ def _run_logit_kd(model, tokenizer, teacher, problems, cfg: KdStageConfig, ctx: 
     return _finish(trainer, peft_config, t0, {"examples": len(data), "divergence": cfg.divergence})
 
 
+def _chat_text(tokenizer, prompt) -> str:
+    if _chat(tokenizer):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def rl_rewards(cfg: RlStageConfig) -> tuple[list, list[float]]:
+    """The `rl` stage's reward functions and weights: correctness, format, TRL's soft overlong punishment (if
+    `overlong_punishment` is set) and `extra_rewards` (weight 1 each)."""
+    from hf_plugins.rewards.math import correctness_reward, format_reward
+
+    funcs, weights = [correctness_reward, format_reward], [cfg.correctness_weight, cfg.format_weight]
+    if cfg.overlong_punishment is not None:
+        from trl.rewards import get_soft_overlong_punishment
+
+        max_len, cache = cfg.overlong_punishment
+        funcs.append(get_soft_overlong_punishment(max_completion_len=max_len, soft_punish_cache=cache))
+        weights.append(1.0)
+    for fn in cfg.extra_rewards:
+        funcs.append(fn)
+        weights.append(1.0)
+    return funcs, weights
+
+
 def run_rl(model, tokenizer, problems, cfg: RlStageConfig, ctx: StageContext, teacher_cache=None):
-    """GRPO with exact-answer correctness + format rewards (+ optional soft overlong penalty)."""
+    """GRPO with exact-answer correctness + format rewards (+ optional soft overlong punishment). The report adds
+    `rl_steps`: one row per optimizer step (reward mean, within-group reward std, share of zero-variance groups,
+    KL to the starting policy, completion length, truncation and clip ratios, ...; see `monitor.py`)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from hf_plugins.rewards.math import correctness_reward, format_reward, length_penalty
-
-    rows = []
+    rows, texts = [], []
     for p in problems:
         prompt = _prompt(tokenizer, p.question)
-        text = (
-            tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            if _chat(tokenizer)
-            else prompt
-        )
+        text = _chat_text(tokenizer, prompt)
         if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= cfg.max_prompt_length:
             rows.append({"prompt": prompt, "answer": p.answer})
+            texts.append(text)
     if not rows:
         raise ValueError(f"every prompt is longer than max_prompt_length={cfg.max_prompt_length} tokens")
-    reward_funcs, weights = [correctness_reward, format_reward], [cfg.correctness_weight, cfg.format_weight]
-    if cfg.length_penalty is not None:
-        reward_funcs.append(length_penalty(*cfg.length_penalty))
-        weights.append(1.0)
-    for fn in cfg.extra_rewards:
-        reward_funcs.append(fn)
-        weights.append(1.0)
+    funcs, weights = rl_rewards(cfg)
+    # reward models (modules, model ids) in extra_rewards: TRL scores them; no within-group statistics then
+    monitor = RewardGroupMonitor(funcs, weights, cfg.num_generations) if RewardGroupMonitor.supports(funcs) else None
     args = _trl_args(
         GRPOConfig,
         cfg,
@@ -270,21 +288,31 @@ def run_rl(model, tokenizer, problems, cfg: RlStageConfig, ctx: StageContext, te
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
+        callbacks = []
+        if cfg.probe_size:
+            probe = build_probe(model, tokenizer, texts[: cfg.probe_size], cfg.max_completion_length)
+            callbacks.append(PolicyDriftCallback(probe))
         t0 = time.perf_counter()
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=reward_funcs,
+            reward_funcs=monitor.wrapped() if monitor else funcs,
             args=args,
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
             peft_config=peft_config,
+            callbacks=callbacks,
         )
         trainer.train()
     finally:
         tokenizer.padding_side = old_side
-    return _finish(
-        trainer, peft_config, t0, {"examples": len(rows), "dropped_long_prompts": len(problems) - len(rows)}
-    )
+    drift = callbacks[0].records if callbacks else []
+    extra = {
+        "examples": len(rows),
+        "dropped_long_prompts": len(problems) - len(rows),
+        "rl_steps": rl_step_table(trainer.state.log_history, drift),
+        "reward_batches": monitor.batches if monitor else [],
+    }
+    return _finish(trainer, peft_config, t0, extra)
 
 
 _RUNNERS = {"sft": run_sft, "kd": run_kd, "rl": run_rl}
