@@ -128,7 +128,9 @@ plt.show()
 # %% [markdown]
 # On 80 steps of a tiny model the decays barely change the loss (the curves overlap): the paper's gains are in
 # perplexity after thousands of pre-training steps. What the plots show is the mechanism: the attention matrices
-# develop heavier tails (smaller α) than the MLP and therefore get weaker decay.
+# develop heavier tails (smaller α) than the MLP and therefore get weaker decay. The GPU check with tuned learning
+# rates (`benchmarks/alphadecay_quality.py`) has not yet shown a gain over uniform decay: its uniform-decay baseline
+# ran one rate and one seed (docs/alphadecay.md).
 
 # %% [markdown]
 # ## Scale it up

@@ -153,7 +153,9 @@ plt.show()
 # %% [markdown]
 # MEAP's training loss is higher by construction (15 % of the inputs are hidden); what matters is the unmasked
 # evaluation. A 40-step toy says nothing about MEAP's claims (retrieval and long-context QA at scale); it shows the
-# mechanics: same model, same labels, masked inputs during training only.
+# mechanics: same model, same labels, masked inputs during training only. The GPU check
+# (`benchmarks/meap_quality.py`: key-value retrieval after SFT of SmolLM2-135M-Instruct, 3 seeds) found no gain:
+# both arms learn the task (0.163 before fine-tuning), MEAP reaches 0.983 exact match and NTP 0.991 (docs/meap.md).
 
 # %% [markdown]
 # ## Scale it up
