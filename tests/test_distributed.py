@@ -2,7 +2,7 @@
 single-process run on the same global batches: same losses and weights within fp32 tolerance, and a checkpoint
 saved by 2 processes resumes under 1 and under 2 processes exactly like the uninterrupted run.
 
-All 2-process jobs run in ONE forked process pair (`tests/_distributed_launch.py`), so the imports are paid once."""
+All 2-process jobs run in ONE forked process pair (`benchmarks/_dist_launch.py`), so the imports are paid once."""
 
 import os
 import sys
@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from hf_plugins import distributed as hd
-from hf_plugins.distributed.harness import PLUGINS, RunConfig, run
 
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _distributed_launch import launch  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from _dist_harness import PLUGINS, RunConfig, build_case, run  # noqa: E402
+from _dist_launch import launch  # noqa: E402
 
 
 STEPS, SAVE_AT = 4, 2
@@ -138,8 +138,6 @@ def test_fsdp2_adapter_saved_once_loads_in_one_process(two_process, tmp_path, pl
     the same logits."""
     from peft import PeftModel
     from safetensors.torch import load_file
-
-    from hf_plugins.distributed.harness import build_case
 
     tmp, res = two_process
     assert res[(plugin, "fsdp2")]["ok"], res[(plugin, "fsdp2")].get("error")

@@ -1,6 +1,7 @@
-"""A small accelerate training loop that runs every hf_plugins plugin the same way in 1 process, under DDP and under
-FSDP2, on the same global batches. Shared by `tests/test_distributed.py` (tiny models, CPU, gloo) and
-`benchmarks/multigpu_fsdp.py` (a ~0.5B Qwen2-shaped model, bf16, NCCL).
+"""A small accelerate training loop that runs every hf_plugins plugin and every stock baseline the same way in 1
+process, under DDP and under FSDP2, on the same global batches. Shared by `tests/test_distributed.py` (tiny models,
+CPU, gloo), `benchmarks/comm_account.py` (collectives and host syncs per step) and `benchmarks/scaling_bench.py`
+(the Qwen2-0.5B shape of `_results.QWEN2_05B`, bf16, NCCL).
 
 Equivalence: the global batch of step s is generated from (seed, s); rank r of W takes rows
 [r * B / W, (r + 1) * B / W). Every row has the same length and no padding, so the mean of the ranks' mean losses is
@@ -18,29 +19,44 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import _results
 import torch
 from torch import nn
 
-from . import assert_same_on_all_ranks, full_tensor, load_full_state, save_full_state
+from hf_plugins.distributed import assert_same_on_all_ranks, full_tensor, is_dtensor, load_full_state, save_full_state
 
 
-__all__ = ["PLUGINS", "Case", "RunConfig", "build_case", "global_rows", "run"]
+__all__ = ["BASELINES", "BASELINE_OF", "CASES", "PLUGINS", "Case", "RunConfig", "build_case", "global_rows", "run"]
 
 PLUGINS = ("lift", "seft", "stable_spam", "alphadecay", "meap", "coe", "neurotrails")
-_NO_FSDP2: dict[str, str] = {}  # plugins refused under FSDP2 (none left): see docs/distributed.md
+BASELINES = ("lora", "adamw", "llama")  # PEFT LoRA + AdamW; Qwen2 + AdamW; Llama + AdamW
+CASES = PLUGINS + BASELINES
+# The stock set-up each plugin replaces: LIFT / SEFT replace LoRA; the optimizers and the collator run on the plain
+# Qwen2 model with AdamW; the model types are Llama-based.
+BASELINE_OF = {
+    "lift": "lora",
+    "seft": "lora",
+    "stable_spam": "adamw",
+    "alphadecay": "adamw",
+    "meap": "adamw",
+    "coe": "llama",
+    "neurotrails": "llama",
+}
 _SPECIAL = 6  # ids 0..5 are the tiny tokenizer's special tokens; data never uses them
+_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
 class RunConfig:
-    plugin: str
+    plugin: str  # one of CASES
     mode: str = "single"  # "single" | "ddp" | "fsdp2"
-    size: str = "tiny"  # "tiny" | "bench" (Qwen2.5-0.5B shape)
+    size: str = "tiny"  # "tiny" | "bench" (Qwen2-0.5B shape)
     steps: int = 4
     global_batch: int = 4
     seq_len: int = 16
     seed: int = 0
     lr: float = 3e-3
+    interval: int | None = None  # refresh / cycle / topology interval; None: 2 (tiny) or max(2, steps // 2)
     mixed_precision: str = "no"
     save_at: int | None = None
     save_dir: str | None = None
@@ -57,8 +73,8 @@ class Case:
     before_train: Callable = lambda model, opt: None
     before_step: Callable = lambda step, model: None
     after_step: Callable = lambda step, model, opt: None
+    step_kind: Callable[[int], str] = lambda step: "steady"  # "steady", "window" (SEFT's grow window), "refresh"
     collators: dict = field(default_factory=dict)  # rank -> MEAP collator
-    find_unused_parameters: bool = False
     layer_classes: tuple = ()
 
 
@@ -67,18 +83,9 @@ def _base_config(family: str, size: str, **overrides):
 
     if size == "tiny":
         return tiny_config(family, **overrides)
-    fields = {  # Qwen2.5-0.5B shape (494M parameters)
-        "vocab_size": 151936,
-        "hidden_size": 896,
-        "intermediate_size": 4864,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 14,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
-        "tie_word_embeddings": False,
-    }
-    if family in ("coe", "neurotrails"):  # Llama-based configs: keep ~0.5B total with fewer layers
-        fields.update(num_hidden_layers=12)
+    fields = dict(_results.QWEN2_05B)
+    if family in ("coe", "neurotrails"):  # Llama-based model types: keep ~0.5-0.65B total with 12 layers
+        fields.update(num_hidden_layers=12, tie_word_embeddings=False)
     fields.update(overrides)
     return tiny_config(family, **fields)
 
@@ -95,62 +102,87 @@ def _model(config, seed: int) -> nn.Module:
 
 
 def _layer_classes(model) -> tuple:
-    names = getattr(model, "_no_split_modules", None) or []
-    return tuple(names)
+    return tuple(getattr(model, "_no_split_modules", None) or [])
 
 
-def build_case(plugin: str, size: str = "tiny", seed: int = 0, steps: int = 4, lr: float = 3e-3) -> Case:
-    """The model, optimizer factory and per-step hooks of one plugin (`PLUGINS`), as its docs prescribe."""
+def _every(interval: int, offset: int = 0, last: int | None = None) -> Callable[[int], str]:
+    """`step_kind` of a plugin that refreshes at the 0-based steps s with (s + offset) % interval == 0."""
+    return lambda s: "refresh" if (s + offset) % interval == 0 and (last is None or s + 1 < last) else "steady"
+
+
+def _peft_case(plugin: str, size: str, seed: int, steps: int, interval: int, adamw) -> Case:
+    from peft import get_peft_model
+
     tiny = size == "tiny"
-    interval = 2 if tiny else max(2, steps // 2)
-    adamw = lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)  # noqa: E731
-    if plugin in ("lift", "seft"):
-        from peft import get_peft_model
+    model = _model(_base_config("qwen2", size), seed)
+    layers = _layer_classes(model)
+    if plugin == "lora":
+        from peft import LoraConfig
 
-        model = _model(_base_config("qwen2", size), seed)
-        layers = _layer_classes(model)
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        if plugin == "lift":
-            from hf_plugins import LiftConfig
+        peft = get_peft_model(model, LoraConfig(r=2 if tiny else 16, lora_alpha=32, target_modules=_TARGETS))
+        return Case(peft, adamw, model.config.vocab_size, layer_classes=layers)
+    if plugin == "lift":
+        from hf_plugins import LiftConfig
 
-            peft = get_peft_model(
-                model, LiftConfig(r=2 if tiny else 16, update_interval=interval, target_modules=targets)
-            )
-            lift = peft.base_model
-            return Case(
-                peft,
-                adamw,
-                model.config.vocab_size,
-                before_train=lambda m, opt: lift.initialize_masks(opt),
-                after_step=lambda step, m, opt: lift.maybe_refresh(step + 1, opt, max_steps=steps),
-                layer_classes=layers,
-            )
-        from hf_plugins import SeftConfig
-        from hf_plugins.pruning import prune_magnitude_
-
-        with torch.no_grad():  # SEFT starts from a pruned copy: 50% magnitude pruning of every decoder linear
-            for module in model.model.layers.modules():
-                if isinstance(module, nn.Linear):
-                    prune_magnitude_(module, 0.5)
-        cfg = SeftConfig(
-            density=0.05 if tiny else 0.01,
-            update_interval=interval,
-            accumulation_steps=1,
-            total_steps=steps,
-            target_modules=targets,
+        peft = get_peft_model(
+            model, LiftConfig(r=2 if tiny else 16, update_interval=interval, target_modules=_TARGETS)
         )
-        peft = get_peft_model(model, cfg)
-        seft = peft.base_model
+        lift = peft.base_model
         return Case(
             peft,
             adamw,
             model.config.vocab_size,
-            before_step=lambda step, m: seft.seft_prepare_step(step, steps),
-            after_step=lambda step, m, opt: seft.seft_after_optimizer_step(opt, step, steps),
+            before_train=lambda m, opt: lift.initialize_masks(opt),
+            after_step=lambda step, m, opt: lift.maybe_refresh(step + 1, opt, max_steps=steps),
+            step_kind=_every(interval, offset=2, last=steps),  # after updates T - 1, 2T - 1, ... (LiftModel)
             layer_classes=layers,
         )
-    if plugin in ("stable_spam", "alphadecay", "meap"):
-        model = _model(_base_config("qwen2", size), seed)
+    from hf_plugins import SeftConfig
+    from hf_plugins.pruning import prune_magnitude_
+
+    with torch.no_grad():  # SEFT starts from a pruned copy: 50% magnitude pruning of every decoder linear
+        for module in model.model.layers.modules():
+            if isinstance(module, nn.Linear):
+                prune_magnitude_(module, 0.5)
+    accumulation = max(1, min(5, interval - 1))  # the last steps of a cycle grow (SeftConfig's default: 5)
+    cfg = SeftConfig(
+        density=0.05 if tiny else 0.01,
+        update_interval=interval,
+        accumulation_steps=accumulation,
+        total_steps=steps,
+        target_modules=_TARGETS,
+    )
+    peft = get_peft_model(model, cfg)
+    seft = peft.base_model
+
+    def kind(s: int) -> str:
+        if seft.seft_is_cycle_step(s, steps):
+            return "refresh"
+        window = s % interval >= interval - accumulation and s - s % interval + interval < steps
+        return "window" if window else "steady"
+
+    return Case(
+        peft,
+        adamw,
+        model.config.vocab_size,
+        before_step=lambda step, m: seft.seft_prepare_step(step, steps),
+        after_step=lambda step, m, opt: seft.seft_after_optimizer_step(opt, step, steps),
+        step_kind=kind,
+        layer_classes=layers,
+    )
+
+
+def build_case(
+    plugin: str, size: str = "tiny", seed: int = 0, steps: int = 4, lr: float = 3e-3, interval: int | None = None
+) -> Case:
+    """The model, optimizer factory and per-step hooks of one plugin or baseline (`CASES`), as its docs prescribe."""
+    tiny = size == "tiny"
+    interval = interval or (2 if tiny else max(2, steps // 2))
+    adamw = lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)  # noqa: E731
+    if plugin in ("lift", "seft", "lora"):
+        return _peft_case(plugin, size, seed, steps, interval, adamw)
+    if plugin in ("stable_spam", "alphadecay", "meap", "adamw", "llama"):
+        model = _model(_base_config("llama" if plugin == "llama" else "qwen2", size), seed)
         case = Case(model, adamw, model.config.vocab_size, layer_classes=_layer_classes(model))
         if plugin == "stable_spam":
             from hf_plugins import StableSPAM
@@ -162,7 +194,8 @@ def build_case(plugin: str, size: str = "tiny", seed: int = 0, steps: int = 4, l
             case.make_optimizer = lambda m: AlphaDecay()(
                 m, lr=lr, weight_decay=0.1, interval=interval, min_eigs=8 if tiny else 50
             )
-        else:
+            case.step_kind = _every(interval, offset=1)  # inside the update whose number is a multiple of interval
+        elif plugin == "meap":
             from hf_plugins import DataCollatorForMEAP
             from hf_plugins.testing import tiny_tokenizer
 
@@ -182,30 +215,21 @@ def build_case(plugin: str, size: str = "tiny", seed: int = 0, steps: int = 4, l
         if not tiny:  # ~0.65B with 12 layers; official CoE-2 uses 63 routed experts of 704 (scaled down here)
             extra = {"num_experts": 16, "num_experts_per_tok": 4, "moe_intermediate_size": 704}
         model = _model(_base_config("coe", size, router_aux_loss_coef=0.0, **extra), seed)
-        return Case(
-            model, adamw, model.config.vocab_size, find_unused_parameters=True, layer_classes=_layer_classes(model)
-        )
+        return Case(model, adamw, model.config.vocab_size, layer_classes=_layer_classes(model))
     if plugin == "neurotrails":
         # bench: 2 trails of 2 blocks each, 12 layers: ~0.6B with the 2 untied 151936-row heads
         extra = {"num_trails": 2, "blocks_in_head": 1} if tiny else {"num_trails": 2, "blocks_in_head": 2}
         model = _model(_base_config("neurotrails", size, update_frequency=interval, density=0.8, **extra), seed)
-        nt = model
-
-        def after_step(step, m, opt):
-            nt.sparsity_step(opt, step=step, total_steps=steps, seed=seed)
-            if tiny:  # masks identical on every rank after every step (DDP and FSDP2; no-op in one process)
-                for name, module in nt.sparse_modules():
-                    assert_same_on_all_ranks(module.weight_mask, f"NeuroTrails mask of {name} after step {step}")
-
         return Case(
             model,
             adamw,
             model.config.vocab_size,
-            before_train=lambda m, opt: nt.apply_masks(),
-            after_step=after_step,
+            before_train=lambda m, opt: model.apply_masks(),
+            after_step=lambda step, m, opt: model.sparsity_step(opt, step=step, total_steps=steps, seed=seed),
+            step_kind=_every(interval, offset=1),
             layer_classes=_layer_classes(model),
         )
-    raise ValueError(f"unknown plugin {plugin!r}; choose from {PLUGINS}")
+    raise ValueError(f"unknown case {plugin!r}; choose from {CASES}")
 
 
 def global_rows(seed: int, step: int, batch: int, seq_len: int, vocab: int) -> torch.Tensor:
@@ -239,66 +263,65 @@ def _batch(case: Case, rows: torch.Tensor, r: int, single: bool) -> dict:
 
 def _accelerator(cfg: RunConfig, case: Case):
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, FullyShardedDataParallelPlugin
 
-    kw = {"mixed_precision": cfg.mixed_precision, "cpu": not torch.cuda.is_available()}
-    os.environ.pop("ACCELERATE_USE_FSDP", None)  # set by a previous FSDP Accelerator in this process
-    if cfg.mode == "fsdp2":
-        kw["fsdp_plugin"] = FullyShardedDataParallelPlugin(
-            fsdp_version=2,
-            auto_wrap_policy="transformer_based_wrap",
-            transformer_cls_names_to_wrap=list(case.layer_classes),
-            reshard_after_forward=True,
-            state_dict_type="FULL_STATE_DICT",
-        )
-    elif cfg.mode == "ddp" and case.find_unused_parameters:
-        kw["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    os.environ.pop("ACCELERATE_USE_FSDP", None)  # set by an FSDP Accelerator elsewhere in this process
+    # FSDP2: the mixed precision is the sharding's (`_fully_shard`); accelerate only sets up the processes
+    kw = {
+        "mixed_precision": "no" if cfg.mode == "fsdp2" else cfg.mixed_precision,
+        "cpu": not torch.cuda.is_available(),
+    }
     return Accelerator(**kw)
 
 
-def _fully_shard(model: nn.Module, layer_classes) -> None:
-    from torch.distributed.fsdp import fully_shard
+def _fully_shard(model: nn.Module, layer_classes, mixed_precision: str) -> None:
+    """FSDP2 as accelerate's `TRANSFORMER_BASED_WRAP` applies it (`fully_shard` on every decoder block, then on the
+    root; resharded after forward), the same code on CPU and GPU and for any number of processes (one included: the
+    benchmark's 1-GPU arm). bf16: parameters gathered in bf16, gradients reduced in fp32."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    if not dist.is_initialized():  # one process: a group of one
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        dist.init_process_group(backend, rank=0, world_size=1)
+    policy = MixedPrecisionPolicy()
+    if mixed_precision == "bf16":
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for module in model.modules():
         if type(module).__name__ in layer_classes:
-            fully_shard(module)
-    fully_shard(model)
+            fully_shard(module, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
 
 
-def run(cfg: RunConfig, simulated_world: int = 2) -> dict:
-    """Train `cfg.steps` steps; returns `{"losses": [...], "state": {name: full fp32 tensor}, "tokens_per_s": ...}`.
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run(cfg: RunConfig, simulated_world: int = 2, account=None) -> dict:
+    """Train `cfg.steps` steps; returns `{"losses", "state" (name: full fp32 tensor), "step_times", "step_kinds",
+    "tokens_per_s", "peak_gib", "world", "sharded"}`.
 
     `cfg.mode="single"` is one process on the whole global batch (MEAP: collated as `simulated_world` ranks would).
-    `save_at`/`save_dir` writes a `save_full_state` checkpoint after that many steps; `resume_from` continues one."""
+    `save_at`/`save_dir` writes a `save_full_state` checkpoint after that many steps; `resume_from` continues one.
+    `account(step)` (optional) returns a context manager entered around each training step (forward, backward,
+    optimizer step and the plugin's per-step hooks): `comm_account.py` counts collectives and host syncs there."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(True)  # a fresh state per run (tests run several in one process)
-    case = build_case(cfg.plugin, cfg.size, cfg.seed, cfg.steps, cfg.lr)
+    case = build_case(cfg.plugin, cfg.size, cfg.seed, cfg.steps, cfg.lr, cfg.interval)
     acc = _accelerator(cfg, case)
     model = case.model.to(acc.device)
-    from accelerate.utils import DistributedType
-
-    if cfg.mode == "fsdp2" and acc.distributed_type != DistributedType.FSDP:
-        # accelerate runs FSDP on GPUs only; on CPU (gloo) apply the same FSDP2 wrapping it would:
-        # `fully_shard` every decoder block, then the root.
-        _fully_shard(model, case.layer_classes)
+    if cfg.mode == "fsdp2":
+        _fully_shard(model, case.layer_classes, cfg.mixed_precision)
         optimizer = case.make_optimizer(model)
     else:
         optimizer = case.make_optimizer(model)
         model, optimizer = acc.prepare(model, optimizer)
     world, me = acc.num_processes, acc.process_index
-    from . import is_dtensor
-
     sharded = any(is_dtensor(p) for p in model.parameters())
-    if cfg.mode == "fsdp2" and world > 1 and not sharded:
-        raise RuntimeError(
-            f"FSDP2 was requested but accelerate did not shard the model (state: {acc.distributed_type})"
-        )
     start = 0
-    if cfg.plugin in _NO_FSDP2:
-        from . import refuse_sharded_parameters
-
-        refuse_sharded_parameters(model, _NO_FSDP2[cfg.plugin])
     if cfg.resume_from:
         start = int(load_full_state(cfg.resume_from, model, optimizer)["step"])
         for collator in case.collators.values():  # as MEAPCallback.on_train_begin: continue the mask stream
@@ -306,7 +329,10 @@ def run(cfg: RunConfig, simulated_world: int = 2) -> dict:
     else:
         case.before_train(model, optimizer)
     per_rank = cfg.global_batch // (world if cfg.mode != "single" else 1)
-    losses, times, tokens = [], [], 0
+    losses, times = [], []
+    if torch.cuda.is_available():
+        _sync()
+        torch.cuda.reset_peak_memory_stats()
     for step in range(start, cfg.steps):
         rows = global_rows(cfg.seed, step, cfg.global_batch, cfg.seq_len, case.vocab_size)
         if cfg.mode == "single":
@@ -316,22 +342,24 @@ def run(cfg: RunConfig, simulated_world: int = 2) -> dict:
         else:
             batch = _batch(case, rows[me * per_rank : (me + 1) * per_rank], me, False)
         batch = {k: v.to(acc.device) for k, v in batch.items()}
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        _sync()
         t0 = time.perf_counter()
-        case.before_step(step, model)
-        loss = model(**batch).loss
-        acc.backward(loss)
-        optimizer.step()
-        case.after_step(step, model, optimizer)
-        optimizer.zero_grad(set_to_none=True)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        with account(step) if account is not None else contextlib.nullcontext():
+            case.before_step(step, model)
+            loss = model(**batch).loss
+            acc.backward(loss)
+            optimizer.step()
+            case.after_step(step, model, optimizer)
+            optimizer.zero_grad(set_to_none=True)
+        _sync()
         times.append(time.perf_counter() - t0)
-        tokens += cfg.global_batch * cfg.seq_len
         losses.append(float(acc.reduce(loss.detach().float(), reduction="mean")))
+        if cfg.plugin == "neurotrails" and cfg.size == "tiny" and cfg.mode != "single":
+            for name, module in case.model.sparse_modules():  # identical on every rank after every step
+                assert_same_on_all_ranks(module.weight_mask, f"NeuroTrails mask of {name} after step {step}")
         if cfg.save_at is not None and step + 1 == cfg.save_at:
             save_full_state(cfg.save_dir, model, optimizer, extra={"step": step + 1})
+    peak = torch.cuda.max_memory_allocated() / _results.GIB if torch.cuda.is_available() else math.nan
     measured = times[1:] if len(times) > 1 else times
     tps = cfg.global_batch * cfg.seq_len / (sum(measured) / len(measured)) if measured else math.nan
     state = {}
@@ -340,8 +368,6 @@ def run(cfg: RunConfig, simulated_world: int = 2) -> dict:
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     sd = get_model_state_dict(model, options=opts) if cfg.return_state or cfg.adapter_dir else {}
     if cfg.plugin in ("lift", "seft") and cfg.mode != "single" and cfg.return_state:
-        from . import assert_same_on_all_ranks
-
         for name, buf in model.named_buffers():  # positions, residuals, R, grow window: identical on every rank
             assert_same_on_all_ranks(buf, f"{cfg.plugin} buffer {name}")
     if cfg.adapter_dir and acc.is_main_process:  # as the Trainer: the main process saves the gathered adapter once
@@ -351,4 +377,13 @@ def run(cfg: RunConfig, simulated_world: int = 2) -> dict:
         if torch.is_tensor(t) and t.is_floating_point():
             state[name] = full_tensor(t).detach().float().cpu()
     acc.free_memory()
-    return {"losses": losses, "state": state, "tokens_per_s": tps, "world": world, "sharded": sharded}
+    return {
+        "losses": losses,
+        "state": state,
+        "step_times": times,
+        "step_kinds": [case.step_kind(s) for s in range(start, cfg.steps)],
+        "tokens_per_s": tps,
+        "peak_gib": peak,
+        "world": world,
+        "sharded": sharded,
+    }
