@@ -158,8 +158,9 @@ def _peft_case(plugin: str, size: str, seed: int, steps: int, interval: int, ada
     def kind(s: int) -> str:
         if seft.seft_is_cycle_step(s, steps):
             return "refresh"
-        window = s % interval >= interval - accumulation and s - s % interval + interval < steps
-        return "window" if window else "steady"
+        if not (s % interval >= interval - accumulation and s - s % interval + interval < steps):
+            return "steady"
+        return "refresh" if s % interval == interval - accumulation else "window"  # the first picks candidates
 
     return Case(
         peft,
@@ -240,16 +241,14 @@ def global_rows(seed: int, step: int, batch: int, seq_len: int, vocab: int) -> t
 
 @contextlib.contextmanager
 def _as_rank(r: int):
-    """Make MEAP's collator see rank `r` in a single process (it reads `RANK` when no process group exists)."""
-    old = os.environ.get("RANK")
-    os.environ["RANK"] = str(r)
-    try:
+    """Make MEAP's collator see rank `r` in a single process (even one with a process group of one, as under
+    torchrun): it seeds its mask stream by the process rank."""
+    from unittest import mock
+
+    from hf_plugins.collators.meap import collator
+
+    with mock.patch.object(collator, "_process_rank", lambda: r):
         yield
-    finally:
-        if old is None:
-            del os.environ["RANK"]
-        else:
-            os.environ["RANK"] = old
 
 
 def _batch(case: Case, rows: torch.Tensor, r: int, single: bool) -> dict:

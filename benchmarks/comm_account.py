@@ -13,7 +13,6 @@ refresh / cycle / topology-update step, counted by `_comm_count.StepCounter` aro
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +28,7 @@ from _dist_harness import BASELINE_OF, CASES, RunConfig, run  # noqa: E402
 
 DOCS = HERE.parent / "docs" / "distributed.md"
 BEGIN, END = "<!-- comm-account:begin -->", "<!-- comm-account:end -->"
-STEPS, INTERVAL = 8, 4  # kinds from steps >= 2 (step 1 of DDP rebuilds its buckets): steady, window, refresh
+STEPS, INTERVAL = 10, 4  # kinds from steps >= 2 (step 1 of DDP rebuilds its buckets): steady, window, refresh
 MODES = ("ddp", "fsdp2")
 KINDS = ("steady", "window", "refresh")
 
@@ -40,6 +39,9 @@ KINDS = ("steady", "window", "refresh")
 # after clipping): two data-dependent rounds, bucketed over every tensor and group.
 STEADY_BOUNDS = {("stable_spam", "fsdp2"): 2}
 WINDOW_BOUNDS = {("seft", "ddp"): 1, ("seft", "fsdp2"): 1}  # the grow scores' all-reduce, one bucket per step
+# One process on the CPU: Stable-SPAM reads its finiteness flag at once (nothing to wait for on the CPU, and the
+# update then needs no masking); on a GPU, and on the CPU under DDP / FSDP2, the check stays on the device.
+HOST_CHECK_IN_ONE_CPU_PROCESS = ("stable_spam",)
 
 
 def account_job(cfg: RunConfig) -> tuple[dict, None]:
@@ -70,7 +72,6 @@ def collect(world: int = 2, timeout: float = 600.0, cases: tuple[str, ...] = CAS
         if not res["ok"]:
             raise RuntimeError(f"{cfg.plugin} under {cfg.mode} failed:\n{res['error']}")
         out[(cfg.plugin, cfg.mode)] = by_kind(res["kinds"], res["steps"])
-    os.environ.pop("RANK", None)
     for case in cases:
         single = RunConfig(case, mode="single", steps=STEPS, interval=INTERVAL, return_state=False)
         meta, _ = account_job(single)
@@ -148,7 +149,7 @@ def violations(account: dict) -> list[str]:
                 limit = bounds.get((case, mode), 0)
                 if s["plugin_collectives"] > limit:
                     bad.append(f"{case} {mode} {kind}: {s['plugin_collectives']} collectives of ours > {limit}")
-                if s["plugin_syncs"]:
+                if s["plugin_syncs"] and not (mode == "single" and case in HOST_CHECK_IN_ONE_CPU_PROCESS):
                     bad.append(f"{case} {mode} {kind}: host syncs of ours at {s['plugin_sync_sites']}")
                 base = BASELINE_OF.get(case)
                 if base and mode != "single" and (case in SAME_MODEL or mode == "ddp"):

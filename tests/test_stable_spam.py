@@ -239,6 +239,32 @@ def test_nonfinite_gradient_skips_the_step(bad):
         opt_raise.step()
 
 
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("ablation", [(True, True), (False, True), (True, False)])
+def test_device_side_skip_equals_the_host_check(monkeypatch, foreach, ablation):
+    """The update that checks finiteness on the device (every write masked by the flag, the counters corrected at the
+    next step; what data-parallel and GPU runs do) equals the host-checked one bit for bit: 30 steps with spikes,
+    missing and zero gradients, a moment reset, a NaN and an inf step (one of them the reset step)."""
+    import hf_plugins.optim.stable_spam as mod
+
+    stream = gradient_stream(30)
+    stream[9][0].view(-1)[2] = float("nan")
+    stream[24][2].view(-1)[0] = float("inf")  # update 25 resets the moments (reset_interval=25): skipped here
+    hp = {**HP, "adaclip": ablation[0], "adagn": ablation[1], "foreach": foreach}
+    opt_a, hist_a = run_optimizer(make_params(), stream, **hp)
+    monkeypatch.setattr(mod, "is_distributed", lambda: True)  # CPU work then defers its check, as under DDP
+    opt_b, hist_b = run_optimizer(make_params(), stream, **hp)
+    assert opt_b._pending is not None  # the last step's flag, read at the next step / state_dict / pop_stats
+    for step, (a, b) in enumerate(zip(hist_a, hist_b)):
+        assert all(torch.equal(x, y) for x, y in zip(a, b)), step
+    stats_a, stats_b = opt_a.pop_stats(), opt_b.pop_stats()
+    assert stats_a == stats_b and stats_b["stable_spam/skipped_steps"] == 2.0
+    for pa, pb in zip(opt_a.param_groups[0]["params"], opt_b.param_groups[0]["params"]):
+        for key, value in opt_a.state[pa].items():
+            assert torch.equal(value, opt_b.state[pb][key]), key
+    assert opt_a.param_groups[0]["T"] == opt_b.param_groups[0]["T"] == 28
+
+
 def test_stats_report_clipping_and_norm_scale():
     """`pop_stats` counts exactly the entries above the threshold: at t=1 the threshold is max|g| itself, so nothing
     clips; at t=2 with one entry x100, exactly that entry is above the bias-corrected EMA of the max."""

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from hf_plugins.distributed import is_distributed
+
 from . import _stable_spam_fused as fused_path
 from ._stable_spam_math import (
     EXACT_STATE_KEYS,
@@ -214,7 +216,7 @@ class StableSPAM(torch.optim.Optimizer):
         self._stats: dict[str, Any] = self._empty_stats()
         self._layouts: dict = {}  # fused path: block tables per bucket (device, dtype), rebuilt when the sizes change
         self._packs: dict = {}  # packed scalar statistics per group (foreach) or bucket (fused), see `packed_state`
-        self._pending = None  # fused path: the last step's on-device finiteness flag, not yet read by the host
+        self._pending = None  # the last step's on-device finiteness flag, not yet read by the host
         super().__init__(params, defaults)
         if fused and not fused_path.kernels.available():
             raise ValueError("`fused=True` needs triton (a CUDA build of torch); use the default foreach path.")
@@ -359,25 +361,27 @@ class StableSPAM(torch.optim.Optimizer):
         self._on_skipped_step()
 
     def _resolve_pending(self) -> None:
-        """Apply the host-side outcome of the last fused step's on-device finiteness check (see `step`)."""
+        """Apply the host-side outcome of the last step's on-device finiteness check (see `step`)."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        flag, event, stepped = pending
+        flag, event, stepped, elements = pending
         if event is not None:
             event.synchronize()  # the flag's copy was queued right after the step's kernels: normally long done
         if int(flag[0]) == 0:
             for index in stepped:
                 self.param_groups[index]["T"] -= 1
+            self._stats["elements"] -= elements  # the skipped update stepped none of them
             self._skip()
 
     @torch.no_grad()
     def step(self, closure=None):
-        """One update. Non-finite gradients with `nonfinite="skip"`: when all the work is on one device, the check runs
-        on the device (the fused kernels write nothing on such a step; the foreach and loop paths make every write
-        the identity) and its outcome reaches the host counters (`T`, `skipped_steps`) at the next `step()`,
-        `state_dict()` or `pop_stats()`, so `step()` never waits for the GPU; otherwise (`"raise"`, several devices)
-        one host synchronisation per step decides before anything is written. Under FSDP2 the per-tensor statistics
+        """One update. Non-finite gradients with `nonfinite="skip"`: when all the work is on one GPU (or on the CPU
+        under data parallelism), the check runs on the device (the fused kernels write nothing on such a step; the
+        foreach and loop paths make every write the identity) and its outcome reaches the host counters (`T`,
+        `skipped_steps`) at the next `step()`, `state_dict()` or `pop_stats()`, so `step()` never waits for the GPU;
+        otherwise (one CPU process, `"raise"`, several devices) one host read per step decides before anything is
+        written. Under FSDP2 the per-tensor statistics
         of every group take two bucketed all-reduces (max|g|; the clipped norms and counts)."""
         self._resolve_pending()
         loss = None
@@ -408,8 +412,11 @@ class StableSPAM(torch.optim.Optimizer):
         # matrix under FSDP2 (one all-reduce for every group), so every rank takes the same thresholds and skips alike.
         gmaxes = grad_maxima([grads for *_, grads in foreach_work]) if foreach_work else []
         devices = {gm.device for gm in gmaxes}
+        # Deferred where a host check would wait: for a GPU, or for the other ranks (one process on the CPU reads
+        # its flag at once: nothing to wait for, and the update needs no masking then).
         deferred = self.nonfinite == "skip" and (
-            (not foreach_work and len(prepared) == 1) or (not prepared and len(devices) == 1)
+            (not foreach_work and len(prepared) == 1)
+            or (not prepared and len(devices) == 1 and (next(iter(devices)).type != "cpu" or is_distributed()))
         )
         ok = None
         if deferred and foreach_work:
@@ -446,6 +453,8 @@ class StableSPAM(torch.optim.Optimizer):
         if deferred:
             flag_of = ok.view(1).to(torch.int32) if ok is not None else prepared[0].layout.ok
             stepped = [index for index, *_ in foreach_work] or [index for index, *_ in prepared[0].entries]
+            elements = sum(p.numel() for *_, params, _ in foreach_work for p in params)
+            elements += sum(b.n_elements for b in prepared)
             if flag_of.device.type == "cuda":
                 flag = torch.empty(1, dtype=torch.int32, pin_memory=True)
                 flag.copy_(flag_of, non_blocking=True)
@@ -453,5 +462,5 @@ class StableSPAM(torch.optim.Optimizer):
                 event.record(torch.cuda.current_stream(flag_of.device))
             else:  # the CPU (and Triton's CPU interpreter in tests)
                 flag, event = flag_of.clone(), None
-            self._pending = (flag, event, stepped)
+            self._pending = (flag, event, stepped, elements)
         return loss
