@@ -64,7 +64,7 @@ def _settings(args) -> dict:
             "parity_batch": 2,
         }
     return {
-        "size": "bench",
+        "size": args.size,
         "batch": args.batch,
         "seq_len": args.seq_len,
         "warmup": args.warmup,
@@ -248,6 +248,7 @@ def main(argv=None) -> int:
     p.add_argument("--parity-steps", type=int, default=8, help="steps of the parity arm (default 8)")
     p.add_argument("--parity-batch", type=int, default=4, help="sequences per GPU in the parity arm (default 4)")
     p.add_argument("--no-parity", action="store_true", help="skip the parity arm")
+    p.add_argument("--size", default="bench", choices=("bench", "tiny"), help="model size (tiny: check the launch)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     import torch
@@ -268,8 +269,8 @@ def main(argv=None) -> int:
         results += [dict(r, world=j["world"]) for r, j in zip(_run_jobs(args, _single_jobs(parity), 1, workdir), _single_jobs(parity))]  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if args.smoke:
-        device = f"{_results.cpu_name()} (smoke, gloo)"
+    if args.smoke or not torch.cuda.is_available():
+        device = f"{_results.cpu_name()} ({'smoke, ' if args.smoke else ''}gloo)"
     else:
         device = (
             f"{max(worlds)}x {torch.cuda.get_device_name(0)}" if max(worlds) > 1 else torch.cuda.get_device_name(0)
