@@ -183,3 +183,45 @@ def test_deepspeed_refusals():
         hd.check_deepspeed_optimizer("AlphaDecay", {"zero_optimization": {"stage": 3}})
     hd.check_deepspeed_optimizer("StableSPAM", {"zero_optimization": {"stage": 2}})  # client optimizer: fine
     hd.check_deepspeed_optimizer("StableSPAM", None)
+
+
+def _partials_job(item):
+    import torch.distributed as dist
+
+    from hf_plugins.distributed import all_reduce_partials_
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")  # from the launcher's environment
+    r = dist.get_rank()
+    world = dist.group.WORLD
+    a = torch.tensor([r + 1.0, 10.0 + r, 2.0 * r], dtype=torch.float64)
+    b = torch.tensor([5.0 + r])
+    all_reduce_partials_([a, b], [[world, None, world], [world]], "sum")  # mixed entries: entry by entry
+    m = torch.tensor([float("nan") if r == 1 else 1.0, 3.0 - r])
+    all_reduce_partials_([m], [[world, world]], "max")  # one group: the whole vector in one collective
+    return {"a": a.tolist(), "b": b.tolist(), "m": m.tolist()}, None
+
+
+def test_bucketed_partials_reduce_only_sharded_entries(tmp_path):
+    """`all_reduce_partials_`: entries with a group are reduced over it (sum / max, a NaN as +inf so every rank
+    sees it), entries without one keep this rank's value; one call for any number of vectors."""
+    (res,) = launch([None], str(tmp_path), job=_partials_job)
+    assert res["ok"], res.get("error")
+    assert res["a"] == [3.0, 10.0, 2.0] and res["b"] == [11.0]  # rank 0's replicated entry stays 10
+    assert res["m"] == [float("inf"), 3.0]
+
+
+def test_ddp_skips_the_buffers_identical_on_every_rank():
+    """DDP reads `_ddp_params_and_buffers_to_ignore` of the module it wraps (a PeftModel forwards it to our tuner):
+    every LIFT / SEFT adapter buffer and every NeuroTrails mask, by their names in the wrapped module; nothing else
+    (the rotary frequencies still sync); names set with DDP's own helper on a NeuroTrails model add to its masks."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    for plugin, mine in (("lift", ".lift_"), ("seft", ".seft_"), ("neurotrails", "weight_mask")):
+        model = build_case(plugin).model
+        names = {n for n, _ in model.named_buffers()}
+        ignored = set(model._ddp_params_and_buffers_to_ignore)
+        assert ignored and ignored == {n for n in names if mine in n}, plugin
+    DDP._set_params_and_buffers_to_ignore_for_model(model, ["extra.name"])
+    assert set(model._ddp_params_and_buffers_to_ignore) == ignored | {"extra.name"}
+    assert not hasattr(build_case("lora").model, "_ddp_params_and_buffers_to_ignore")
