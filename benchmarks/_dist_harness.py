@@ -57,6 +57,7 @@ class RunConfig:
     seed: int = 0
     lr: float = 3e-3
     interval: int | None = None  # refresh / cycle / topology interval; None: 2 (tiny) or max(2, steps // 2)
+    total_steps: int | None = None  # the schedules' run length (cosines, last cycle); None: `steps` (stop earlier)
     mixed_precision: str = "no"
     save_at: int | None = None
     save_dir: str | None = None
@@ -309,7 +310,7 @@ def run(cfg: RunConfig, simulated_world: int = 2, account=None) -> dict:
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(True)  # a fresh state per run (tests run several in one process)
-    case = build_case(cfg.plugin, cfg.size, cfg.seed, cfg.steps, cfg.lr, cfg.interval)
+    case = build_case(cfg.plugin, cfg.size, cfg.seed, cfg.total_steps or cfg.steps, cfg.lr, cfg.interval)
     acc = _accelerator(cfg, case)
     model = case.model.to(acc.device)
     if cfg.mode == "fsdp2":

@@ -32,7 +32,14 @@ FSDP2 = {
 }
 RESUME = ("lift", "seft", "stable_spam", "alphadecay", "neurotrails", "meap", "coe")
 FSDP2_RESUME = ("coe", "stable_spam", "neurotrails", "lift", "seft")  # the FSDP2 run also writes a checkpoint
-ADAPTERS = ("lift", "seft")  # PEFT tuners: the FSDP2 run also saves its final adapter (main process, full state)
+ADAPTERS = ("lift", "seft")
+# a grow window of 3 steps (the first picks candidates, the next two add to their scores), a cycle at step 3, and the
+# run stopping inside the next window: the state holds scores summed over ranks' bucketed all-reduce
+SEFT_WINDOW = {
+    "steps": 7,
+    "interval": 4,
+    "total_steps": 12,
+}  # PEFT tuners: the FSDP2 run also saves its final adapter (main process, full state)
 
 
 def _jobs(tmp):
@@ -47,6 +54,8 @@ def _jobs(tmp):
         jobs[(p, "ddp-resume")] = RunConfig(p, mode="ddp", steps=STEPS, resume_from=str(tmp / f"ck-{p}"))
     for p in FSDP2_RESUME:
         jobs[(p, "fsdp2-resume")] = RunConfig(p, mode="fsdp2", steps=STEPS, resume_from=str(tmp / f"ck-{p}-fsdp2"))
+    for mode in ("ddp", "fsdp2"):  # SEFT with a grow window of 3 steps: scores summed from the bucketed all-reduce
+        jobs[("seft", f"{mode}-window")] = RunConfig("seft", mode=mode, **SEFT_WINDOW)
     return jobs
 
 
@@ -66,7 +75,7 @@ _REFS = {}
 def _single(plugin, **kw):
     key = (plugin, tuple(sorted(kw.items())))
     if key not in _REFS:
-        _REFS[key] = run(RunConfig(plugin, mode="single", steps=STEPS, **kw))
+        _REFS[key] = run(RunConfig(plugin, mode="single", **{"steps": STEPS, **kw}))
     return _REFS[key]
 
 
@@ -101,6 +110,15 @@ def test_fsdp2(two_process, plugin):
         pytest.xfail("needs the DTensor change in docs/distributed.md (sharded_norms / full_tensor)")
     _assert_close(r, _single(plugin), f"{plugin} FSDP2")
     assert kind == "ok", f"{plugin} now passes under FSDP2: mark it supported in FSDP2 and docs/distributed.md"
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_seft_grow_window_matches_single_process(two_process, mode):
+    """SEFT's window steps after the first add each layer's gradient at its grow candidates, averaged over ranks in
+    one all-reduce at the end of backward: the same grow scores, grown positions, losses and weights as one
+    process."""
+    _, res = two_process
+    _assert_close(res[("seft", f"{mode}-window")], _single("seft", **SEFT_WINDOW), f"seft {mode} window")
 
 
 @pytest.mark.parametrize("plugin", RESUME)
