@@ -144,10 +144,11 @@ class StableSPAM(torch.optim.Optimizer):
         nonfinite (`str`, *optional*, defaults to `"skip"`):
             What a step does when any gradient holds a NaN or an infinity: `"skip"` leaves parameters, moments,
             statistics and counters untouched and adds one to each group's `skipped_steps`; `"raise"` raises
-            `FloatingPointError`. When every group takes the fused path (one device and dtype) with `"skip"`, the
-            check runs on the device (the kernels write nothing on such a step) and reaches the host counters at the
-            next `step()`, `state_dict()` or `pop_stats()`: no host synchronisation at all. Otherwise it costs one per
-            step (not per parameter). (Ours: the official code has no check.)
+            `FloatingPointError`. With `"skip"` and all the work on one GPU (fused kernels or foreach), or on the
+            CPU under DDP / FSDP2, the check runs on the device (nothing is written on such a step) and reaches the
+            host counters at the next `step()`, `state_dict()` or `pop_stats()`: no host synchronisation at all.
+            Otherwise (`"raise"`, one CPU process, several devices) it costs one host read per step (not per
+            parameter). (Ours: the official code has no check.)
         foreach (`bool` or `None`, *optional*, defaults to `None`):
             Multi-tensor path (`torch._foreach_*`, no host synchronisation per parameter) where the fused path does
             not apply; `False` runs a per-parameter loop with the same math.
