@@ -248,7 +248,7 @@ def test_device_side_skip_equals_the_host_check(monkeypatch, foreach, ablation):
 
     stream = gradient_stream(30)
     stream[9][0].view(-1)[2] = float("nan")
-    stream[24][2].view(-1)[0] = float("inf")  # update 25 resets the moments (reset_interval=25): skipped here
+    stream[25][2].view(-1)[0] = float("inf")  # would be update 25, which resets the moments (reset_interval=25)
     hp = {**HP, "adaclip": ablation[0], "adagn": ablation[1], "foreach": foreach}
     opt_a, hist_a = run_optimizer(make_params(), stream, **hp)
     monkeypatch.setattr(mod, "is_distributed", lambda: True)  # CPU work then defers its check, as under DDP
