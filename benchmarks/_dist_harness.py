@@ -64,6 +64,8 @@ class RunConfig:
     resume_from: str | None = None
     return_state: bool = True  # gather the full final weights (tests); the benchmark skips it
     adapter_dir: str | None = None  # PEFT plugins: save the final adapter here (rank 0 only, from the full state)
+    timed_from: int = 1  # tokens/s over the steps from this one on (earlier ones warm up)
+    sync_each_step: bool = True  # wait for the device after every step (per-step times); False: only around the window
 
 
 @dataclass
@@ -301,7 +303,7 @@ def _sync() -> None:
 
 def run(cfg: RunConfig, simulated_world: int = 2, account=None) -> dict:
     """Train `cfg.steps` steps; returns `{"losses", "state" (name: full fp32 tensor), "step_times", "step_kinds",
-    "tokens_per_s", "peak_gib", "world", "sharded"}`.
+    "window_s" / "window_steps" / "tokens_per_s" (the steps from `timed_from` on), "peak_gib", "world", "sharded"}`.
 
     `cfg.mode="single"` is one process on the whole global batch (MEAP: collated as `simulated_world` ranks would).
     `save_at`/`save_dir` writes a `save_full_state` checkpoint after that many steps; `resume_from` continues one.
@@ -329,21 +331,26 @@ def run(cfg: RunConfig, simulated_world: int = 2, account=None) -> dict:
     else:
         case.before_train(model, optimizer)
     per_rank = cfg.global_batch // (world if cfg.mode != "single" else 1)
-    losses, times = [], []
-    if torch.cuda.is_available():
-        _sync()
-        torch.cuda.reset_peak_memory_stats()
+    batches = []  # every step's batch on the device before the first step: no host-to-device copy in between
     for step in range(start, cfg.steps):
         rows = global_rows(cfg.seed, step, cfg.global_batch, cfg.seq_len, case.vocab_size)
         if cfg.mode == "single":
             parts = rows.chunk(simulated_world) if case.collators else [rows]
-            batches = [_batch(case, part, r, True) for r, part in enumerate(parts)]
-            batch = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+            pieces = [_batch(case, part, r, True) for r, part in enumerate(parts)]
+            batch = {k: torch.cat([b[k] for b in pieces]) for k in pieces[0]}
         else:
             batch = _batch(case, rows[me * per_rank : (me + 1) * per_rank], me, False)
-        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        batches.append({k: v.to(acc.device) for k, v in batch.items()})
+    losses, times, window_start = [], [], None
+    if torch.cuda.is_available():
         _sync()
+        torch.cuda.reset_peak_memory_stats()
+    for step, batch in zip(range(start, cfg.steps), batches):
+        if cfg.sync_each_step or step == start + cfg.timed_from:
+            _sync()
         t0 = time.perf_counter()
+        if step == start + cfg.timed_from:
+            window_start = t0
         with account(step) if account is not None else contextlib.nullcontext():
             case.before_step(step, model)
             loss = model(**batch).loss
@@ -351,17 +358,21 @@ def run(cfg: RunConfig, simulated_world: int = 2, account=None) -> dict:
             optimizer.step()
             case.after_step(step, model, optimizer)
             optimizer.zero_grad(set_to_none=True)
-        _sync()
+        if cfg.sync_each_step:
+            _sync()
         times.append(time.perf_counter() - t0)
-        losses.append(float(acc.reduce(loss.detach().float(), reduction="mean")))
+        losses.append(loss.detach().float())  # read (and averaged over ranks) after the last step
         if cfg.plugin == "neurotrails" and cfg.size == "tiny" and cfg.mode != "single":
             for name, module in case.model.sparse_modules():  # identical on every rank after every step
                 assert_same_on_all_ranks(module.weight_mask, f"NeuroTrails mask of {name} after step {step}")
         if cfg.save_at is not None and step + 1 == cfg.save_at:
             save_full_state(cfg.save_dir, model, optimizer, extra={"step": step + 1})
+    _sync()
+    window_s = time.perf_counter() - window_start if window_start is not None else math.nan
+    window_steps = cfg.steps - start - cfg.timed_from
+    losses = acc.reduce(torch.stack(losses), reduction="mean").tolist() if losses else []
     peak = torch.cuda.max_memory_allocated() / _results.GIB if torch.cuda.is_available() else math.nan
-    measured = times[1:] if len(times) > 1 else times
-    tps = cfg.global_batch * cfg.seq_len / (sum(measured) / len(measured)) if measured else math.nan
+    tps = cfg.global_batch * cfg.seq_len * window_steps / window_s if window_steps > 0 else math.nan
     state = {}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -381,6 +392,8 @@ def run(cfg: RunConfig, simulated_world: int = 2, account=None) -> dict:
         "losses": losses,
         "state": state,
         "step_times": times,
+        "window_s": window_s,
+        "window_steps": window_steps,
         "step_kinds": [case.step_kind(s) for s in range(start, cfg.steps)],
         "tokens_per_s": tps,
         "peak_gib": peak,
