@@ -2,7 +2,7 @@
 single-process run on the same global batches: same losses and weights within fp32 tolerance, and a checkpoint
 saved by 2 processes resumes under 1 and under 2 processes exactly like the uninterrupted run.
 
-All 2-process jobs run in ONE forked process pair (`tests/_distributed_launch.py`), so the imports are paid once."""
+All 2-process jobs run in ONE forked process pair (`benchmarks/_dist_launch.py`), so the imports are paid once."""
 
 import os
 import sys
@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from hf_plugins import distributed as hd
-from hf_plugins.distributed.harness import PLUGINS, RunConfig, run
 
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _distributed_launch import launch  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from _dist_harness import PLUGINS, RunConfig, build_case, run  # noqa: E402
+from _dist_launch import launch  # noqa: E402
 
 
 STEPS, SAVE_AT = 4, 2
@@ -32,7 +32,14 @@ FSDP2 = {
 }
 RESUME = ("lift", "seft", "stable_spam", "alphadecay", "neurotrails", "meap", "coe")
 FSDP2_RESUME = ("coe", "stable_spam", "neurotrails", "lift", "seft")  # the FSDP2 run also writes a checkpoint
-ADAPTERS = ("lift", "seft")  # PEFT tuners: the FSDP2 run also saves its final adapter (main process, full state)
+ADAPTERS = ("lift", "seft")
+# a grow window of 3 steps (the first picks candidates, the next two add to their scores), a cycle at step 3, and the
+# run stopping inside the next window: the state holds scores summed over ranks' bucketed all-reduce
+SEFT_WINDOW = {
+    "steps": 7,
+    "interval": 4,
+    "total_steps": 12,
+}  # PEFT tuners: the FSDP2 run also saves its final adapter (main process, full state)
 
 
 def _jobs(tmp):
@@ -47,6 +54,8 @@ def _jobs(tmp):
         jobs[(p, "ddp-resume")] = RunConfig(p, mode="ddp", steps=STEPS, resume_from=str(tmp / f"ck-{p}"))
     for p in FSDP2_RESUME:
         jobs[(p, "fsdp2-resume")] = RunConfig(p, mode="fsdp2", steps=STEPS, resume_from=str(tmp / f"ck-{p}-fsdp2"))
+    for mode in ("ddp", "fsdp2"):  # SEFT with a grow window of 3 steps: scores summed from the bucketed all-reduce
+        jobs[("seft", f"{mode}-window")] = RunConfig("seft", mode=mode, **SEFT_WINDOW)
     return jobs
 
 
@@ -66,7 +75,7 @@ _REFS = {}
 def _single(plugin, **kw):
     key = (plugin, tuple(sorted(kw.items())))
     if key not in _REFS:
-        _REFS[key] = run(RunConfig(plugin, mode="single", steps=STEPS, **kw))
+        _REFS[key] = run(RunConfig(plugin, mode="single", **{"steps": STEPS, **kw}))
     return _REFS[key]
 
 
@@ -101,6 +110,15 @@ def test_fsdp2(two_process, plugin):
         pytest.xfail("needs the DTensor change in docs/distributed.md (sharded_norms / full_tensor)")
     _assert_close(r, _single(plugin), f"{plugin} FSDP2")
     assert kind == "ok", f"{plugin} now passes under FSDP2: mark it supported in FSDP2 and docs/distributed.md"
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_seft_grow_window_matches_single_process(two_process, mode):
+    """SEFT's window steps after the first add each layer's gradient at its grow candidates, averaged over ranks in
+    one all-reduce at the end of backward: the same grow scores, grown positions, losses and weights as one
+    process."""
+    _, res = two_process
+    _assert_close(res[("seft", f"{mode}-window")], _single("seft", **SEFT_WINDOW), f"seft {mode} window")
 
 
 @pytest.mark.parametrize("plugin", RESUME)
@@ -138,8 +156,6 @@ def test_fsdp2_adapter_saved_once_loads_in_one_process(two_process, tmp_path, pl
     the same logits."""
     from peft import PeftModel
     from safetensors.torch import load_file
-
-    from hf_plugins.distributed.harness import build_case
 
     tmp, res = two_process
     assert res[(plugin, "fsdp2")]["ok"], res[(plugin, "fsdp2")].get("error")
@@ -185,3 +201,45 @@ def test_deepspeed_refusals():
         hd.check_deepspeed_optimizer("AlphaDecay", {"zero_optimization": {"stage": 3}})
     hd.check_deepspeed_optimizer("StableSPAM", {"zero_optimization": {"stage": 2}})  # client optimizer: fine
     hd.check_deepspeed_optimizer("StableSPAM", None)
+
+
+def _partials_job(item):
+    import torch.distributed as dist
+
+    from hf_plugins.distributed import all_reduce_partials_
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")  # from the launcher's environment
+    r = dist.get_rank()
+    world = dist.group.WORLD
+    a = torch.tensor([r + 1.0, 10.0 + r, 2.0 * r], dtype=torch.float64)
+    b = torch.tensor([5.0 + r])
+    all_reduce_partials_([a, b], [[world, None, world], [world]], "sum")  # mixed entries: entry by entry
+    m = torch.tensor([float("nan") if r == 1 else 1.0, 3.0 - r])
+    all_reduce_partials_([m], [[world, world]], "max")  # one group: the whole vector in one collective
+    return {"a": a.tolist(), "b": b.tolist(), "m": m.tolist()}, None
+
+
+def test_bucketed_partials_reduce_only_sharded_entries(tmp_path):
+    """`all_reduce_partials_`: entries with a group are reduced over it (sum / max, a NaN as +inf so every rank
+    sees it), entries without one keep this rank's value; one call for any number of vectors."""
+    (res,) = launch([None], str(tmp_path), job=_partials_job)
+    assert res["ok"], res.get("error")
+    assert res["a"] == [3.0, 10.0, 2.0] and res["b"] == [11.0]  # rank 0's replicated entry stays 10
+    assert res["m"] == [float("inf"), 3.0]
+
+
+def test_ddp_skips_the_buffers_identical_on_every_rank():
+    """DDP reads `_ddp_params_and_buffers_to_ignore` of the module it wraps (a PeftModel forwards it to our tuner):
+    every LIFT / SEFT adapter buffer and every NeuroTrails mask, by their names in the wrapped module; nothing else
+    (the rotary frequencies still sync); names set with DDP's own helper on a NeuroTrails model add to its masks."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    for plugin, mine in (("lift", ".lift_"), ("seft", ".seft_"), ("neurotrails", "weight_mask")):
+        model = build_case(plugin).model
+        names = {n for n, _ in model.named_buffers()}
+        ignored = set(model._ddp_params_and_buffers_to_ignore)
+        assert ignored and ignored == {n for n in names if mine in n}, plugin
+    DDP._set_params_and_buffers_to_ignore_for_model(model, ["extra.name"])
+    assert set(model._ddp_params_and_buffers_to_ignore) == ignored | {"extra.name"}
+    assert not hasattr(build_case("lora").model, "_ddp_params_and_buffers_to_ignore")

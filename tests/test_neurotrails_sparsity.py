@@ -453,8 +453,8 @@ def test_fsdp2_topology_updates_match_one_process_on_every_rank(tmp_path):
 
     import torch.multiprocessing as mp
 
-    sys.path.insert(0, os.path.dirname(__file__))
-    from _distributed_launch import free_port
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from _dist_launch import free_port
 
     mp.start_processes(_fsdp2_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="fork")
     outs = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

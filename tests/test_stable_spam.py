@@ -228,7 +228,7 @@ def test_nonfinite_gradient_skips_the_step(bad):
     opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, params))
     assert all(torch.equal(state_before[k], v) for k, v in opt.state[params[0]].items())
-    assert opt.param_groups[0]["T"] == 3 and opt.param_groups[0]["skipped_steps"] == 1
+    assert opt.param_groups[0]["T"] == 3 and opt.param_groups[0]["skipped_steps"] == 1  # one CPU process: at once
     assert opt.pop_stats()["stable_spam/skipped_steps"] == 1.0
 
     opt_raise = StableSPAM(make_params(), nonfinite="raise")
@@ -236,6 +236,32 @@ def test_nonfinite_gradient_skips_the_step(bad):
         p.grad = g
     with pytest.raises(FloatingPointError, match="NaN or inf"):
         opt_raise.step()
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("ablation", [(True, True), (False, True), (True, False)])
+def test_device_side_skip_equals_the_host_check(monkeypatch, foreach, ablation):
+    """The update that checks finiteness on the device (every write masked by the flag, the counters corrected at the
+    next step; what data-parallel and GPU runs do) equals the host-checked one bit for bit: 30 steps with spikes,
+    missing and zero gradients, a moment reset, a NaN and an inf step (one of them the reset step)."""
+    import hf_plugins.optim.stable_spam as mod
+
+    stream = gradient_stream(30)
+    stream[9][0].view(-1)[2] = float("nan")
+    stream[25][2].view(-1)[0] = float("inf")  # would be update 25, which resets the moments (reset_interval=25)
+    hp = {**HP, "adaclip": ablation[0], "adagn": ablation[1], "foreach": foreach}
+    opt_a, hist_a = run_optimizer(make_params(), stream, **hp)
+    monkeypatch.setattr(mod, "is_distributed", lambda: True)  # CPU work then defers its check, as under DDP
+    opt_b, hist_b = run_optimizer(make_params(), stream, **hp)
+    assert opt_b._pending is not None  # the last step's flag, read at the next step / state_dict / pop_stats
+    for step, (a, b) in enumerate(zip(hist_a, hist_b)):
+        assert all(torch.equal(x, y) for x, y in zip(a, b)), step
+    stats_a, stats_b = opt_a.pop_stats(), opt_b.pop_stats()
+    assert stats_a == stats_b and stats_b["stable_spam/skipped_steps"] == 2.0
+    for pa, pb in zip(opt_a.param_groups[0]["params"], opt_b.param_groups[0]["params"]):
+        for key, value in opt_a.state[pa].items():
+            assert torch.equal(value, opt_b.state[pb][key]), key
+    assert opt_a.param_groups[0]["T"] == opt_b.param_groups[0]["T"] == 28
 
 
 def test_stats_report_clipping_and_norm_scale():
@@ -399,8 +425,8 @@ def test_fsdp2_sharded_parameters_match_one_process(tmp_path):
 
     import torch.multiprocessing as mp
 
-    sys.path.insert(0, os.path.dirname(__file__))
-    from _distributed_launch import free_port
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from _dist_launch import free_port
 
     mp.start_processes(_fsdp2_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="fork")
     out = torch.load(tmp_path / "out.pt", weights_only=False)

@@ -12,6 +12,8 @@ Every function is a no-op (or the identity) in a single process, so plugin code 
   tensor computed identically on every rank, e.g. LIFT / SEFT values and their Adam moments after re-selection).
 - `sharded_norms(tensors, ord)`: per-tensor 2- or inf-norms of possibly sharded tensors, with the partial sums
   (2-norm) or partial maxima (inf-norm) all-reduced over each tensor's mesh: the whole-matrix norm on every rank.
+- `all_reduce_partials_(vectors, groups, op)`: per-tensor partial statistics (`local_partial`) of any number of
+  tensors reduced over their shard groups (`shard_group`) in one collective per group: the bucketed reduction.
 - `assert_same_on_all_ranks(tensor_or_obj, what)`: raise if ranks disagree (masks, decays; used by the tests).
 - `check_deepspeed_optimizer(...)`: refuse DeepSpeed configs that would silently replace our optimizer.
 - `save_full_state` / `load_full_state`: a checkpoint of the full (unsharded) model and optimizer state written once
@@ -34,6 +36,7 @@ import torch.distributed as dist
 
 __all__ = [
     "all_reduce_mean_",
+    "all_reduce_partials_",
     "assert_same_on_all_ranks",
     "barrier",
     "broadcast_object",
@@ -43,9 +46,11 @@ __all__ = [
     "is_distributed",
     "is_dtensor",
     "load_full_state",
+    "local_partial",
     "local_tensor",
     "rank",
     "save_full_state",
+    "shard_group",
     "shard_like",
     "sharded_norms",
     "world_size",
@@ -120,38 +125,69 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
 
 
+def shard_group(t: torch.Tensor):
+    """The process group over which the DTensor `t` is sharded (FSDP2 `Shard(0)`); None for a plain or replicated
+    tensor (its local value is already the whole one)."""
+    if is_dtensor(t) and any(p.is_shard() for p in t.placements):
+        return t.device_mesh.get_group()
+    return None
+
+
+def all_reduce_partials_(vectors: list[torch.Tensor], groups: list[list], op: str = "sum") -> list[torch.Tensor]:
+    """In place: entry j of `vectors[i]` (1-D) reduced (`op` "sum" or "max") over the process group `groups[i][j]`;
+    entries whose group is None stay as they are. One collective per distinct group for all vectors together (FSDP2:
+    one group, so one collective however many tensors and parameter groups contribute): the bucketed reduction of
+    per-tensor partial statistics. Entries are sent in the dtype of the first vector that has one (fp64 or fp32).
+    For "max" a NaN is sent as +inf (gloo's MAX may drop a NaN operand), so every rank sees a non-finite value."""
+    if op not in ("sum", "max"):
+        raise ValueError(f"`op` must be 'sum' or 'max', got {op!r}")
+    # per group: (group, [(vector index, entry index or None for the whole vector)])
+    by_group: dict[int, tuple[Any, list[tuple[int, int | None]]]] = {}
+    for i, gs in enumerate(groups):
+        if not gs:
+            continue
+        if all(g is gs[0] for g in gs):
+            if gs[0] is not None:  # the usual case (FSDP2): every entry on one mesh, the vector goes whole
+                by_group.setdefault(id(gs[0]), (gs[0], []))[1].append((i, None))
+            continue
+        for j, g in enumerate(gs):  # mixed sharded / replicated entries: entry by entry
+            if g is not None:
+                by_group.setdefault(id(g), (g, []))[1].append((i, j))
+    for group, slots in by_group.values():
+        parts = [vectors[i] if j is None else vectors[i][j : j + 1] for i, j in slots]
+        dtype = parts[0].dtype
+        buf = torch.cat([x.to(dtype) for x in parts])
+        if op == "max":
+            buf = torch.where(buf.isnan(), torch.full_like(buf, float("inf")), buf)
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=group)
+        for x, chunk in zip(parts, buf.split([x.numel() for x in parts])):
+            x.copy_(chunk)  # views of `vectors`: written in place
+    return vectors
+
+
+def local_partial(t: torch.Tensor, ord: float) -> torch.Tensor:
+    """fp32 partial statistic of this rank's piece of `t`: max |x| (`ord=inf`, 0 for an empty shard) or the sum of
+    squares (`ord=2`)."""
+    local = local_tensor(t).float()
+    if ord == float("inf"):
+        return local.abs().max() if local.numel() else local.new_zeros(())
+    return local.square().sum()
+
+
 def sharded_norms(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor:
     """Per-tensor norms (fp32, shape `(len(tensors),)`) of the *whole* tensors, on every rank.
 
     Plain tensors: `torch.linalg.vector_norm`. Sharded `DTensor`s (FSDP2 `Shard(0)`): the local partial sums of
-    squares (`ord=2`) or partial maxima (`ord=inf`) are all-reduced over the tensor's mesh, so spike thresholds and
-    gradient-norm statistics see the whole matrix. Replicated DTensors use their local copy. A NaN in any shard gives
-    a non-finite norm on every rank (inf for `ord=inf`: MAX reductions may drop NaN), so every rank skips alike."""
+    squares (`ord=2`) or partial maxima (`ord=inf`) are all-reduced over the tensor's mesh in one collective
+    (`all_reduce_partials_`), so spike thresholds and gradient-norm statistics see the whole matrix. Replicated
+    DTensors use their local copy. A NaN in any shard gives a non-finite norm on every rank."""
     if ord not in (2, 2.0, float("inf")):
         raise ValueError(f"`ord` must be 2 or inf, got {ord!r}")
     if not tensors:
         return torch.zeros(0)
     inf = ord == float("inf")
-    parts, groups = [], []
-    for t in tensors:
-        local = local_tensor(t).float()
-        if inf:
-            parts.append(local.abs().max() if local.numel() else local.new_zeros(()))
-        else:
-            parts.append(local.square().sum())
-        group = None
-        if is_dtensor(t) and any(p.is_shard() for p in t.placements):
-            group = t.device_mesh.get_group()
-        groups.append(group)
-    out = torch.stack(parts)
-    # One collective per distinct group (FSDP2 uses one mesh for the whole model).
-    for group in {id(g): g for g in groups if g is not None}.values():
-        idx = [i for i, g in enumerate(groups) if g is group]
-        sub = out[idx].clone()
-        if inf:  # gloo's MAX drops a NaN operand depending on the rank order (NCCL's is not specified): send inf
-            sub = torch.where(sub.isnan(), torch.full_like(sub, float("inf")), sub)
-        dist.all_reduce(sub, op=dist.ReduceOp.MAX if inf else dist.ReduceOp.SUM, group=group)
-        out[idx] = sub
+    out = torch.stack([local_partial(t, ord) for t in tensors])
+    all_reduce_partials_([out], [[shard_group(t) for t in tensors]], "max" if inf else "sum")
     return out if inf else out.sqrt()
 
 

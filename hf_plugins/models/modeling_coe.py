@@ -164,8 +164,8 @@ def _experts_forward(self, hidden_states, top_k_index, top_k_weights):
     """Mixed precision for the expert kernels. `grouped_mm` / `batched_mm` are not autocast ops, and transformers'
     wrappers cast the activations to the WEIGHT dtype: with fp32 master weights under bf16 autocast (the stock
     `Trainer(bf16=True)` set-up) every expert product would run in fp32, several times slower than the rest of the
-    model (the 1-GPU CoE run of benchmarks/multigpu_fsdp.py was 4x slower than its 2-GPU FSDP2 run, whose
-    parameters are bf16). Under autocast the experts therefore see their weights in the autocast dtype, as
+    model (a 1-GPU CoE training run measured 4x slower than its 2-GPU FSDP2 run, whose parameters are bf16;
+    benchmarks/coe_autocast_bench.py measures the fix). Under autocast the experts therefore see their weights in the autocast dtype, as
     `F.linear` would; outside autocast nothing changes."""
     dev = hidden_states.device.type
     if torch.is_autocast_enabled(dev) and self.gate_up_proj.dtype == torch.float32:

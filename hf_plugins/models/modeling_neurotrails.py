@@ -146,6 +146,18 @@ class NeuroTrailsPreTrainedModel(PreTrainedModel):
         config.check_trail_fields()  # the config may have been changed since it was built
         super().__init__(config, *args, **kwargs)
 
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """Masks DDP must not broadcast from rank 0 at every forward (`DistributedDataParallel` reads this attribute
+        of the module it wraps): identical on every rank by construction (same seed, same all-reduced gradients), and
+        one byte per sparse weight."""
+        mine = [name for name, _ in self.named_buffers() if name.endswith("weight_mask")]
+        return mine + list(self.__dict__.get("_ddp_ignore_extra", ()))
+
+    @_ddp_params_and_buffers_to_ignore.setter
+    def _ddp_params_and_buffers_to_ignore(self, names) -> None:  # `DDP._set_params_and_buffers_to_ignore_for_model`
+        self.__dict__["_ddp_ignore_extra"] = list(names)
+
     # ---- masks: model state, saved with the weights ----
 
     def _register_masks(self, prefix: str) -> None:

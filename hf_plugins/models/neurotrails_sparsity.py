@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -107,12 +108,31 @@ def topology_generator(seed: int, step: int, device) -> torch.Generator:
     return gen
 
 
+# id(mask) -> (weak reference to the mask, its version / storage / the weight's local shape, the mask's piece): the
+# pieces a step's `apply_masks` multiplies by under FSDP2, rebuilt only when a topology update changed the mask.
+_PIECES: dict[int, tuple] = {}
+
+
+def _mask_piece(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`_piece_like(mask, weight)`, cached while the mask is unchanged (no DTensor built in a steady step)."""
+    if not _is_dtensor(weight):
+        return mask
+    key = (mask._version, mask.data_ptr(), tuple(_local(weight).shape))
+    ident = id(mask)
+    hit = _PIECES.get(ident)
+    if hit is None or hit[0]() is not mask or hit[1] != key:
+        ref = weakref.ref(mask, lambda _: _PIECES.pop(ident, None))
+        hit = _PIECES[ident] = (ref, key, _piece_like(mask, weight))
+    return hit[2]
+
+
 @torch.no_grad()
 def apply_masks(weights: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
     """w <- w * mask for every sparse weight, in one foreach call. Under FSDP2 a weight is a sharded `DTensor` and
-    its mask a whole (replicated) buffer: each rank multiplies its local shard by its piece of the mask."""
+    its mask a whole (replicated) buffer: each rank multiplies its local shard by its piece of the mask (kept from
+    one step to the next until the mask changes)."""
     if weights:
-        torch._foreach_mul_([_local(w) for w in weights], [_piece_like(m, w) for w, m in zip(weights, masks)])
+        torch._foreach_mul_([_local(w) for w in weights], [_mask_piece(m, w) for w, m in zip(weights, masks)])
 
 
 def _prune_keys_soft_magnitude(flat_w, temperature: float, generator) -> torch.Tensor:

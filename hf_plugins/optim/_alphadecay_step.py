@@ -152,10 +152,11 @@ class AlphaDecayMixin:
         nxt = groups[0]["alphadecay_updates"] + 1
         if nxt % self.alphadecay_config["interval"] != 0 or self._alphadecay_pending is not None:
             return
+        if not self._use_overlap([g["params"][0] for g in groups]):  # decided on the (local) parameters: FSDP2
+            return  # gathers the whole matrices only for a refresh that runs
         weights = self._analysed_weights(groups)
-        if self._use_overlap(weights):
-            cfg = self.alphadecay_config
-            self._alphadecay_pending = BackgroundRefresh(weights, cfg["xmin_pos"], cfg["esd_streams"], target=nxt)
+        cfg = self.alphadecay_config
+        self._alphadecay_pending = BackgroundRefresh(weights, cfg["xmin_pos"], cfg["esd_streams"], target=nxt)
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._discard_background_refresh()  # the weights may be replaced along with the state

@@ -28,8 +28,18 @@ from typing import Any
 
 import torch
 
+from hf_plugins.distributed import is_distributed
+
 from . import _stable_spam_fused as fused_path
-from ._stable_spam_math import EXACT_STATE_KEYS, cosine_scale, packed_state, step_group, tensor_norms
+from ._stable_spam_math import (
+    EXACT_STATE_KEYS,
+    clip_group,
+    cosine_scale,
+    grad_maxima,
+    packed_state,
+    reduce_group_stats,
+    update_group,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -134,10 +144,11 @@ class StableSPAM(torch.optim.Optimizer):
         nonfinite (`str`, *optional*, defaults to `"skip"`):
             What a step does when any gradient holds a NaN or an infinity: `"skip"` leaves parameters, moments,
             statistics and counters untouched and adds one to each group's `skipped_steps`; `"raise"` raises
-            `FloatingPointError`. When every group takes the fused path (one device and dtype) with `"skip"`, the
-            check runs on the device (the kernels write nothing on such a step) and reaches the host counters at the
-            next `step()`, `state_dict()` or `pop_stats()`: no host synchronisation at all. Otherwise it costs one per
-            step (not per parameter). (Ours: the official code has no check.)
+            `FloatingPointError`. With `"skip"` and all the work on one GPU (fused kernels or foreach), or on the
+            CPU under DDP / FSDP2, the check runs on the device (nothing is written on such a step) and reaches the
+            host counters at the next `step()`, `state_dict()` or `pop_stats()`: no host synchronisation at all.
+            Otherwise (`"raise"`, one CPU process, several devices) it costs one host read per step (not per
+            parameter). (Ours: the official code has no check.)
         foreach (`bool` or `None`, *optional*, defaults to `None`):
             Multi-tensor path (`torch._foreach_*`, no host synchronisation per parameter) where the fused path does
             not apply; `False` runs a per-parameter loop with the same math.
@@ -206,7 +217,7 @@ class StableSPAM(torch.optim.Optimizer):
         self._stats: dict[str, Any] = self._empty_stats()
         self._layouts: dict = {}  # fused path: block tables per bucket (device, dtype), rebuilt when the sizes change
         self._packs: dict = {}  # packed scalar statistics per group (foreach) or bucket (fused), see `packed_state`
-        self._pending = None  # fused path: the last step's on-device finiteness flag, not yet read by the host
+        self._pending = None  # the last step's on-device finiteness flag, not yet read by the host
         super().__init__(params, defaults)
         if fused and not fused_path.kernels.available():
             raise ValueError("`fused=True` needs triton (a CUDA build of torch); use the default foreach path.")
@@ -351,25 +362,28 @@ class StableSPAM(torch.optim.Optimizer):
         self._on_skipped_step()
 
     def _resolve_pending(self) -> None:
-        """Apply the host-side outcome of the last fused step's on-device finiteness check (see `step`)."""
+        """Apply the host-side outcome of the last step's on-device finiteness check (see `step`)."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        flag, event, stepped = pending
+        flag, event, stepped, elements = pending
         if event is not None:
             event.synchronize()  # the flag's copy was queued right after the step's kernels: normally long done
         if int(flag[0]) == 0:
             for index in stepped:
                 self.param_groups[index]["T"] -= 1
+            self._stats["elements"] -= elements  # the skipped update stepped none of them
             self._skip()
 
     @torch.no_grad()
     def step(self, closure=None):
-        """One update. Non-finite gradients: when every group with gradients takes the fused path (one device and
-        dtype) and `nonfinite="skip"`, the check runs on the device (the kernels write nothing on such a step) and
-        its outcome reaches the host counters (`T`, `skipped_steps`) at the next `step()`, `state_dict()` or
-        `pop_stats()`, so `step()` never waits for the GPU; otherwise one host synchronisation per step decides
-        before anything is written."""
+        """One update. Non-finite gradients with `nonfinite="skip"`: when all the work is on one GPU (or on the CPU
+        under data parallelism), the check runs on the device (the fused kernels write nothing on such a step; the
+        foreach and loop paths make every write the identity) and its outcome reaches the host counters (`T`,
+        `skipped_steps`) at the next `step()`, `state_dict()` or `pop_stats()`, so `step()` never waits for the GPU;
+        otherwise (one CPU process, `"raise"`, several devices) one host read per step decides before anything is
+        written. Under FSDP2 the per-tensor statistics
+        of every group take two bucketed all-reduces (max|g|; the clipped norms and counts)."""
         self._resolve_pending()
         loss = None
         if closure is not None:
@@ -390,19 +404,26 @@ class StableSPAM(torch.optim.Optimizer):
             if fused_path.use_fused(group, params, grads):
                 buckets.setdefault((params[0].device, params[0].dtype), []).append((index, group, params, grads))
             else:
-                # max|g| per tensor: AdaClip needs it, and it doubles as the finiteness check (NaN propagates).
-                # Of the whole matrix under FSDP2, so every rank takes the same thresholds and the same skip.
-                foreach_work.append((index, group, params, grads, tensor_norms(grads, float("inf"))))
+                foreach_work.append((index, group, params, grads))
         if not foreach_work and not buckets:
             return loss
 
         prepared = [fused_path.prepare(self, key, entries) for key, entries in buckets.items()]
-        deferred = self.nonfinite == "skip" and not foreach_work and len(prepared) == 1
-        if not deferred:
-            checks = [
-                torch.cat([gm.float() for *_, gm in foreach_work if gm.device == d]).isfinite().all()
-                for d in {gm.device for *_, gm in foreach_work}
-            ]
+        # max|g| per tensor: AdaClip needs it, and it doubles as the finiteness check (NaN propagates). Of the whole
+        # matrix under FSDP2 (one all-reduce for every group), so every rank takes the same thresholds and skips alike.
+        gmaxes = grad_maxima([grads for *_, grads in foreach_work]) if foreach_work else []
+        devices = {gm.device for gm in gmaxes}
+        # Deferred where a host check would wait: for a GPU, or for the other ranks (one process on the CPU reads
+        # its flag at once: nothing to wait for, and the update needs no masking then).
+        deferred = self.nonfinite == "skip" and (
+            (not foreach_work and len(prepared) == 1)
+            or (not prepared and len(devices) == 1 and (next(iter(devices)).type != "cpu" or is_distributed()))
+        )
+        ok = None
+        if deferred and foreach_work:
+            ok = torch.cat([gm.float() for gm in gmaxes]).isfinite().all()
+        elif not deferred:
+            checks = [torch.cat([gm.float() for gm in gmaxes if gm.device == d]).isfinite().all() for d in devices]
             checks += [b.layout.finite.bool().all() for b in prepared]
             if not all(bool(c) for c in checks):
                 if self.nonfinite == "raise":
@@ -413,23 +434,34 @@ class StableSPAM(torch.optim.Optimizer):
                 self._skip()
                 return loss
 
-        for index, group, params, grads, gmax in foreach_work:
+        steps = []
+        for (index, group, params, grads), gmax in zip(foreach_work, gmaxes):
             group["T"] += 1
             states = [self._init_state(p) for p in params]
             packed = packed_state(self._packs, ("group", index), states)
             use_foreach = group["foreach"] is not False
-            clipped, scales = step_group(group, group["T"], params, grads, states, packed, gmax, use_foreach)
+            steps.append(clip_group(group, group["T"], params, grads, states, packed, gmax, use_foreach))
+        reduce_group_stats(steps)
+        for (index, _, params, _), st in zip(foreach_work, steps):
+            clipped, scales = update_group(st, self._packs[("group", index)]["packed"], ok)
+            if ok is not None and scales is not None:  # a skipped update keeps the previous update's factors
+                prev = self._stats["scales"].get(("group", index))
+                keep = prev if prev is not None and prev.shape == scales.shape else torch.full_like(scales, math.nan)
+                scales = torch.where(ok, scales, keep.to(scales.dtype))
             self._record(("group", index), clipped, scales, sum(p.numel() for p in params))
         for bucket in prepared:
             fused_path.finish(self, bucket)
         if deferred:
-            ok = prepared[0].layout.ok
-            if ok.device.type == "cuda":
+            flag_of = ok.view(1).to(torch.int32) if ok is not None else prepared[0].layout.ok
+            stepped = [index for index, *_ in foreach_work] or [index for index, *_ in prepared[0].entries]
+            elements = sum(p.numel() for *_, params, _ in foreach_work for p in params)
+            elements += sum(b.n_elements for b in prepared)
+            if flag_of.device.type == "cuda":
                 flag = torch.empty(1, dtype=torch.int32, pin_memory=True)
-                flag.copy_(ok, non_blocking=True)
+                flag.copy_(flag_of, non_blocking=True)
                 event = torch.cuda.Event()
-                event.record(torch.cuda.current_stream(ok.device))
-            else:  # Triton's CPU interpreter (tests)
-                flag, event = ok.clone(), None
-            self._pending = (flag, event, [index for index, *_ in prepared[0].entries])
+                event.record(torch.cuda.current_stream(flag_of.device))
+            else:  # the CPU (and Triton's CPU interpreter in tests)
+                flag, event = flag_of.clone(), None
+            self._pending = (flag, event, stepped, elements)
         return loss

@@ -6,7 +6,8 @@
 computes y = x W_eff^T + b with W_eff = W ⊙ (1 - 1_Z) + sum_i scatter(indices_i, values_i). It saves only `x` and
 references to `weight`, the indices and the values; the dense dL/dW of the layer exists only inside backward, is
 gathered at each index set (the gradient of each values tensor) and freed at once. `grad_hook(dense_grad_fp32)` sees
-it first (SEFT's grow and sensitivity criteria).
+it first (SEFT's grow and sensitivity criteria; this rank's gradient under DDP / FSDP2: the hook averages over ranks
+what it needs, in place).
 
 Why a custom function: `F.linear(x, W0 + scatter(...))` makes autograd save the dense effective weight (about 1x the
 weights as extra activation memory; 2x for SHiRA-style clone + sparse add), see docs/lift.md "Performance".
@@ -20,7 +21,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..distributed import all_reduce_mean_
 from ._sparse_delta_ops import add_sparse_, compute_dtype, gather_flat, zero_add_
 
 
@@ -100,9 +100,9 @@ class SparseDeltaLinearFunction(torch.autograd.Function):
                 # indices; keeping it would cost full fine-tuning memory (what the official LIFT optimizer does).
                 dense = _mm_fp32(g2.t(), x.reshape(-1, x.shape[-1]))
                 if ctx.grad_hook is not None:
-                    # Under DDP/FSDP2 this is the local gradient (DDP averages only the values' grads): hooks that
-                    # choose positions (SEFT's growth) must see the global-batch gradient on every rank.
-                    ctx.grad_hook(all_reduce_mean_(dense))
+                    # Under DDP/FSDP2 this is this rank's gradient: a hook that chooses positions (SEFT's growth)
+                    # averages over ranks what it needs (in place, before the gathers below read `dense`).
+                    ctx.grad_hook(dense)
                 for i in range(n):
                     if want_values[i]:
                         grad_values[i] = gather_flat(dense, indices[i]).to(values[i].dtype)
@@ -150,7 +150,7 @@ class CachedSparseDeltaLinearFunction(torch.autograd.Function):
             if needs[4] or ctx.grad_hook is not None:
                 dense = _mm_fp32(g2.t(), x.reshape(-1, x.shape[-1]))
                 if ctx.grad_hook is not None:
-                    ctx.grad_hook(all_reduce_mean_(dense))
+                    ctx.grad_hook(dense)
                 if needs[4]:
                     grad_values = dense.view(-1).index_select(0, indices)
                     if grad_values.dtype != ctx.values_dtype:

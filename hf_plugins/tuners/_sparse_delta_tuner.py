@@ -121,6 +121,21 @@ class SparseDeltaTuner:
             cache = self.__dict__["_sparse_weight_cache"] = SparseDeltaWeightCache()
         return cache
 
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """The buffers DDP must not broadcast from rank 0 at every forward (`DistributedDataParallel` reads this
+        attribute of the module it wraps, the `PeftModel`, which forwards it here; names are relative to it): this
+        tuner's positions, residuals and selection state, identical on every rank by construction (selections are
+        broadcast or drawn from all-reduced gradients and shared seeds). Broadcasting them would move every adapter
+        index of the model per step (docs/distributed.md, "Communication per step")."""
+        prefix = type(self).prefix
+        mine = [f"base_model.{n}" for n, _ in self.named_buffers() if n.rsplit(".", 2)[-2].startswith(prefix)]
+        return mine + list(self.__dict__.get("_ddp_ignore_extra", ()))
+
+    @_ddp_params_and_buffers_to_ignore.setter
+    def _ddp_params_and_buffers_to_ignore(self, names) -> None:  # `DDP._set_params_and_buffers_to_ignore_for_model`
+        self.__dict__["_ddp_ignore_extra"] = list(names)
+
     def invalidate_weight_cache(self) -> None:
         """Rebuild the cached effective weights at the next forward: call after changing values, indices or the base
         weights through `tensor.data` outside a torch optimizer (every other change is detected)."""

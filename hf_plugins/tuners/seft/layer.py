@@ -20,7 +20,7 @@ import torch
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from ...distributed import full_tensor
+from ...distributed import all_reduce_mean_, full_tensor, is_distributed
 from .._sparse_delta import ResizableBufferDict, SparseDeltaLayer
 from .._sparse_delta_autograd import sparse_delta_linear
 from .._sparse_delta_ops import add_sparse_, check_indices, compute_dtype, gather_flat, isin_sorted, tensor_stamp
@@ -230,19 +230,32 @@ class SeftLayer(SparseDeltaLayer):
 
     # -- the gradient hook (accumulation window and the cycle's last step) ----------------------------------------
     def _seft_grad_hook(self, dense: torch.Tensor) -> None:
-        """Sees this layer's dense fp32 dL/dW_eff in backward; keeps only O(k) numbers (never the dense tensor)."""
+        """Sees this layer's dense fp32 dL/dW_eff in backward (this rank's, under DDP / FSDP2); keeps only O(k)
+        numbers (never the dense tensor).
+
+        Choosing positions needs the gradient of the global batch on every rank. The steps that choose from the whole
+        matrix (the window's first step picks the grow candidates; the cycle step's re-prune candidates) average the
+        dense gradient over ranks here (`all_reduce_mean_`, in place: the values' gradients gathered from it are
+        then already averaged, which DDP / FSDP2 averaging again leaves unchanged). The other window steps only add
+        the gradient at the k candidates: those k numbers of every layer are averaged in one all-reduce at the end
+        of backward (`_flush_grow_scores`) instead of one dense all-reduce per layer."""
         st = self._seft_step
         if st is None:
             return
         name = st["adapter"]
         flat = dense.view(-1)
+        cand = self.seft_grow_candidates[name]
+        select = st["grow"] and (st["fresh"] or cand.numel() == 0)
+        if select or st["sensitivity"]:
+            all_reduce_mean_(flat)
         if st["grow"]:
-            if st["fresh"] or self.seft_grow_candidates[name].numel() == 0:
+            if select:
                 self._select_grow_candidates(name, flat, st)
                 st["fresh"] = False
-            else:
-                cand = self.seft_grow_candidates[name]
+            elif st["sensitivity"] or not is_distributed():
                 self.seft_grow_scores[name] += gather_flat(flat, cand)
+            else:
+                _defer_grow_scores(self, name, gather_flat(flat, cand))
         if st["sensitivity"]:
             self._accumulate_sensitivity(name, flat)
 
@@ -342,6 +355,29 @@ class SeftLayer(SparseDeltaLayer):
                     f"The SEFT adapter for `{where}` holds {tensors['grow_candidates'].numel()} grow candidates but "
                     f"{tensors['grow_scores'].numel()} scores; the file is damaged. Re-save it from the trained model."
                 )
+
+
+_PENDING_SCORES: list[tuple[SeftLayer, str, torch.Tensor]] = []
+
+
+def _defer_grow_scores(layer: SeftLayer, name: str, local: torch.Tensor) -> None:
+    """Queue this rank's gradient at `layer`'s grow candidates; the first call of a backward pass schedules
+    `_flush_grow_scores` to run when it ends."""
+    if not _PENDING_SCORES:
+        torch.autograd.Variable._execution_engine.queue_callback(_flush_grow_scores)
+    _PENDING_SCORES.append((layer, name, local))
+
+
+def _flush_grow_scores() -> None:
+    """End of backward: every queued layer's candidate gradients averaged over ranks in one all-reduce, then added to
+    its grow scores (the same sums, entry by entry, as averaging each dense gradient first)."""
+    pending = list(_PENDING_SCORES)
+    _PENDING_SCORES.clear()
+    if not pending:
+        return
+    flat = all_reduce_mean_(torch.cat([g for _, _, g in pending]))
+    for (layer, name, _), part in zip(pending, flat.split([g.numel() for _, _, g in pending])):
+        layer.seft_grow_scores[name] += part
 
 
 class Linear(nn.Module, SeftLayer):

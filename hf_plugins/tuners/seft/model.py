@@ -250,6 +250,7 @@ class SeftModel(SparseDeltaTuner, BaseTuner):
             totals.update(out, layers=len(layers))
             for layer in layers:
                 layer._seft_step, layer.sparse_grad_hook = None, None
+            _prepare_forward_plans(layers, name)
             return totals
         fraction_of = {id(layer): p for layer, p in zip(layers, fractions)}
         for i, layer in enumerate(all_layers):  # per layer: DTensors (FSDP2), random growth
@@ -272,6 +273,7 @@ class SeftModel(SparseDeltaTuner, BaseTuner):
                 totals[key] += v
             totals["layers"] += 1
             layer._seft_step, layer.sparse_grad_hook = None, None
+        _prepare_forward_plans(layers, name)
         return totals
 
     def seft_after_optimizer_step(self, optimizer, step: int, total_steps: int | None = None) -> dict | None:
@@ -339,3 +341,13 @@ class SeftModel(SparseDeltaTuner, BaseTuner):
         sel = self._evolving_adapter()
         if sel is not None and total_steps and total_steps <= sel[1].update_interval:
             self._warn_above_target([sel[0]], f"and a run of {total_steps} steps runs no cycle")
+
+
+def _prepare_forward_plans(layers: list, name: str) -> None:
+    """After a cycle changed A and R: each layer's forward plan (`SeftLayer._seft_plan`, two host synchronisations)
+    computed now, inside the cycle, rather than in the next training forward, for the layers the effective-weight
+    cache does not serve (FSDP2, or the cache switched off): the steps between cycles then synchronise nothing."""
+    for layer in layers:
+        cache = layer._sparse_cache
+        if cache is None or cache.sharded or not cache.enabled.get(name, False):
+            layer._seft_plan(name)

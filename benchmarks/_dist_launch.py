@@ -1,17 +1,27 @@
-"""Launch `hf_plugins.distributed.harness.run` in 2 CPU processes (gloo) and collect rank 0's results.
+"""Run jobs in `world` CPU processes (gloo) forked from the calling process, and collect rank 0's results.
 
-Processes are forked from the test process (the imports are already paid for; each child uses one thread, as
-torch's DataLoader workers do, so a fork after OpenMP use is safe)."""
+Forked from the caller, the processes share its imports (transformers and torch load once); each child uses one
+thread, as torch's DataLoader workers do, so a fork after OpenMP use is safe. Used by `tests/test_distributed.py`,
+`comm_account.py` and the `--smoke` mode of `scaling_bench.py`; on GPUs the benchmark launches with torchrun.
+
+A job function `job(item) -> (json_dict, tensors or None)` runs on every rank; rank 0's result is kept.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import time
 import traceback
+from collections.abc import Callable
 
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
+
+
+__all__ = ["free_port", "launch", "run_job"]
 
 
 def free_port() -> int:
@@ -20,9 +30,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(local_rank: int, world: int, port: int, jobs: list, out_dir: str) -> None:
-    import json
+def run_job(cfg) -> tuple[dict, dict]:
+    """The default job: `_dist_harness.run(cfg)`; its losses and its full final state."""
+    from _dist_harness import run
 
+    res = run(cfg)
+    return {"losses": res["losses"]}, res["state"]
+
+
+def _worker(local_rank: int, world: int, port: int, jobs: list, out_dir: str, job: Callable) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -32,15 +48,14 @@ def _worker(local_rank: int, world: int, port: int, jobs: list, out_dir: str) ->
         LOCAL_WORLD_SIZE=str(world),
     )
     torch.set_num_threads(1)
-    from hf_plugins.distributed.harness import run
-
-    for i, cfg in enumerate(jobs):
+    for i, item in enumerate(jobs):
         try:
-            res = run(cfg)
+            meta, tensors = job(item)
             if local_rank == 0:
-                save_file(res["state"], os.path.join(out_dir, f"{i}.safetensors"))
+                if tensors is not None:
+                    save_file(tensors, os.path.join(out_dir, f"{i}.safetensors"))
                 with open(os.path.join(out_dir, f"{i}.json"), "w") as f:
-                    json.dump({"losses": res["losses"], "ok": True}, f)
+                    json.dump({**meta, "ok": True, "tensors": tensors is not None}, f)
         except Exception:  # record and continue: the failures tested here are deterministic, alike on both ranks
             if local_rank == 0:
                 with open(os.path.join(out_dir, f"{i}.json"), "w") as f:
@@ -51,14 +66,11 @@ def _worker(local_rank: int, world: int, port: int, jobs: list, out_dir: str) ->
         dist.destroy_process_group()
 
 
-def launch(jobs: list, out_dir: str, world: int = 2, timeout: float = 240.0) -> list[dict]:
-    """Run every `RunConfig` in `jobs` in order in `world` processes; returns per job `{"ok", "losses", "state"}` or
-    `{"ok": False, "error"}`."""
-    import json
-    import time
-
+def launch(jobs: list, out_dir: str, world: int = 2, timeout: float = 240.0, job: Callable = run_job) -> list[dict]:
+    """Run `job` on every item of `jobs`, in order, in `world` processes; returns per item rank 0's JSON dict with
+    `"ok": True` (and its tensors under `"state"`), or `{"ok": False, "error"}`."""
     ctx = mp.start_processes(
-        _worker, args=(world, free_port(), jobs, out_dir), nprocs=world, start_method="fork", join=False
+        _worker, args=(world, free_port(), jobs, out_dir, job), nprocs=world, start_method="fork", join=False
     )
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1.0):
@@ -74,7 +86,7 @@ def launch(jobs: list, out_dir: str, world: int = 2, timeout: float = 240.0) -> 
             continue
         with open(os.path.join(out_dir, f"{i}.json")) as f:
             res = json.load(f)
-        if res["ok"]:
+        if res.pop("tensors", False):
             res["state"] = load_file(os.path.join(out_dir, f"{i}.safetensors"))
         results.append(res)
     return results
