@@ -132,7 +132,7 @@ class DataCollatorForMEAP(DataCollatorMixin):
             in pre-training mode, `DataCollatorForSeq2Seq(tokenizer)` in SFT mode.
         tokenizer (`PreTrainedTokenizerBase`, *optional*):
             Gives the mask token (`tokenizer.mask_token_id`) and the special tokens that are never masked
-            (`tokenizer.all_special_ids`, spec meap.md). Use `hf_plugins.add_mask_token` if it has no mask token.
+            (`tokenizer.all_special_ids`; docs/meap.md). Use `hf_plugins.add_mask_token` if it has no mask token.
         mode (`str`, *optional*, defaults to `"pretrain"`): `"pretrain"` or `"sft"`.
         mask_ratio (`float` or `Callable[[int], float]`, *optional*):
             Fraction of eligible tokens to mask, or a function of the number of batches produced so far (e.g.

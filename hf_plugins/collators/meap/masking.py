@@ -1,6 +1,6 @@
 """Vectorised selection of MEAP mask positions: exactly `k[g]` random eligible positions in each group `g`.
 
-A group is a row of the batch, a packed segment, or an answer span (spec meap.md, "Performance notes"). Instead
+A group is a row of the batch, a packed segment, or an answer span (docs/meap.md, "Pre-training mode"). Instead
 of sorting random keys or running one quickselect per group, every position draws a small random *bucket number*
 (`bits` bits, about sqrt(group length) buckets): one `bincount` over (group, bucket) gives every group's
 histogram, a cumulative sum gives each group's *edge* bucket (where its `k[g]`-th position falls). Every eligible
@@ -50,8 +50,8 @@ def group_lengths(start_index: np.ndarray, n: int) -> np.ndarray:
 
 
 def stochastic_round(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """floor(x + u), u ~ U[0, 1), for x >= 0: an integer with expectation exactly `x` (spec: k_i = floor(ratio *
-    n_i + u_i))."""
+    """floor(x + u), u ~ U[0, 1), for x >= 0: an integer with expectation exactly `x` (docs/meap.md: k_i =
+    floor(ratio * n_i + u_i))."""
     return (x + rng.random(np.shape(x))).astype(np.intp)  # truncation is floor for x >= 0
 
 
