@@ -1,5 +1,7 @@
 """Configuration of Chain-of-Experts (CoE) models (arXiv 2506.18945)."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
@@ -165,16 +167,16 @@ class CoEConfig(LlamaConfig):
                 f"`first_k_dense_replace` must be 0 with residual_mode='official', got {self.first_k_dense_replace}: "
                 "the official layer calls its MLP once per iteration, which only its MoE layers support."
             )
-        if not self.routed_scaling_factor > 0:
-            raise ValueError(f"`routed_scaling_factor` must be > 0, got {self.routed_scaling_factor}.")
+        if not 0 < self.routed_scaling_factor < math.inf:
+            raise ValueError(f"`routed_scaling_factor` must be a finite number > 0, got {self.routed_scaling_factor}.")
         if self.norm_topk_prob and self.num_experts_per_tok > 1 and self.routed_scaling_factor != 1.0:
             raise ValueError(
                 f"`routed_scaling_factor`={self.routed_scaling_factor} has no effect with `norm_topk_prob=True`: the "
                 "official gate renormalises the top-k probabilities instead of scaling them. Set "
                 "routed_scaling_factor=1.0, or norm_topk_prob=False to scale the raw probabilities."
             )
-        if not self.router_aux_loss_coef >= 0:
-            raise ValueError(f"`router_aux_loss_coef` must be >= 0, got {self.router_aux_loss_coef}.")
+        if not 0 <= self.router_aux_loss_coef < math.inf:
+            raise ValueError(f"`router_aux_loss_coef` must be a finite number >= 0, got {self.router_aux_loss_coef}.")
 
     @property
     def num_moe_layers(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
@@ -147,16 +149,16 @@ class NeuroTrailsConfig(LlamaConfig):
             )
         if self.prune_criterion not in PRUNE_CRITERIA:
             raise ValueError(f"`prune_criterion` must be one of {PRUNE_CRITERIA}, got {self.prune_criterion!r}.")
-        if self.prune_temperature <= 0:
-            raise ValueError(f"`prune_temperature` must be > 0, got {self.prune_temperature}.")
+        if not 0 < self.prune_temperature < math.inf:
+            raise ValueError(f"`prune_temperature` must be a finite number > 0, got {self.prune_temperature}.")
         if self.growth not in GROWTH_MODES:
             raise ValueError(f"`growth` must be one of {GROWTH_MODES}, got {self.growth!r}.")
         if self.head_loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(
                 f"`head_loss_reduction` must be one of {LOSS_REDUCTIONS}, got {self.head_loss_reduction!r}."
             )
-        if self.embedding_init_std <= 0:
-            raise ValueError(f"`embedding_init_std` must be > 0, got {self.embedding_init_std}.")
+        if not 0 < self.embedding_init_std < math.inf:
+            raise ValueError(f"`embedding_init_std` must be a finite number > 0, got {self.embedding_init_std}.")
         if self.diversity_tokens < 0:
             raise ValueError(f"`diversity_tokens` must be >= 0, got {self.diversity_tokens}.")
         if self.tie_word_embeddings:

@@ -27,11 +27,40 @@ from hf_plugins.distributed import broadcast_object, full_tensor, local_tensor
 
 from ._alphadecay_refresh import BackgroundRefresh, can_overlap
 from .esd import esd_alphas
+from .stable_spam import _is_number
 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AlphaDecayMixin", "linear_decay_map"]
+__all__ = ["AlphaDecayMixin", "check_alphadecay_config", "linear_decay_map"]
+
+
+def _is_count(x, minimum: int) -> bool:
+    return _is_number(x) and math.isfinite(x) and int(x) == x and x >= minimum
+
+
+def check_alphadecay_config(
+    interval, wd_min_ratio, wd_max_ratio, xmin_pos, esd_streams, merge_groups, overlap_refresh
+) -> None:
+    """`ValueError` naming the first invalid AlphaDecay hyperparameter (checked by `AlphaDecay()` and again by the
+    optimizer class, which can be built directly)."""
+    if not _is_count(interval, 1):
+        raise ValueError(f"`interval` must be a positive integer (updates between refreshes), got {interval!r}.")
+    if not (_is_number(wd_min_ratio) and _is_number(wd_max_ratio) and 0 <= wd_min_ratio <= wd_max_ratio < math.inf):
+        raise ValueError(
+            "`wd_min_ratio` and `wd_max_ratio` must be finite numbers with 0 <= min <= max, got "
+            f"{wd_min_ratio!r}, {wd_max_ratio!r}."
+        )
+    if not (_is_number(xmin_pos) and 1 < xmin_pos < math.inf):
+        raise ValueError(
+            f"`xmin_pos` must be a finite number > 1 (xmin = the int(N / xmin_pos)-th eigenvalue), got {xmin_pos!r}."
+        )
+    if not _is_count(esd_streams, 1):
+        raise ValueError(f"`esd_streams` must be a positive integer, got {esd_streams!r}.")
+    if not isinstance(merge_groups, bool):
+        raise ValueError(f"`merge_groups` must be True or False, got {merge_groups!r}.")
+    if overlap_refresh not in (None, True, False):
+        raise ValueError(f"`overlap_refresh` must be True, False or None, got {overlap_refresh!r}.")
 
 
 def linear_decay_map(alphas: list[float], weight_decay: float, s1: float, s2: float) -> list[float | None]:
@@ -70,6 +99,15 @@ class AlphaDecayMixin:
         alphadecay_overlap_refresh: bool | None = None,
         **base_kwargs,
     ):
+        check_alphadecay_config(
+            alphadecay_interval,
+            alphadecay_wd_min_ratio,
+            alphadecay_wd_max_ratio,
+            alphadecay_xmin_pos,
+            alphadecay_esd_streams,
+            alphadecay_merge_groups,
+            alphadecay_overlap_refresh,
+        )
         super().__init__(params, **base_kwargs)
         self.alphadecay_config = {
             "interval": int(alphadecay_interval),
@@ -87,6 +125,21 @@ class AlphaDecayMixin:
 
     def _analysed_groups(self) -> list[dict]:
         return [g for g in self.param_groups if "alphadecay_module" in g]
+
+    def add_param_group(self, param_group: dict) -> None:
+        """The base's `add_param_group` (the constructor's groups come through here too), after checking the group's
+        `lr` and `weight_decay` (torch's AdamW checks only its constructor arguments, and accepts an infinite lr):
+        a bad value raises `ValueError` naming the field and the group, and the group is not added."""
+        for field in ("lr", "weight_decay"):
+            value = param_group.get(field, self.defaults.get(field, 0.0))
+            if isinstance(value, torch.Tensor):  # a tensor lr (torch's capturable / compiled paths) is the base's
+                continue
+            if not (_is_number(value) and math.isfinite(value) and value >= 0):
+                raise ValueError(
+                    f"{type(self).__name__} param group {len(self.param_groups)}: `{field}` must be a finite number "
+                    f">= 0, got {value!r}."
+                )
+        super().add_param_group(param_group)
 
     # ------------------------------------------------------------------ refresh
 

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._alphadecay_step import AlphaDecayMixin, linear_decay_map
+from ._alphadecay_step import AlphaDecayMixin, check_alphadecay_config, linear_decay_map
 from .esd import eligible_linears
 from .param_groups import hf_param_groups, named_trainable_parameters
-from .stable_spam import StableSPAM
+from .stable_spam import StableSPAM, _is_number
 
 
 logger = logging.getLogger(__name__)
@@ -143,25 +143,18 @@ class AlphaDecay:
         overlap_refresh: bool | None = None,
         **base_kwargs,
     ) -> torch.optim.Optimizer:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"AlphaDecay needs the model (an nn.Module), got {type(model).__name__}.")
         base_cls = _resolve_base(base)
         if wd_max_ratio is None:
             wd_max_ratio = 3.0 if base_cls is torch.optim.Adam else 5.0
-        if int(interval) != interval or interval < 1:
-            raise ValueError(f"`interval` must be a positive integer, got {interval}.")
-        if not weight_decay >= 0:
-            raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
-        if not 0 <= wd_min_ratio <= wd_max_ratio:
-            raise ValueError(
-                f"`wd_min_ratio` and `wd_max_ratio` must satisfy 0 <= min <= max, got {wd_min_ratio}, {wd_max_ratio}."
-            )
-        if not xmin_pos > 1:
-            raise ValueError(f"`xmin_pos` must be > 1 (xmin = the int(N / xmin_pos)-th eigenvalue), got {xmin_pos}.")
-        if int(min_eigs) != min_eigs or min_eigs < 2:
-            raise ValueError(f"`min_eigs` must be an integer >= 2, got {min_eigs}.")
-        if int(esd_streams) != esd_streams or esd_streams < 1:
-            raise ValueError(f"`esd_streams` must be a positive integer, got {esd_streams}.")
-        if overlap_refresh not in (None, True, False):
-            raise ValueError(f"`overlap_refresh` must be True, False or None, got {overlap_refresh!r}.")
+        check_alphadecay_config(
+            interval, wd_min_ratio, wd_max_ratio, xmin_pos, esd_streams, merge_groups, overlap_refresh
+        )
+        if not (_is_number(weight_decay) and 0 <= weight_decay < math.inf):
+            raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay!r}.")
+        if not (_is_number(min_eigs) and int(min_eigs) == min_eigs and min_eigs >= 2):
+            raise ValueError(f"`min_eigs` must be an integer >= 2, got {min_eigs!r}.")
         if other_params not in _OTHER_PARAMS:
             raise ValueError(f"`other_params` must be one of {_OTHER_PARAMS}, got {other_params!r}.")
 

@@ -27,6 +27,8 @@ hf-plugins[math]`) decides if it is installed; without it such answers count as 
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 import threading
 from fractions import Fraction
@@ -269,8 +271,10 @@ def as_reference(reference) -> Fraction | str | None:
     or None when it is empty. The lenient rules are not applied: `"\\sqrt{2}"` is not the number 2."""
     if reference is None or isinstance(reference, Fraction):
         return reference
-    if isinstance(reference, bool):
+    if isinstance(reference, bool) or not isinstance(reference, str | numbers.Number):
         raise TypeError(f"a reference answer must be a number or a string, got {reference!r}")
+    if isinstance(reference, numbers.Real) and not math.isfinite(reference):
+        raise ValueError(f"a reference answer must be finite, got {reference!r} (a missing value in the data set?)")
     text = str(reference).strip()
     if not text:
         return None

@@ -45,14 +45,21 @@ _HASH_LINE_RE = re.compile(r"[\s$]*" + NUMBER_PATTERN + r"[\s.!$]*")
 
 
 def completion_text(completion) -> str:
-    """The text of a plain or conversational completion (the last message's content)."""
+    """The text of a plain or conversational completion (the last message's content); `TypeError` for anything
+    else (a number or None would otherwise read as an empty completion and silently score 0)."""
     if isinstance(completion, str):
         return completion
     if isinstance(completion, dict):
         return str(completion.get("content", ""))
-    if isinstance(completion, Sequence) and completion:
-        return completion_text(completion[-1])
-    return ""
+    if isinstance(completion, list | tuple):
+        return completion_text(completion[-1]) if completion else ""
+    raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
+
+
+def _completions(completions) -> list:
+    if isinstance(completions, str) or not isinstance(completions, Sequence):
+        raise TypeError(f"`completions` must be a list (one entry per completion), got {type(completions).__name__}")
+    return completions
 
 
 def reference_answer(answer=None, solution: str | None = None):
@@ -78,6 +85,8 @@ def _column(kwargs: dict, name: str, n: int) -> list:
     values = kwargs.get(name)
     if values is None:
         return [None] * n
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise TypeError(f"reward column `{name}` must be a list (one value per completion), got {values!r}")
     if len(values) != n:
         raise ValueError(f"reward column `{name}` has {len(values)} values for {n} completions")
     return list(values)
@@ -88,7 +97,7 @@ def correctness_reward(
 ) -> list[float]:
     """1.0 for an exactly correct final answer, else 0.0. The reference comes from the dataset column `answer`
     (preferred) or `solution` (a worked solution whose final answer is extracted)."""
-    n = len(completions)
+    n = len(_completions(completions))
     if answer is None and solution is None:
         raise ValueError(
             "correctness_reward needs an `answer` or `solution` column in the training dataset (GRPOTrainer passes "
@@ -112,7 +121,7 @@ def _marked_answer_comes_last(text: str) -> bool:
 def format_reward(completions: list, **kwargs) -> list[float]:
     """1.0 if the completion has exactly one final-answer marker (`####` or `\\boxed{}`), it holds a number, and
     nothing but whitespace or a period follows it; else 0.0."""
-    return [1.0 if _marked_answer_comes_last(completion_text(c)) else 0.0 for c in completions]
+    return [1.0 if _marked_answer_comes_last(completion_text(c)) else 0.0 for c in _completions(completions)]
 
 
 def length_penalty(max_length: int, cache: int):

@@ -89,18 +89,20 @@ class CheckerConfig:
     def __post_init__(self):
         if self.max_basis < 1:
             raise ValueError(f"`max_basis` must be >= 1, got {self.max_basis}")
+        if self.max_candidates < 1:
+            raise ValueError(f"`max_candidates` must be >= 1, got {self.max_candidates}")
         if self.max_dual_basis < 1:
             raise ValueError(f"`max_dual_basis` must be >= 1, got {self.max_dual_basis}")
         if self.point_samples < 0:
             raise ValueError(f"`point_samples` must be >= 0, got {self.point_samples}")
-        if self.point_time_limit < 0 or self.hard_point_time_limit < 0:
+        if not (self.point_time_limit >= 0 and self.hard_point_time_limit >= 0):  # NaN too
             raise ValueError(
                 f"`point_time_limit` and `hard_point_time_limit` must be >= 0, got {self.point_time_limit} and "
                 f"{self.hard_point_time_limit}"
             )
         if self.hard_point_samples < 0:
             raise ValueError(f"`hard_point_samples` must be >= 0, got {self.hard_point_samples}")
-        if self.sdp_time_limit <= 0:
+        if not self.sdp_time_limit > 0:  # NaN too
             raise ValueError(f"`sdp_time_limit` must be > 0 seconds, got {self.sdp_time_limit}")
         if self.solvers != "auto" and (isinstance(self.solvers, str) or not self.solvers):
             raise ValueError(
@@ -383,6 +385,8 @@ def check_polynomial(poly: Polynomial | str, config: CheckerConfig | None = None
         ('sos', 1)
     """
     config = config or CheckerConfig()
+    if not isinstance(config, CheckerConfig):
+        raise TypeError(f"`config` must be a CheckerConfig, got {type(config).__name__}")
     t0 = time.perf_counter()
     if isinstance(poly, Polynomial):
         verdict = _verified(poly, config)

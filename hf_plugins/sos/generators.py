@@ -26,6 +26,7 @@ each label, spread evenly over the classes of that label.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,6 +121,10 @@ class GeneratorConfig:
     style: str = "x1"
 
     def __post_init__(self):
+        for name in ("num_vars", "degree", "num_terms", "coef_max", "max_chars"):
+            value = getattr(self, name)
+            if not (_is_int(value) or (name == "max_chars" and value is None)):
+                raise ValueError(f"`{name}` must be an integer, got {value!r}")
         if self.num_vars < 1:
             raise ValueError(f"`num_vars` must be >= 1, got {self.num_vars}")
         if self.degree < 2 or self.degree % 2:
@@ -170,11 +175,35 @@ class SosItem:
         )  # fmt: skip
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _check_count(name: str, value) -> None:
+    if not (_is_int(value) and value >= 0):
+        raise ValueError(f"`{name}` must be an integer >= 0, got {value!r}")
+
+
+def _check_classes(classes) -> list[str]:
+    """`classes` as a list (None: every class); a string or an empty list raises instead of meaning something else."""
+    if classes is None:
+        return list(CLASS_LABELS)
+    if isinstance(classes, str) or not classes:
+        raise ValueError(
+            f"`classes` must be a non-empty list of class names (None: every class), got {classes!r}; choose from "
+            f"{sorted(CLASS_LABELS)}"
+        )
+    return list(classes)
+
+
 def generate_item(cls: str, seed: int = 0, config: GeneratorConfig | None = None) -> SosItem:
     """One item of class `cls` (see `CLASS_LABELS`), deterministic in (`cls`, `seed`, `config`)."""
     if cls not in CLASS_LABELS:
         raise ValueError(f"unknown class {cls!r}; choose from {sorted(CLASS_LABELS)}")
+    _check_count("seed", seed)
     config = config or GeneratorConfig()
+    if not isinstance(config, GeneratorConfig):
+        raise TypeError(f"`config` must be a GeneratorConfig, got {type(config).__name__}")
     rng = np.random.default_rng([seed, sorted(CLASS_LABELS).index(cls)])
     cfg = config
     for attempt in range(60):
@@ -201,8 +230,11 @@ def generate_item(cls: str, seed: int = 0, config: GeneratorConfig | None = None
 def generate_items(
     classes: list[str] | None = None, per_class: int = 10, seed: int = 0, config: GeneratorConfig | None = None
 ) -> list[SosItem]:
-    """`per_class` distinct items per class (deduplicated by the canonical exact polynomial)."""
-    classes = classes or list(CLASS_LABELS)
+    """`per_class` distinct items per class (deduplicated by the canonical exact polynomial); `classes=None` takes
+    every class."""
+    classes = _check_classes(classes)
+    _check_count("per_class", per_class)
+    _check_count("seed", seed)
     items, seen = [], set()
     for cls in classes:
         got, s = 0, 0
@@ -241,7 +273,8 @@ def generate_balanced(
 ) -> list[SosItem]:
     """`per_label` items labelled 1 and `per_label` labelled 0, each label's items spread as evenly as possible over
     its classes in `classes` (default: all; the first classes of a label get one more when it does not divide)."""
-    classes = classes or list(CLASS_LABELS)
+    classes = _check_classes(classes)
+    _check_count("per_label", per_label)
     items = []
     for label in (1, 0):
         own = [c for c in classes if CLASS_LABELS[c] == label]

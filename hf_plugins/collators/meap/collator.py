@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ SFT_MODES = ("separate_rows", "concat")
 CONCAT_ORDERS = ("original_first", "masked_first")
 DEFAULT_MASK_RATIO = {"pretrain": 0.15, "sft": 0.1}  # official pre-training configs / official MEAP-SFT.py default
 _SFT_KEYS = {"input_ids", "labels", "attention_mask", "seq_lengths"}
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 @dataclass
@@ -50,8 +55,8 @@ class MaskRatioSchedule:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1], got {value}.")
-        if self.num_batches < 1:
-            raise ValueError(f"`num_batches` must be >= 1, got {self.num_batches}.")
+        if not (_is_int(self.num_batches) and self.num_batches >= 1):
+            raise ValueError(f"`num_batches` must be an integer >= 1, got {self.num_batches!r}.")
         if self.kind not in ("linear", "cosine"):
             raise ValueError(f"`kind` must be 'linear' or 'cosine', got {self.kind!r}.")
 
@@ -146,6 +151,7 @@ class DataCollatorForMEAP(DataCollatorMixin):
             SFT spans need more than this many tokens to get a masked copy (official: `len(tgt) > 50`).
         max_length (`int`, *optional*):
             In `"concat"`, truncate each concatenated unpacked example to this many tokens (the copy's tail goes).
+            Refused in the other modes, which never truncate.
         mask_token_id (`int`, *optional*): overrides the tokenizer's mask token.
         special_token_ids (`Sequence[int]`, *optional*): overrides `tokenizer.all_special_ids`. The padding and
             mask ids are always excluded.
@@ -198,10 +204,16 @@ class DataCollatorForMEAP(DataCollatorMixin):
             raise ValueError(f"`sft_mode` must be one of {SFT_MODES}, got {self.sft_mode!r}.")
         if self.concat_order not in CONCAT_ORDERS:
             raise ValueError(f"`concat_order` must be one of {CONCAT_ORDERS}, got {self.concat_order!r}.")
-        if self.min_answer_length < 0:
-            raise ValueError(f"`min_answer_length` must be >= 0, got {self.min_answer_length}.")
-        if self.max_length is not None and self.max_length < 1:
-            raise ValueError(f"`max_length` must be >= 1 or None, got {self.max_length}.")
+        if not (_is_int(self.min_answer_length) and self.min_answer_length >= 0):
+            raise ValueError(f"`min_answer_length` must be an integer >= 0, got {self.min_answer_length!r}.")
+        if self.max_length is not None and not (_is_int(self.max_length) and self.max_length >= 1):
+            raise ValueError(f"`max_length` must be an integer >= 1 or None, got {self.max_length!r}.")
+        if self.max_length is not None and (self.mode, self.sft_mode) != ("sft", "concat"):
+            raise ValueError(
+                f"`max_length`={self.max_length} applies to sft_mode='concat' only; truncate when tokenizing."
+            )
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"`enabled` must be True or False, got {self.enabled!r}.")
         if self.return_tensors != "pt":
             raise ValueError(f"`return_tensors` must be 'pt', got {self.return_tensors!r}.")
         if self.mask_ratio is None:
@@ -211,6 +223,8 @@ class DataCollatorForMEAP(DataCollatorMixin):
         self.mask_token_id = check_mask_token_id(self.mask_token_id, self.tokenizer)
         if self.base is None:
             self.base = self._default_base()
+        elif not callable(self.base):
+            raise ValueError(f"`base` must be a data collator (a callable on a list of examples), got {self.base!r}.")
         elif self.mode == "sft" and _is_transformers_lm_collator(self.base):
             raise ValueError(
                 "mode='sft' needs a base collator that keeps the examples' labels; transformers' "
@@ -245,10 +259,9 @@ class DataCollatorForMEAP(DataCollatorMixin):
 
     @staticmethod
     def _check_ratio(value) -> float:
-        value = float(value)
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"`mask_ratio` must be in [0, 1], got {value}.")
-        return value
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value <= 1.0):
+            raise ValueError(f"`mask_ratio` must be a number in [0, 1] (or a schedule), got {value!r}.")
+        return float(value)
 
     def current_mask_ratio(self) -> float:
         """The ratio the next batch will use."""
@@ -282,6 +295,8 @@ class DataCollatorForMEAP(DataCollatorMixin):
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         if not self.enabled:
             return self.base(examples)
+        if not examples:
+            raise ValueError("DataCollatorForMEAP got an empty batch (no examples).")
         ratio = self.current_mask_ratio()
         generator = self._generator()
         self.last_num_masked = self.last_num_eligible = 0
@@ -303,16 +318,24 @@ class DataCollatorForMEAP(DataCollatorMixin):
 
     # ------------------------------------------------------------------ pre-training mode
     def _not_special(self, ids: np.ndarray) -> np.ndarray:
-        """A new bool array: True where `ids` is not a special token (one table look-up per token)."""
+        """A new bool array: True where `ids` is not a special token (one table look-up per token). Negative ids,
+        and ids beyond the tokenizer's vocabulary when one is given, raise `ValueError`."""
+        if ids.size and ids.min() < 0:
+            raise ValueError(f"input_ids hold a negative token id ({int(ids.min())}); token ids must be >= 0.")
         try:
             return self._plain_lut.take(ids)
-        except IndexError:  # ids beyond the table (no tokenizer given) are not special: grow it once
+        except IndexError:  # ids beyond the table: an error with a tokenizer; without one, not special: grow it
+            if self.tokenizer is not None:
+                msg = f"input_ids hold the token id {int(ids.max())}, beyond the tokenizer's {len(self.tokenizer)}"
+                raise ValueError(msg + " tokens: were the examples tokenized with another tokenizer?") from None
             lut = self._plain_lut
-            self._plain_lut = np.concatenate([lut, np.ones(max(int(ids.max()) + 1 - lut.size, 0), dtype=bool)])
-            return self._plain_lut.take(ids, mode="clip")  # clip: negative ids (invalid) stay as they were
+            self._plain_lut = np.concatenate([lut, np.ones(int(ids.max()) + 1 - lut.size, dtype=bool)])
+            return self._plain_lut.take(ids)
 
     def _mask_batch(self, batch, ratio: float, rng: np.random.Generator) -> None:
         ids = batch["input_ids"]
+        if ids.dim() != 2:
+            raise ValueError(f"input_ids of shape {tuple(ids.shape)}: each example's must be a flat list of ids.")
         if ids.numel() == 0:
             return
         grid = ids.view(-1, ids.shape[-1]).numpy()  # shares memory with the base's tensor
@@ -345,6 +368,8 @@ class DataCollatorForMEAP(DataCollatorMixin):
 
     # ------------------------------------------------------------------ SFT modes
     def _sft_examples(self, examples: list[dict], ratio: float, rng: np.random.Generator) -> list[dict]:
+        if any("input_ids" not in ex for ex in examples):
+            raise ValueError("MEAP (mode='sft'): an example has no `input_ids`; tokenize the data set first.")
         unknown = set(examples[0]) - _SFT_KEYS
         if unknown:
             raise ValueError(

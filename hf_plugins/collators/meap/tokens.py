@@ -36,6 +36,10 @@ def add_mask_token(tokenizer, model=None, mask_token: str = DEFAULT_MASK_TOKEN) 
         >>> add_mask_token(tokenizer, model)  # no-op for a tokenizer that already has a mask token
         >>> collator = DataCollatorForMEAP(tokenizer=tokenizer)
     """
+    if not hasattr(tokenizer, "mask_token"):
+        raise TypeError(f"`tokenizer` must be a transformers tokenizer, got {type(tokenizer).__name__}.")
+    if model is not None and not hasattr(model, "get_input_embeddings"):
+        raise TypeError(f"`model` must be a transformers model (or None), got {type(model).__name__}.")
     if tokenizer.mask_token is None:
         if not mask_token:
             raise ValueError(f"`mask_token` must be a non-empty string, got {mask_token!r}.")

@@ -28,6 +28,8 @@ def lns_config_from(config: PreTrainedConfig, layernorm_scaling: bool = True) ->
 
     Raises `ValueError` for other model types (only the block-input norms of Llama-style decoders are known).
     """
+    if not isinstance(layernorm_scaling, bool):
+        raise ValueError(f"`layernorm_scaling` must be True or False, got {layernorm_scaling!r}.")
     cls = _CONFIGS.get(getattr(config, "model_type", None))
     if cls is None or not isinstance(config, (LlamaConfig, Qwen2Config)):
         raise ValueError(

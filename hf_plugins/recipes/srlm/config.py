@@ -4,6 +4,8 @@ pipeline. Every default is the paper's (marked [paper], second-hand: no official
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,24 @@ STAGE_KINDS = ("sft", "kd", "rl")
 # (0 = forward KL(p_T || p_S), 1 = reverse KL(p_S || p_T), in between the generalised JSD). We never expose a bare
 # "beta": TRL uses that name for three different things.
 DIVERGENCES = {"forward_kl": 0.0, "jsd": 0.5, "reverse_kl": 1.0}
+
+# Values TRL 1.16's GRPOConfig accepts; it checks them only inside training (the first loss / reward computation).
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+GRPO_SCALE_REWARDS = ("group", "batch", "none", True, False)
+
+
+def _check_int(owner, name: str, minimum: int) -> None:
+    value = getattr(owner, name)
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum):
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_finite(owner, name: str, low: float | None = None, *, strict: bool = False) -> None:
+    value = getattr(owner, name)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and (low is None or (value > low if strict else value >= low))):
+        bound = "" if low is None else f" {'>' if strict else '>='} {low}"
+        raise ValueError(f"`{name}` must be a finite number{bound}, got {value!r}")
 
 
 @dataclass
@@ -55,12 +75,10 @@ class StageConfig:
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.max_steps < 1:
-            raise ValueError(f"`max_steps` must be >= 1, got {self.max_steps}")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}")
-        if self.per_device_train_batch_size < 1:
-            raise ValueError(f"`per_device_train_batch_size` must be >= 1, got {self.per_device_train_batch_size}")
+        _check_int(self, "max_steps", 1)
+        if self.learning_rate is not None:
+            _check_finite(self, "learning_rate", 0, strict=True)
+        _check_int(self, "per_device_train_batch_size", 1)
 
     def resolved_learning_rate(self) -> float:
         return self.learning_rate if self.learning_rate is not None else self.default_learning_rate()
@@ -192,7 +210,8 @@ class RlStageConfig(StageConfig):
         kl_coef (`float`, *optional*, defaults to `0.0`):
             KL penalty to the reference model, GRPOConfig's `beta` [TRL: 0.0, no reference model loaded].
         loss_type (`str`, *optional*, defaults to `"dapo"`), scale_rewards (`str`, *optional*, defaults to `"group"`):
-            [TRL defaults].
+            [TRL defaults]; checked against the values TRL 1.16 accepts (`GRPO_LOSS_TYPES`, `GRPO_SCALE_REWARDS`),
+            which TRL itself checks only once training has started.
         correctness_weight (`float`, *optional*, defaults to `1.0`), format_weight (`float`, *optional*, defaults to `0.1`):
             Weights of `correctness_reward` and `format_reward` [ours: verifiable answer reward plus a small
             format term].
@@ -222,12 +241,13 @@ class RlStageConfig(StageConfig):
     length_penalty: tuple[int, int] | None = None  # deprecated name of `overlong_punishment`
 
     def __post_init__(self):
+        if not (isinstance(self.num_generations, int) and not isinstance(self.num_generations, bool)):
+            raise ValueError(f"`num_generations` must be an integer >= 2, got {self.num_generations!r}")
         if self.num_generations < 2:
             raise ValueError(
                 f"`num_generations` must be >= 2 (GRPO compares completions of one prompt), got {self.num_generations}"
             )
-        if self.prompts_per_step < 1:
-            raise ValueError(f"`prompts_per_step` must be >= 1, got {self.prompts_per_step}")
+        _check_int(self, "prompts_per_step", 1)
         batch = self.num_generations * self.prompts_per_step
         if self.per_device_train_batch_size in (0, None):
             self.per_device_train_batch_size = batch
@@ -237,12 +257,19 @@ class RlStageConfig(StageConfig):
                 f"`num_generations` ({self.num_generations}); set `prompts_per_step` instead"
             )
         super().__post_init__()
-        if self.kl_coef < 0:
-            raise ValueError(f"`kl_coef` must be >= 0, got {self.kl_coef}")
-        if self.temperature <= 0:
+        _check_finite(self, "kl_coef", 0)
+        if not (isinstance(self.temperature, numbers.Real) and 0 < self.temperature < math.inf):
             raise ValueError(f"`temperature` must be > 0 (GRPO samples), got {self.temperature}")
-        if self.max_completion_length < 1:
-            raise ValueError(f"`max_completion_length` must be >= 1, got {self.max_completion_length}")
+        _check_int(self, "max_completion_length", 1)
+        _check_int(self, "max_prompt_length", 1)
+        _check_finite(self, "correctness_weight")
+        _check_finite(self, "format_weight")
+        if self.loss_type not in GRPO_LOSS_TYPES:
+            raise ValueError(f"`loss_type` must be one of TRL's {GRPO_LOSS_TYPES}, got {self.loss_type!r}")
+        if self.scale_rewards not in GRPO_SCALE_REWARDS:
+            raise ValueError(f"`scale_rewards` must be one of TRL's {GRPO_SCALE_REWARDS}, got {self.scale_rewards!r}")
+        if not isinstance(self.extra_rewards, list | tuple):
+            raise ValueError(f"`extra_rewards` must be a list of reward functions, got {self.extra_rewards!r}")
         if self.probe_size < 0:
             raise ValueError(f"`probe_size` must be >= 0, got {self.probe_size}")
         if self.length_penalty is not None:
@@ -307,6 +334,9 @@ class SrlmConfig:
 
     def __post_init__(self):
         self.stages = parse_stages(self.stages)
+        for name, cls in (("sft", SftStageConfig), ("kd", KdStageConfig), ("rl", RlStageConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(f"`{name}` must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         if self.handoff not in ("memory", "disk"):
             raise ValueError(f"`handoff` must be 'memory' or 'disk', got {self.handoff!r}")
         if self.handoff == "disk" and not self.output_dir:
@@ -317,12 +347,17 @@ class SrlmConfig:
             raise ValueError(f"`eval_size` must be >= 0, got {self.eval_size}")
         if self.eval_batch_size < 1:
             raise ValueError(f"`eval_batch_size` must be >= 1, got {self.eval_batch_size}")
+        _check_int(self, "eval_max_new_tokens", 1)
+        _check_int(self, "arith_max_ops", 1)  # ArithmeticConfig's limits, checked before any stage runs
+        _check_int(self, "arith_max_value", 2)
 
 
 def parse_stages(stages) -> list[str]:
     """`"sft,kd,rl"` or a list -> a validated list of stage kinds; an empty list is allowed (evaluate only)."""
     if isinstance(stages, str):
         stages = [s.strip() for s in stages.split(",") if s.strip()]
+    if not isinstance(stages, list | tuple):
+        raise ValueError(f"`stages` must be a list of stage names or a string like 'sft,rl', got {stages!r}")
     stages = list(stages)
     bad = [s for s in stages if s not in STAGE_KINDS]
     if bad:
