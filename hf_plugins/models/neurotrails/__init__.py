@@ -72,6 +72,7 @@ registry.register_model_config(
     build_neurotrails_config,
     help="NeuroTrails (arXiv 2505.17909): shared backbone + 3 sparse trails, small by default (hidden 128, 2 shared "
     "+ 3 x 2 trail blocks, density 0.9); --model-arg overrides any NeuroTrailsConfig field",
+    paper="arXiv 2505.17909",
 )
 # Read by train_job once model-config entries may carry callbacks (Entry.callbacks, as for --method/--optim).
 registry.MODEL_CONFIGS["neurotrails"].callbacks = neurotrails_callbacks

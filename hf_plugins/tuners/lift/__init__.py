@@ -30,6 +30,7 @@ register_method(
     callbacks=lambda options: [LiftRefreshCallback()],
     # lr 2e-4: paper Table 5-6 (MATH-10K, Llama-3.2-1B); betas (0.9, 0.95) and eps 1e-6: official sparseAdam.
     defaults={"learning_rate": 2e-4, "adam_beta2": 0.95, "adam_epsilon": 1e-6},
+    paper="arXiv 2506.00772",
 )
 
 __all__ = [
