@@ -213,7 +213,7 @@ def test_train_then_eval_on_tiny_model(tmp_path, capsys):
     assert metrics["steps"] == 3 and metrics["eval_before"]["n"] == 4 and metrics["eval_after"]["n"] == 4
     config = json.loads((run / "run_config.json").read_text())
     assert config["method"] == "lift" and config["peft_config"]["peft_type"] == "LIFT"
-    assert config["training_args"]["learning_rate"] == 2e-4
+    assert config["training_args"]["learning_rate"] == 1e-3
     from safetensors.torch import load_file
 
     adapter = load_file(run / "model" / "adapter_model.safetensors")
@@ -221,7 +221,7 @@ def test_train_then_eval_on_tiny_model(tmp_path, capsys):
     card = ModelCard.load(run / "model" / "README.md")
     assert card.data.library_name == "peft" and "lift" in card.data.tags
     assert "arXiv 2506.00772" in card.text and "| exact match after training (4 held-out problems) |" in card.text
-    assert f"{metrics['eval_after']['accuracy']:.3f}" in card.text and "| learning rate | 0.0002 |" in card.text
+    assert f"{metrics['eval_after']['accuracy']:.3f}" in card.text and "| learning rate | 0.001 |" in card.text
     out = capsys.readouterr().out
     assert "accuracy before:" in out and "accuracy after:" in out
     assert main(["eval", "--run", str(run), "--eval_size", "4", "--max_new_tokens", "8"]) == 0
@@ -319,3 +319,25 @@ def test_missing_smollm2_names_the_extra(monkeypatch, tmp_path):
 
     with pytest.raises(FileNotFoundError, match="smol"):
         smollm2_path()
+
+
+def test_model_card_round_trips_through_huggingface_hub(tmp_path):
+    """The card is what `huggingface_hub.ModelCard` reads back: metadata, the tables, a loading snippet that loads
+    a Hub base from the Hub and an embedded base through hf_plugins."""
+    from huggingface_hub import ModelCard
+
+    from hf_plugins.model_card import write_model_card
+
+    kw = {"papers": {"lift": "arXiv 2506.00772", "adamw": ""}, "settings": {"steps": 3}, "results": {"acc": "0.5"}}
+    write_model_card(
+        tmp_path / "a", method="lift", base_model="Qwen/Qwen2.5-0.5B", base_model_id="Qwen/Qwen2.5-0.5B", **kw
+    )
+    card = ModelCard.load(tmp_path / "a" / "README.md")
+    assert card.data.base_model == "Qwen/Qwen2.5-0.5B" and card.data.library_name == "peft"
+    assert card.data.tags == ["hf_plugins", "lift"] and "| lift | arXiv 2506.00772 |" in card.text
+    assert 'AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-0.5B")' in card.text and "| acc | 0.5 |" in card.text
+    write_model_card(
+        tmp_path / "b", method="lift", base_model="smollm2", base_model_id="HuggingFaceTB/SmolLM2-135M-Instruct", **kw
+    )
+    text = ModelCard.load(tmp_path / "b" / "README.md").text
+    assert 'hf_plugins.load_model("smollm2")' in text and "derived from `HuggingFaceTB/SmolLM2-135M-Instruct`" in text
