@@ -5,8 +5,8 @@ from __future__ import annotations
 from .registry import register_method, register_optimizer
 
 
-# LoRA's CLI defaults: rank 16 on every linear layer of the blocks (the budget LIFT's and SEFT's CLI defaults match);
-# alpha = 2r and lr 1e-3, the usual choice for small models; no dropout.
+# LoRA's CLI defaults: rank 16 on every linear layer of the blocks, alpha = 2r, no dropout, lr 1e-3 (choices for
+# small models and short runs, like the main job's baseline).
 LORA_DEFAULTS = {
     "r": 16,
     "lora_alpha": 32,

@@ -213,7 +213,7 @@ def test_train_then_eval_on_tiny_model(tmp_path, capsys):
     assert metrics["steps"] == 3 and metrics["eval_before"]["n"] == 4 and metrics["eval_after"]["n"] == 4
     config = json.loads((run / "run_config.json").read_text())
     assert config["method"] == "lift" and config["peft_config"]["peft_type"] == "LIFT"
-    assert config["training_args"]["learning_rate"] == 1e-3
+    assert config["training_args"]["learning_rate"] == 2e-4
     from safetensors.torch import load_file
 
     adapter = load_file(run / "model" / "adapter_model.safetensors")
@@ -221,7 +221,7 @@ def test_train_then_eval_on_tiny_model(tmp_path, capsys):
     card = ModelCard.load(run / "model" / "README.md")
     assert card.data.library_name == "peft" and "lift" in card.data.tags
     assert "arXiv 2506.00772" in card.text and "| exact match after training (4 held-out problems) |" in card.text
-    assert f"{metrics['eval_after']['accuracy']:.3f}" in card.text and "| learning rate | 0.001 |" in card.text
+    assert f"{metrics['eval_after']['accuracy']:.3f}" in card.text and "| learning rate | 0.0002 |" in card.text
     out = capsys.readouterr().out
     assert "accuracy before:" in out and "accuracy after:" in out
     assert main(["eval", "--run", str(run), "--eval_size", "4", "--max_new_tokens", "8"]) == 0

@@ -96,7 +96,7 @@ def test_cli_method_lift(tmp_path):
     from hf_plugins.cli.main import main
 
     entry = registry.METHODS["lift"]
-    assert entry.defaults["learning_rate"] == 1e-3
+    assert entry.defaults["learning_rate"] == 2e-4
     assert isinstance(entry.callbacks({})[0], LiftRefreshCallback)
     out = tmp_path / "run"
     rc = main(

@@ -22,6 +22,7 @@ def run(args, argv: list[str]) -> int:
     from hf_plugins.cli.train_job import compare_args, run_training
 
     result = run_training(args)
+    result.pop("trainer")  # free the model before the next run
     common.print_summary(result)
     if not args.plugins.compare_methods:
         return 0
@@ -29,7 +30,7 @@ def run(args, argv: list[str]) -> int:
     for method in args.plugins.compare_methods:
         print(f"\n--compare: training {method} from the same start ...")
         results.append(run_training(compare_args(args, argv, method), eval_before=result.get("eval_before")))
-        results[-2].pop("trainer", None)  # free the previous model before the next one
+        results[-1].pop("trainer")
     table = common.comparison_table(results)
     print("\n" + table)
     keys = ("method", "output_dir", "trainable_params", "steps", "train_seconds", "train_loss")
