@@ -15,7 +15,6 @@ Every field also answers to its dashed spelling (`--max-steps` = `--max_steps`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -203,8 +202,14 @@ class PluginParser(TrlParser):
             options = self._option_string_actions["--optim_args"]
             options.help += " For hf_plugins optimizers: KEY=VALUE pairs, comma-separated, Python literal values."
             # `--optim-arg KEY=VALUE`, repeatable, of earlier releases: appended to --optim_args
-            self.add_argument("--optim-arg", action="append", dest="legacy_optim_args", default=argparse.SUPPRESS,
-                              metavar="KEY=VALUE", help="same as --optim_args KEY=VALUE (repeatable)")  # fmt: skip
+            self.add_argument(
+                "--optim-arg",
+                action="append",
+                dest="legacy_optim_args",
+                default=argparse.SUPPRESS,
+                metavar="KEY=VALUE",
+                help="same as --optim_args KEY=VALUE (repeatable)",
+            )
 
     def error(self, message):
         raise ValueError(message)
@@ -241,10 +246,6 @@ class PluginParser(TrlParser):
 def add_positional(parser: argparse.ArgumentParser, dest: str, help: str) -> None:
     """Let the field `dest` also be given positionally (`hf-plugins esd MODEL`), keeping `--dest VALUE`."""
     parser.add_argument(dest, nargs="?", default=argparse.SUPPRESS, help=f"{help} (same as --{dest})")
-
-
-def field_names(cls) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls) if f.init}
 
 
 @dataclass

@@ -38,8 +38,9 @@ def comparison_table(results: list[dict]) -> str:
         for r in results
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-             for line in (header, *rows)]  # fmt: skip
+    lines = []
+    for line in (header, *rows):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
     return "\n".join(lines)
 
 

@@ -26,9 +26,9 @@ CLI_DEFAULTS = {
     "max_steps": 40,
     "per_device_train_batch_size": 4,
     "logging_steps": 5,
-    # SFTConfig turns bf16 on whenever fp16 is off, which fails on a CPU; fp32 gives the same numbers everywhere.
+    # SFTConfig turns bf16 on whenever fp16 is off, which fails on a CPU; fp32 numbers compare across machines.
     "bf16": False,
-    # SFTConfig turns it on; the main job fits in memory without recomputing activations (~30% of a step). None, not
+    # SFTConfig turns it on; the main job fits in memory without spending time on recomputing activations. None, not
     # False: transformers >= 5.25 reads None as "off" without its deprecation warning for this field's name.
     "gradient_checkpointing": None,
     # The run saves its final adapter or model under OUTPUT_DIR/model itself; intermediate checkpoints on request
