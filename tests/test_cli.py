@@ -221,6 +221,7 @@ def test_train_then_eval_on_tiny_model(tmp_path, capsys):
     card = ModelCard.load(run / "model" / "README.md")
     assert card.data.library_name == "peft" and "lift" in card.data.tags
     assert "arXiv 2506.00772" in card.text and "| exact match after training (4 held-out problems) |" in card.text
+    assert "| adapter | peft_type=LIFT, r=128, update_interval=400, target_modules=" in card.text
     assert f"{metrics['eval_after']['accuracy']:.3f}" in card.text and "| learning rate | 0.0002 |" in card.text
     out = capsys.readouterr().out
     assert "accuracy before:" in out and "accuracy after:" in out

@@ -41,6 +41,16 @@ REMOVED_FLAGS = {
 }
 
 
+# PEFT config fields shown in model cards (the full config is the adapter's adapter_config.json).
+_CARD_PEFT_KEYS = ("peft_type", "r", "lora_alpha", "density", "update_interval", "target_modules")
+
+
+def _card_value(value) -> str:
+    if isinstance(value, (set, list, tuple)):
+        return "+".join(sorted(map(str, value)))
+    return str(getattr(value, "value", value))
+
+
 @dataclass
 class TrainArgs:
     """Everything `hf-plugins train` parsed: model, data, evaluation, plugins and the stock `SFTConfig`."""
@@ -181,7 +191,7 @@ def _tokenize_text(dataset, tokenizer, max_length: int, column: str):
     return dataset.map(tok, batched=True, remove_columns=dataset.column_names)
 
 
-def _write_card(args: TrainArgs, path: Path, is_adapter: bool, result: dict, entries) -> None:
+def _write_card(args: TrainArgs, path: Path, peft_config, result: dict, entries) -> None:
     from hf_plugins.models.smollm2 import SMOLLM2_REPO_ID
 
     m, p, t = args.model, args.plugins, args.training
@@ -194,7 +204,10 @@ def _write_card(args: TrainArgs, path: Path, is_adapter: bool, result: dict, ent
     papers = {p.model_config: registry.MODEL_CONFIGS[p.model_config].paper} if pretrain else {}
     papers.update({e.name: e.paper for e in entries})
     stock_optim = str(getattr(t.optim, "value", t.optim))
+    adapter = peft_config.to_dict() if peft_config is not None else {}
     settings = {
+        "adapter": ", ".join(f"{k}={_card_value(adapter[k])}" for k in _CARD_PEFT_KEYS if adapter.get(k) is not None)
+        or None,
         "method options": " ".join(p.method_args) or None,
         "optimizer": stock_optim if p.optim == "adamw" else p.optim,
         "optimizer options": t.optim_args,
@@ -222,7 +235,7 @@ def _write_card(args: TrainArgs, path: Path, is_adapter: bool, result: dict, ent
         dataset=args.data.dataset,
         settings=settings,
         results=results,
-        is_adapter=is_adapter,
+        is_adapter=peft_config is not None,
     )
 
 
@@ -329,7 +342,7 @@ def run_training(args: TrainArgs, eval_before: dict | None = None) -> dict:
     model_dir = output_dir / "model"
     trainer.save_model(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
-    _write_card(args, model_dir, peft_config is not None, result, entries)
+    _write_card(args, model_dir, peft_config, result, entries)
     run_config = {
         **dataclasses.asdict(m),
         **dataclasses.asdict(args.data),
