@@ -54,9 +54,9 @@ def test_cli_train_with_alphadecay_on_stable_spam(tmp_path):
 
     out = tmp_path / "run"
     argv = ["train", "--model", "tiny", "--method", "full", "--optim", "alphadecay:stable_spam"]
-    argv += ["--optim-arg", "min_eigs=8", "--optim-arg", "interval=1", "--weight-decay", "0.1"]
-    argv += ["--max-steps", "2", "--logging-steps", "1", "--train-size", "16", "--eval-size", "4"]
-    argv += ["--max-new-tokens", "4", "--no-eval-before", "--output-dir", str(out)]
+    argv += ["--optim_args", "min_eigs=8,interval=1", "--weight_decay", "0.1"]
+    argv += ["--max_steps", "2", "--logging_steps", "1", "--train_size", "16", "--eval_size", "4"]
+    argv += ["--max_new_tokens", "4", "--no_eval_before", "--output_dir", str(out)]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     logged = [h for h in metrics["log_history"] if "loss" in h]

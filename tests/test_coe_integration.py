@@ -206,18 +206,18 @@ def test_cli_pretrains_coe_from_scratch(tmp_path):
     rc = main(
         [
             "train",
-            "--model-config", "coe",
+            "--model_config", "coe",
             "--tokenizer", "tiny",
-            "--model-arg", "num_hidden_layers=2",
-            "--model-arg", "layernorm_scaling=True",
+            "--model_config_args", "num_hidden_layers=2",
+            "--model_config_args", "layernorm_scaling=True",
             "--method", "full",
-            "--max-steps", "2",
-            "--eval-size", "0",
-            "--train-size", "16",
-            "--per-device-train-batch-size", "4",
-            "--gradient-checkpointing",
-            "--learning-rate", "1e-3",
-            "--output-dir", str(out),
+            "--max_steps", "2",
+            "--eval_size", "0",
+            "--train_size", "16",
+            "--per_device_train_batch_size", "4",
+            "--gradient_checkpointing",
+            "--learning_rate", "1e-3",
+            "--output_dir", str(out),
         ]
     )  # fmt: skip
     assert rc == 0

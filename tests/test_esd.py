@@ -72,7 +72,7 @@ def test_model_esd_rows_and_cli(tmp_path):
     pytest.importorskip("matplotlib")
     from hf_plugins.cli.main import main
 
-    assert main(["esd", "tiny", "--min-eigs", "8", "--output-dir", str(tmp_path)]) == 0
+    assert main(["esd", "tiny", "--min_eigs", "8", "--output_dir", str(tmp_path)]) == 0
     table = json.loads((tmp_path / "esd.json").read_text())
     assert [r["name"] for r in table] == linears
     with open(tmp_path / "esd.csv") as f:

@@ -123,9 +123,9 @@ def test_cli_method_lift(tmp_path):
     assert isinstance(entry.callbacks({})[0], LiftRefreshCallback)
     out = tmp_path / "run"
     rc = main(
-        ["train", "--model", "tiny", "--method", "lift", "--method-arg", "r=2", "--method-arg", "update_interval=1"]
-        + ["--max-steps", "2", "--eval-size", "4", "--train-size", "16", "--max-new-tokens", "4", "--no-eval-before"]
-        + ["--output-dir", str(out)]
+        ["train", "--model", "tiny", "--method", "lift", "--method_args", "r=2", "--method_args", "update_interval=1"]
+        + ["--max_steps", "2", "--eval_size", "4", "--train_size", "16", "--max_new_tokens", "4", "--no_eval_before"]
+        + ["--output_dir", str(out)]
     )
     assert rc in (0, None)
     run_config = json.loads((out / "run_config.json").read_text())

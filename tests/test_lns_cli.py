@@ -61,7 +61,7 @@ def test_depth_report_cli(tmp_path, capsys):
     from hf_plugins.cli.main import main
 
     out = tmp_path / "report.json"
-    rc = main(["depth-report", "tiny", "--num-samples", "4", "--compare-lns", "--output", str(out)])
+    rc = main(["depth-report", "tiny", "--num_samples", "4", "--compare_lns", "--output", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
     assert set(data["reports"]) == {"tiny", "tiny (LNS on)"}
@@ -75,18 +75,18 @@ def test_train_cli_pretrains_lns_and_its_baseline(tmp_path):
     from hf_plugins.cli.main import main
 
     tiny = [
-        "--model-arg",
+        "--model_config_args",
         "hidden_size=32",
-        "--model-arg",
+        "--model_config_args",
         "intermediate_size=64",
-        "--model-arg",
+        "--model_config_args",
         "num_hidden_layers=3",
     ]
     for name in ("lns_llama", "llama"):
         rc = main(
-            ["train", "--model-config", name, "--tokenizer", "tiny", "--method", "full", *tiny, "--max-steps", "2",
-             "--train-size", "16", "--eval-size", "0", "--max-length", "48", "--logging-steps", "1",
-             "--output-dir", str(tmp_path / name)]
+            ["train", "--model_config", name, "--tokenizer", "tiny", "--method", "full", *tiny, "--max_steps", "2",
+             "--train_size", "16", "--eval_size", "0", "--max_length", "48", "--logging_steps", "1",
+             "--output_dir", str(tmp_path / name)]
         )  # fmt: skip
         assert rc == 0
     lns = LnsLlamaForCausalLM.from_pretrained(tmp_path / "lns_llama" / "model")

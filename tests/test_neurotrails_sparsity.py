@@ -366,15 +366,15 @@ def test_cli_pretraining_run(tmp_path):
     from hf_plugins.cli.main import main
     from hf_plugins.models.neurotrails import NeuroTrailsForCausalLM
 
-    argv = ["train", "--model-config", "neurotrails", "--tokenizer", "tiny", "--max-steps", "2", "--eval-size", "0"]
+    argv = ["train", "--model_config", "neurotrails", "--tokenizer", "tiny", "--max_steps", "2", "--eval_size", "0"]
     argv += [
         "--method",
         "full",
-        "--train-size",
+        "--train_size",
         "16",
-        "--output-dir",
+        "--output_dir",
         str(tmp_path),
-        "--model-arg",
+        "--model_config_args",
         "update_frequency=1",
     ]
     assert main(argv) == 0

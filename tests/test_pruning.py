@@ -246,7 +246,7 @@ def test_cli_prune_saves_a_reloadable_pruned_model(tmp_path):
 
     out = tmp_path / "pruned"
     argv = ["prune", "--model", "tiny", "--method", "sparsegpt", "--sparsity", "0.5", "--nsamples", "4"]
-    assert main([*argv, "--seqlen", "32", "--device", "cpu", "--output-dir", str(out)]) == 0
+    assert main([*argv, "--seqlen", "32", "--device", "cpu", "--output_dir", str(out)]) == 0
     info = json.loads((out / "sparsity_report.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(out)
     measured = sparsity_report(model)

@@ -77,7 +77,7 @@ def pruned_dir(tmp_path_factory):
     from hf_plugins.cli.main import main
 
     out = tmp_path_factory.mktemp("pruned")
-    assert main(["prune", "--model", "tiny", "--nsamples", "4", "--seqlen", "32", "--output-dir", str(out)]) == 0
+    assert main(["prune", "--model", "tiny", "--nsamples", "4", "--seqlen", "32", "--output_dir", str(out)]) == 0
     return out
 
 
@@ -85,23 +85,22 @@ def pruned_dir(tmp_path_factory):
 def test_cli_methods_keep_the_base_sparsity(method, pruned_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from hf_plugins.cli.main import build_parser
-    from hf_plugins.cli.train_job import run_training
+    from hf_plugins.cli.train_job import parse_train_args, run_training
 
-    argv = ["train", "--model", str(pruned_dir), "--method", method, "--max-steps", "3", "--eval-size", "0"]
-    argv += ["--train-size", "16", "--per-device-train-batch-size", "4", "--output-dir", str(tmp_path)]
+    argv = ["train", "--model", str(pruned_dir), "--method", method, "--max_steps", "3", "--eval_size", "0"]
+    argv += ["--train_size", "16", "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path)]
     if method == "seft":
         argv += [
-            "--method-arg",
+            "--method_args",
             "update_interval=1",
-            "--method-arg",
+            "--method_args",
             "accumulation_steps=1",
-            "--method-arg",
+            "--method_args",
             "density=0.05",
         ]
     else:
-        argv += ["--method-arg", "calib_nsamples=4"] if method == "lora_star" else []
-    result = run_training(build_parser().parse_args(argv))
+        argv += ["--method_args", "calib_nsamples=4"] if method == "lora_star" else []
+    result = run_training(parse_train_args(argv[1:]))
     model = result["trainer"].model
     base = AutoModelForCausalLM.from_pretrained(pruned_dir)
     base_zeros = [r["zeros"] for r in sparsity_report(base).matrices]

@@ -8,9 +8,9 @@ from hf_plugins.cli.main import main
 def test_recipe_cli_runs_stages_and_writes_the_report(tmp_path):
     out = tmp_path / "run"
     rc = main(
-        ["recipe", "srlm", "--model", "tiny", "--stages", "sft,kd", "--sft-steps", "1", "--kd-steps", "1",
-         "--batch-size", "2", "--num-problems", "4", "--eval-size", "2", "--eval-max-new-tokens", "4",
-         "--stage-arg", "kd.max_length=64", "--output-dir", str(out)]
+        ["recipe", "srlm", "--model", "tiny", "--stages", "sft,kd", "--sft_steps", "1", "--kd_steps", "1",
+         "--batch_size", "2", "--num_problems", "4", "--eval_size", "2", "--eval_max_new_tokens", "4",
+         "--stage_args", "kd.max_length=64", "--output_dir", str(out)]
     )  # fmt: skip
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
@@ -21,11 +21,11 @@ def test_recipe_cli_runs_stages_and_writes_the_report(tmp_path):
 
 
 def test_recipe_cli_errors_are_one_clear_line(capsys, tmp_path):
-    assert main(["recipe", "srlm", "--model", "tiny", "--stages", "sft,dpo", "--output-dir", str(tmp_path)]) == 2
+    assert main(["recipe", "srlm", "--model", "tiny", "--stages", "sft,dpo", "--output_dir", str(tmp_path)]) == 2
     assert "unknown SRLM stage name(s) ['dpo']" in capsys.readouterr().err
     assert (
-        main(["recipe", "srlm", "--model", "tiny", "--stage-arg", "rl.beta=0.1", "--output-dir", str(tmp_path)]) == 2
+        main(["recipe", "srlm", "--model", "tiny", "--stage_args", "rl.beta=0.1", "--output_dir", str(tmp_path)]) == 2
     )
     assert "RlStageConfig has no field(s) ['beta']" in capsys.readouterr().err
-    assert main(["recipe", "srlm", "--model", "tiny", "--method", "nope", "--output-dir", str(tmp_path)]) == 2
+    assert main(["recipe", "srlm", "--model", "tiny", "--method", "nope", "--output_dir", str(tmp_path)]) == 2
     assert "unknown --method 'nope'" in capsys.readouterr().err

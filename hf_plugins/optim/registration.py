@@ -60,6 +60,7 @@ register_optimizer(
     "lr/betas/eps/weight decay from the training flags, total_T = --max-steps; options: gamma1, gamma2, theta, "
     "reset_interval, eta_min, ..." + _MAX_GRAD_NOTE,
     callbacks=_stats_callbacks,
+    paper="arXiv 2502.17055",
 )
 register_optimizer(
     "alphadecay",
@@ -68,10 +69,12 @@ register_optimizer(
     "AdamW (--optim-arg base=adam for coupled L2); base decay = --weight-decay; options: interval, wd_min_ratio, "
     "wd_max_ratio, min_eigs, other_params",
     callbacks=_stats_callbacks,
+    paper="arXiv 2506.14562",
 )
 register_optimizer(
     "alphadecay:stable_spam",
     _alphadecay("stable_spam"),
     "AlphaDecay's per-matrix weight decay on top of Stable-SPAM (options of both)." + _MAX_GRAD_NOTE,
     callbacks=_stats_callbacks,
+    paper="arXiv 2506.14562, arXiv 2502.17055",
 )

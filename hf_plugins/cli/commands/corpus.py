@@ -2,35 +2,35 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from hf_plugins.cli.arguments import Command
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "corpus",
-        help="build the pre-training corpus from locally installable sources",
-        description="Build or inspect the project's English pre-training corpus (see docs/corpus.md).",
+
+@dataclass
+class CorpusBuildArguments:
+    out: str = field(
+        default="corpus_out", metadata={"help": "output directory (train/validation/test .bin, manifest)"}
     )
-    csub = p.add_subparsers(dest="corpus_command", metavar="ACTION", help="build or show")
-    b = csub.add_parser(
-        "build",
-        help="fetch, clean, split and tokenize the corpus into packed uint16 files",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    sources: str | None = field(default=None, metadata={"help": "comma-separated subset of sources (default: all)"})
+    tokenizer: str = field(
+        default="smollm2", metadata={"help": "'smollm2' (49,152 tokens), 'tiny', a directory or a Hub id"}
     )
-    b.add_argument("--out", default="corpus_out", help="output directory (train/validation/test .bin, manifest)")
-    b.add_argument("--sources", default=None, help="comma-separated subset of sources (default: all)")
-    b.add_argument("--tokenizer", default="smollm2", help="'smollm2' (49,152 tokens), 'tiny' or a directory")
-    b.add_argument("--cache", default=None, help="where .deb files are downloaded and unpacked (default OUT/cache)")
-    b.add_argument("--validation-fraction", type=float, default=0.02, help="share of documents in validation")
-    b.add_argument("--test-fraction", type=float, default=0.02, help="share of documents in test")
-    b.add_argument("--expect", default=None, help="a recorded manifest.json: fail unless the outputs are identical")
-    b.set_defaults(func=_build)
-    s = csub.add_parser("show", help="print the manifest of a built corpus")
-    s.add_argument("--out", default="corpus_out", help="corpus directory")
-    s.set_defaults(func=_show)
-    p.set_defaults(func=lambda args: p.print_help())
+    cache: str | None = field(
+        default=None, metadata={"help": "where .deb files are downloaded and unpacked (default OUT/cache)"}
+    )
+    validation_fraction: float = field(default=0.02, metadata={"help": "share of documents in validation"})
+    test_fraction: float = field(default=0.02, metadata={"help": "share of documents in test"})
+    expect: str | None = field(
+        default=None, metadata={"help": "a recorded manifest.json: fail unless the outputs are identical"}
+    )
+
+
+@dataclass
+class CorpusShowArguments:
+    out: str = field(default="corpus_out", metadata={"help": "corpus directory"})
 
 
 def _print(manifest: dict) -> None:
@@ -44,9 +44,9 @@ def _print(manifest: dict) -> None:
         print(f"{split:<11} {st['documents']:>7} docs {st['tokens']:>12,} tokens  sha256 {st['sha256'][:16]}")
 
 
-def _build(args) -> int:
-    from hf_plugins.cli.common import load_tokenizer
+def _build(args: CorpusBuildArguments) -> int:
     from hf_plugins.data.corpus import build_corpus, verify_against
+    from hf_plugins.loading import load_tokenizer
 
     manifest = build_corpus(
         args.out,
@@ -65,8 +65,24 @@ def _build(args) -> int:
     return 0
 
 
-def _show(args) -> int:
+def _show(args: CorpusShowArguments) -> int:
     from hf_plugins.data.corpus import read_manifest
 
     _print(read_manifest(args.out))
     return 0
+
+
+COMMAND = Command(
+    name="corpus",
+    help="build the pre-training corpus from locally installable sources",
+    description="Build or inspect the project's English pre-training corpus (see docs/corpus.md).",
+    actions=(
+        Command(
+            "build",
+            help="fetch, clean, split and tokenize the corpus into packed uint16 files",
+            dataclasses=(CorpusBuildArguments,),
+            run=_build,
+        ),
+        Command("show", help="print the manifest of a built corpus", dataclasses=(CorpusShowArguments,), run=_show),
+    ),
+)

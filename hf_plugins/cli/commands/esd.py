@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_plugins.cli import common
+from hf_plugins.cli.arguments import Command, ModelArguments
 
 
 _COLUMNS = ("name", "module_type", "layer", "shape", "n_eigs", "alpha", "lambda_max", "xmin", "alphadecay")
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "esd",
-        help="per-module power-law alpha of the weight spectra (table + plot)",
-        description=(
-            "Fit the Hill power-law exponent alpha to the eigenvalues of each nn.Linear weight's smaller Gram "
-            "matrix (xmin at the median eigenvalue, as AlphaDecay does), batched by shape on the model's device. "
-            "Prints a table and writes esd.csv, esd.json and esd.png (alpha per layer and module type). Smaller "
-            "alpha = heavier tail; AlphaDecay gives those matrices weaker weight decay."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("model", help="'smollm2', 'tiny' or a local model directory")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype")
-    p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', ...")
-    p.add_argument("--min-eigs", type=int, default=50, help="skip matrices with fewer eigenvalues (official: 50)")
-    p.add_argument("--xmin-pos", type=float, default=2.0, help="xmin = the int(N / xmin_pos)-th eigenvalue")
-    p.add_argument("--output-dir", default=".", help="where esd.csv, esd.json and esd.png go")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
-    p.set_defaults(func=run)
+@dataclass
+class EsdArguments:
+    _argument_group_name = "spectra"
+
+    device: str = field(default="auto", metadata={"help": "'auto' (cuda if available), 'cpu', 'cuda', ..."})
+    min_eigs: int = field(default=50, metadata={"help": "skip matrices with fewer eigenvalues (official: 50)"})
+    xmin_pos: float = field(default=2.0, metadata={"help": "xmin = the int(N / xmin_pos)-th eigenvalue"})
+    output_dir: str = field(default=".", metadata={"help": "where esd.csv, esd.json and esd.png go"})
+    no_plot: bool = field(default=False, metadata={"help": "skip the PNG (no matplotlib needed)"})
+
+    def __post_init__(self):
+        if self.min_eigs < 2:
+            raise ValueError(f"--min_eigs must be >= 2, got {self.min_eigs}")
 
 
 def _plot(rows: list[dict], path: Path, title: str) -> None:
@@ -59,19 +53,20 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run(args) -> int:
+def run(model_args: ModelArguments, args: EsdArguments) -> int:
     import torch
 
+    from hf_plugins.loading import load_model
     from hf_plugins.optim.esd import model_esd
 
-    if args.min_eigs < 2:
-        raise ValueError(f"--min-eigs must be >= 2, got {args.min_eigs}")
-    model, _ = common.load_model(args.model, args.dtype)
+    model, _ = load_model(**model_args.load_kwargs())
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model.to(device)
     rows = model_esd(model, min_eigs=args.min_eigs, xmin_pos=args.xmin_pos)
     if not rows:
-        raise ValueError(f"no nn.Linear weight of {args.model!r} has >= {args.min_eigs} eigenvalues; lower --min-eigs")
+        raise ValueError(
+            f"no nn.Linear weight of {model_args.model!r} has >= {args.min_eigs} eigenvalues; lower --min_eigs"
+        )
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -93,7 +88,22 @@ def run(args) -> int:
             writer.writerow({**r, "shape": "x".join(map(str, r["shape"]))})
     written = ["esd.csv", "esd.json"]
     if not args.no_plot:
-        _plot(rows, out / "esd.png", f"ESD alpha per layer: {args.model}")
+        _plot(rows, out / "esd.png", f"ESD alpha per layer: {model_args.model}")
         written.append("esd.png")
     print(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0
+
+
+COMMAND = Command(
+    name="esd",
+    help="per-module power-law alpha of the weight spectra (table + plot)",
+    description=(
+        "Fit the Hill power-law exponent alpha to the eigenvalues of each nn.Linear weight's smaller Gram matrix (xmin "
+        "at the median eigenvalue, as AlphaDecay does), batched by shape on the model's device. Prints a table and "
+        "writes esd.csv, esd.json and esd.png (alpha per layer and module type). Smaller alpha = heavier tail; "
+        "AlphaDecay gives those matrices weaker weight decay."
+    ),
+    dataclasses=(ModelArguments, EsdArguments),
+    positionals=(("model", "'smollm2', 'tiny', a local model directory or a Hub id"),),
+    run=run,
+)

@@ -2,46 +2,42 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from hf_plugins.cli import common
+from hf_plugins.cli.arguments import Command, ModelArguments
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "prune",
-        help="one-shot pruning (Wanda, SparseGPT, magnitude; unstructured or N:M)",
-        description=(
-            "Prune every linear layer of the decoder blocks of a causal LM, block by block on calibration text "
-            "(default: the embedded arithmetic problems; --calib-text FILE for your own), and save the pruned "
-            "model with save_pretrained plus sparsity_report.json. The result is the base for "
-            "`hf-plugins train --model DIR --method seft`."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+@dataclass
+class PruneArguments:
+    _argument_group_name = "pruning"
+
+    output_dir: str = field(metadata={"help": "where to save the pruned model and sparsity_report.json (required)"})
+    device: str | None = field(default=None, metadata={"help": "device to prune on (default: cuda if available)"})
+    method: Literal["wanda", "sparsegpt", "magnitude"] = field(default="wanda", metadata={"help": "pruning method"})
+    sparsity: float = field(default=0.5, metadata={"help": "fraction of every matrix to zero (unstructured)"})
+    n_m: str | None = field(
+        default=None, metadata={"help": "semi-structured pattern, e.g. 2:4 or 4:8 (N zeros per M inputs)"}
     )
-    p.add_argument("--model", default="smollm2", help="'smollm2', 'tiny' or a local model directory")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype")
-    p.add_argument("--device", default=None, help="device to prune on (default: cuda if available, else cpu)")
-    p.add_argument("--method", default="wanda", choices=["wanda", "sparsegpt", "magnitude"], help="pruning method")
-    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of every matrix to zero (unstructured)")
-    p.add_argument("--n-m", default=None, help="semi-structured pattern, e.g. 2:4 or 4:8 (N zeros per M inputs)")
-    p.add_argument("--calib-text", default=None, help="UTF-8 text file for calibration (default: arithmetic text)")
-    p.add_argument("--nsamples", type=int, default=128, help="calibration windows (Wanda/SparseGPT papers: 128)")
-    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
-    p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward")
-    p.add_argument("--seed", type=int, default=0, help="seed of the window offsets (papers: 0)")
-    p.add_argument("--per-row", action="store_true", help="magnitude: threshold per output row, not per matrix")
-    p.add_argument("--output-dir", required=True, help="where to save the pruned model and sparsity_report.json")
-    p.set_defaults(func=run)
+    calib_text: str | None = field(
+        default=None, metadata={"help": "UTF-8 text file for calibration (default: arithmetic text)"}
+    )
+    nsamples: int = field(default=128, metadata={"help": "calibration windows (Wanda/SparseGPT papers: 128)"})
+    seqlen: int = field(default=512, metadata={"help": "tokens per calibration window"})
+    batch_size: int = field(default=8, metadata={"help": "calibration windows per forward"})
+    seed: int = field(default=0, metadata={"help": "seed of the window offsets (papers: 0)"})
+    per_row: bool = field(default=False, metadata={"help": "magnitude: threshold per output row, not per matrix"})
 
 
-def run(args) -> int:
+def run(model_args: ModelArguments, args: PruneArguments) -> int:
     import torch
 
+    from hf_plugins.loading import load_model
     from hf_plugins.pruning import arithmetic_texts, calibration_windows, prune_model, text_file_texts
 
-    model, tokenizer = common.load_model(args.model, args.dtype)
+    model, tokenizer = load_model(**model_args.load_kwargs())
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     calibration = None
@@ -63,8 +59,22 @@ def run(args) -> int:
     model.to("cpu").save_pretrained(out)
     tokenizer.save_pretrained(out)
     info = report.to_dict()
-    info.update(source_model=args.model, calib_text=args.calib_text or "arithmetic", nsamples=args.nsamples)
+    info.update(source_model=model_args.model, calib_text=args.calib_text or "arithmetic", nsamples=args.nsamples)
     info.update(seqlen=args.seqlen, seed=args.seed)
     common.write_json(out / "sparsity_report.json", info)
     print(f"saved the pruned model to {out}")
     return 0
+
+
+COMMAND = Command(
+    name="prune",
+    help="one-shot pruning (Wanda, SparseGPT, magnitude; unstructured or N:M)",
+    description=(
+        "Prune every linear layer of the decoder blocks of a causal LM, block by block on calibration text (default: "
+        "the embedded arithmetic problems; --calib_text FILE for your own), and save the pruned model with "
+        "save_pretrained plus sparsity_report.json. The result is the base for "
+        "`hf-plugins train --model DIR --method seft`."
+    ),
+    dataclasses=(ModelArguments, PruneArguments),
+    run=run,
+)

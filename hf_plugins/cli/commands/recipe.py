@@ -2,80 +2,75 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from hf_plugins.cli import common
-
-
-RECIPES = ("srlm",)
+from hf_plugins.cli.arguments import Command, ModelArguments
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "recipe",
-        help="multi-stage training recipes (srlm: SFT, KD and RL stages in any order)",
-        description=(
-            "Run a recipe on one model. `srlm`: the stages given by --stages (sft, kd, rl, comma-separated, any "
-            "order, repeats allowed), each a stock TRL trainer (SFTTrainer; sequence-level KD through SFTTrainer "
-            "or logit-level KD through DistillationTrainer / GKDTrainer; GRPOTrainer with exact-answer rewards), "
-            "on the embedded SmolLM2-135M-Instruct and arithmetic problems by default. Held-out accuracy is "
-            "measured before and after every stage; report.json collects everything. The defaults are small "
-            "enough to finish on a 2-core CPU in minutes."
+def _h(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class SrlmArguments:
+    """`hf-plugins recipe srlm` (each stage field also settable with --stage_args STAGE.FIELD=VALUE)."""
+
+    _argument_group_name = "recipe"
+
+    stages: str = field(default="sft,kd,rl", metadata=_h("comma-separated stage kinds: sft, kd, rl"))
+    output_dir: str | None = field(default=None, metadata=_h("run directory (default: runs/srlm-<stages>-<time>)"))
+    handoff: Literal["memory", "disk"] = field(default="memory", metadata=_h("how stages pass the model on"))
+    seed: int = field(default=0, metadata=_h("random seed"))
+    bf16: bool = field(default=False, metadata=_h("bf16 mixed precision (GPU)"))
+    num_problems: int = field(default=32, metadata=_h("arithmetic training problems"))
+    eval_size: int = field(default=16, metadata=_h("held-out problems scored after each stage (0: none)"))
+    eval_max_new_tokens: int = field(default=64, metadata=_h("greedy generation length for evaluation"))
+    arith_max_ops: int = field(default=2, metadata=_h("largest number of operations per problem"))
+    arith_max_value: int = field(default=30, metadata=_h("largest starting quantity / +- operand"))
+    sft_steps: int = field(default=4, metadata=_h("optimizer steps of an sft stage"))
+    kd_steps: int = field(default=4, metadata=_h("optimizer steps of a kd stage"))
+    rl_steps: int = field(default=2, metadata=_h("optimizer steps of an rl stage"))
+    batch_size: int = field(default=4, metadata=_h("sequences per step of sft / kd stages"))
+    learning_rate: float | None = field(default=None, metadata=_h("every stage's learning rate (default: per stage)"))
+    method: str = field(default="full", metadata=_h("'full' or a registered PEFT method (lora, ...) for every stage"))
+    method_args: list[str] = field(
+        default_factory=list,
+        metadata=_h(
+            "options of --method, KEY=VALUE ...", metavar="KEY=VALUE", action="extend", aliases=["--method-arg"]
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("recipe", choices=RECIPES, help="which recipe")
-    p.add_argument("--stages", default="sft,kd,rl", help="comma-separated stage kinds: sft, kd, rl")
-    p.add_argument("--model", default="smollm2", help="'smollm2', 'tiny' or a local model directory")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype")
-    p.add_argument("--output-dir", default=None, help="run directory (default: runs/srlm-<stages>-<time>)")
-    p.add_argument("--handoff", default="memory", choices=["memory", "disk"], help="how stages pass the model on")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
-    g = p.add_argument_group("data and evaluation")
-    g.add_argument("--num-problems", type=int, default=32, help="arithmetic training problems")
-    g.add_argument("--eval-size", type=int, default=16, help="held-out problems scored after each stage (0: none)")
-    g.add_argument("--eval-max-new-tokens", type=int, default=64, help="greedy generation length for evaluation")
-    g.add_argument("--arith-max-ops", type=int, default=2, help="largest number of operations per problem")
-    g.add_argument("--arith-max-value", type=int, default=30, help="largest starting quantity / +- operand")
-    g = p.add_argument_group("stages (each overridable with --stage-arg STAGE.FIELD=VALUE)")
-    g.add_argument("--sft-steps", type=int, default=4, help="optimizer steps of an sft stage")
-    g.add_argument("--kd-steps", type=int, default=4, help="optimizer steps of a kd stage")
-    g.add_argument("--rl-steps", type=int, default=2, help="optimizer steps of an rl stage")
-    g.add_argument("--batch-size", type=int, default=4, help="sequences per step of sft / kd stages")
-    g.add_argument(
-        "--learning-rate", type=float, default=None, help="every stage's learning rate (default: per stage)"
+    kd_kind: Literal["sequence", "logit"] = field(default="sequence", metadata=_h("kind of distillation"))
+    teacher: str = field(
+        default="arithmetic", metadata=_h("'arithmetic' (programmatic), 'smollm2', 'tiny', a directory or a Hub id")
     )
-    g.add_argument("--method", default="full", help="'full' or a registered PEFT method (lora, ...) for every stage")
-    g.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="option of --method (repeatable)")
-    g.add_argument("--kd-kind", default="sequence", choices=["sequence", "logit"], help="kind of distillation")
-    g.add_argument(
-        "--teacher", default="arithmetic", help="'arithmetic' (programmatic), 'smollm2', 'tiny' or a directory"
+    divergence: Literal["forward_kl", "jsd", "reverse_kl"] = field(default="reverse_kl", metadata=_h("logit KD"))
+    kd_trainer: Literal["distillation", "gkd"] = field(default="distillation", metadata=_h("logit KD trainer"))
+    num_generations: int = field(default=4, metadata=_h("GRPO completions per prompt"))
+    prompts_per_step: int = field(default=2, metadata=_h("GRPO prompts per optimizer step"))
+    max_completion_length: int = field(default=64, metadata=_h("GRPO / logit-KD generation length"))
+    stage_args: list[str] = field(
+        default_factory=list,
+        metadata=_h(
+            "any field of a stage config, STAGE.FIELD=VALUE ..., e.g. rl.kl_coef=0.04 or "
+            "sft.trainer_kwargs={'warmup_steps':2}",
+            metavar="STAGE.FIELD=VALUE",
+            action="extend",
+            aliases=["--stage-arg"],
+        ),
     )
-    g.add_argument("--divergence", default="reverse_kl", choices=["forward_kl", "jsd", "reverse_kl"], help="logit KD")
-    g.add_argument("--kd-trainer", default="distillation", choices=["distillation", "gkd"], help="logit KD trainer")
-    g.add_argument("--num-generations", type=int, default=4, help="GRPO completions per prompt")
-    g.add_argument("--prompts-per-step", type=int, default=2, help="GRPO prompts per optimizer step")
-    g.add_argument("--max-completion-length", type=int, default=64, help="GRPO / logit-KD generation length")
-    g.add_argument(
-        "--stage-arg",
-        action="append",
-        metavar="STAGE.FIELD=VALUE",
-        help="any field of a stage config, e.g. rl.kl_coef=0.04 or sft.trainer_kwargs={'warmup_steps':2}",
-    )
-    p.set_defaults(func=run)
 
 
-def build_config(args):
+def build_config(args: SrlmArguments):
     import time
 
     from hf_plugins import registry
     from hf_plugins.recipes.srlm import KdStageConfig, RlStageConfig, SftStageConfig, SrlmConfig, parse_stages
 
     stages = parse_stages(args.stages)
-    method_opts = registry.parse_options(args.method_arg, "--method-arg")
+    method_opts = registry.parse_options(args.method_args, "--method_args")
     registry.lookup(registry.METHODS, "--method", args.method)
     common_kw = {"learning_rate": args.learning_rate, "method": args.method, "method_options": method_opts}
     fields = {
@@ -98,10 +93,10 @@ def build_config(args):
             "max_completion_length": args.max_completion_length,
         },
     }
-    for key, value in registry.parse_options(args.stage_arg, "--stage-arg").items():
+    for key, value in registry.parse_options(args.stage_args, "--stage_args").items():
         stage, dot, name = key.partition(".")
         if not dot or stage not in fields:
-            raise ValueError(f"--stage-arg expects STAGE.FIELD=VALUE with STAGE in sft, kd, rl; got {key!r}")
+            raise ValueError(f"--stage_args expects STAGE.FIELD=VALUE with STAGE in sft, kd, rl; got {key!r}")
         fields[stage][name] = value
     classes = {"sft": SftStageConfig, "kd": KdStageConfig, "rl": RlStageConfig}
     stage_cfgs = {}
@@ -109,7 +104,7 @@ def build_config(args):
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(fields[stage]) - known)
         if unknown:
-            raise ValueError(f"--stage-arg: {cls.__name__} has no field(s) {unknown}; known: {sorted(known)}")
+            raise ValueError(f"--stage_args: {cls.__name__} has no field(s) {unknown}; known: {sorted(known)}")
         stage_cfgs[stage] = cls(**fields[stage])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return SrlmConfig(
@@ -127,11 +122,12 @@ def build_config(args):
     )
 
 
-def run(args) -> int:
+def run(model_args: ModelArguments, args: SrlmArguments) -> int:
+    from hf_plugins.loading import load_model
     from hf_plugins.recipes.srlm import run_srlm
 
     config = build_config(args)  # validates stage names and fields before the model is loaded
-    model, tokenizer = common.load_model(args.model, args.dtype)
+    model, tokenizer = load_model(**model_args.load_kwargs())
     model, report = run_srlm(model, tokenizer, config)
     print()
     print(f"run directory: {report['output_dir']} (report.json)")
@@ -144,3 +140,25 @@ def run(args) -> int:
     summary = Path(report["output_dir"]) / "summary.json"
     summary.write_text(json.dumps(dict(rows), indent=2, default=str) + "\n")
     return 0
+
+
+COMMAND = Command(
+    name="recipe",
+    help="multi-stage training recipes (srlm: SFT, KD and RL stages in any order)",
+    actions=(
+        Command(
+            "srlm",
+            help="SFT / KD / RL stages in any order, each a stock TRL trainer (arXiv 2506.13404)",
+            description=(
+                "Run the stages given by --stages (sft, kd, rl, comma-separated, any order, repeats allowed) on one "
+                "model, each a stock TRL trainer (SFTTrainer; sequence-level KD through SFTTrainer or logit-level KD "
+                "through DistillationTrainer / GKDTrainer; GRPOTrainer with exact-answer rewards), on the embedded "
+                "SmolLM2-135M-Instruct and arithmetic problems by default. Held-out accuracy is measured before and "
+                "after every stage; report.json collects everything. The defaults are small enough to finish on a "
+                "2-core CPU in minutes."
+            ),
+            dataclasses=(ModelArguments, SrlmArguments),
+            run=run,
+        ),
+    ),
+)

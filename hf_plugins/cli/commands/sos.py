@@ -2,64 +2,58 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from hf_plugins.cli import common
+from hf_plugins.cli.arguments import Command, ModelArguments
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "sos",
-        help="SoS-1K: generate polynomials with proved labels, check SoS exactly, evaluate a model",
-        description="Sum-of-squares polynomials (SoS-1K, arXiv 2502.20545). See docs/sos.md.",
-    )
-    ssub = p.add_subparsers(dest="sos_command", metavar="ACTION", help="generate, check or eval")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-
-    g = ssub.add_parser(
-        "generate", help="write generated items (JSON lines) with their certificates", formatter_class=fmt
-    )
-    g.add_argument("--classes", default="all", help="comma-separated classes (see docs/sos.md) or 'all'")
-    g.add_argument("--per-class", type=int, default=10, help="items per class")
-    g.add_argument("--seed", type=int, default=0, help="seed")
-    g.add_argument("--num-vars", type=int, default=3, help="variables")
-    g.add_argument("--degree", type=int, default=4, help="even total degree (odd_degree uses degree + 1)")
-    g.add_argument("--num-terms", type=int, default=6, help="terms / squares / Gram basis size")
-    g.add_argument("--max-chars", type=int, default=None, help="longest printed polynomial")
-    g.add_argument("--style", default="x1", choices=["x1", "x(1)"], help="variable names")
-    g.add_argument("--out", required=True, help="output .jsonl file")
-    g.set_defaults(func=run_generate)
-
-    c = ssub.add_parser(
-        "check", help="check polynomials exactly and print verdicts with evidence", formatter_class=fmt
-    )
-    c.add_argument("polynomial", nargs="?", default=None, help="a polynomial, e.g. '(x1 - x2)^2 + 1'")
-    c.add_argument("--file", default=None, help="a .jsonl file with a `polynomial` field per line")
-    c.add_argument("--sos1", action="store_true", help="check the released SoS1 evaluation file (see docs/sos.md)")
-    c.add_argument("--limit", type=int, default=None, help="check only the first N rows")
-    c.add_argument("--max-basis", type=int, default=150, help="largest Gram basis sent to the SDP")
-    c.add_argument("--no-sdp", action="store_true", help="cheap exact checks only")
-    c.add_argument("--output", default=None, help="write verdicts (and the SoS1 summary) to this JSON file")
-    c.set_defaults(func=run_check)
-
-    e = ssub.add_parser("eval", help="accuracy of a causal LM on SoS items", formatter_class=fmt)
-    e.add_argument("--model", default="smollm2", help="'smollm2', 'tiny' or a local model directory")
-    e.add_argument("--adapter", default=None, help="PEFT adapter directory on top of --model")
-    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype")
-    e.add_argument("--file", default=None, help="items (.jsonl from `sos generate`); default: the SoS1 file")
-    e.add_argument("--style", default="reasoning", choices=["plain", "simple", "reasoning"], help="prompt style")
-    e.add_argument("--limit", type=int, default=None, help="first N items only")
-    e.add_argument("--max-new-tokens", type=int, default=512, help="generation length")
-    e.add_argument("--batch-size", type=int, default=8, help="generation batch size")
-    e.add_argument("--proved", action="store_true", help="SoS1 only: also score against the stored proved labels")
-    e.add_argument("--output", default=None, help="write metrics and per-item records to this JSON file")
-    e.set_defaults(func=run_eval)
-    p.set_defaults(func=lambda args: p.print_help() or 0)
+def _h(text: str) -> dict:
+    return {"help": text}
 
 
-def run_generate(args) -> int:
+@dataclass
+class SosGenerateArguments:
+    out: str = field(metadata=_h("output .jsonl file (required)"))
+    classes: str = field(default="all", metadata=_h("comma-separated classes (see docs/sos.md) or 'all'"))
+    per_class: int = field(default=10, metadata=_h("items per class"))
+    seed: int = field(default=0, metadata=_h("seed"))
+    num_vars: int = field(default=3, metadata=_h("variables"))
+    degree: int = field(default=4, metadata=_h("even total degree (odd_degree uses degree + 1)"))
+    num_terms: int = field(default=6, metadata=_h("terms / squares / Gram basis size"))
+    max_chars: int | None = field(default=None, metadata=_h("longest printed polynomial"))
+    style: Literal["x1", "x(1)"] = field(default="x1", metadata=_h("variable names"))
+
+
+@dataclass
+class SosCheckArguments:
+    polynomial: str | None = field(default=None, metadata=_h("a polynomial, e.g. '(x1 - x2)^2 + 1'"))
+    file: str | None = field(default=None, metadata=_h("a .jsonl file with a `polynomial` field per line"))
+    sos1: bool = field(default=False, metadata=_h("check the released SoS1 evaluation file (see docs/sos.md)"))
+    limit: int | None = field(default=None, metadata=_h("check only the first N rows"))
+    max_basis: int = field(default=150, metadata=_h("largest Gram basis sent to the SDP"))
+    no_sdp: bool = field(default=False, metadata=_h("cheap exact checks only"))
+    output: str | None = field(default=None, metadata=_h("write verdicts (and the SoS1 summary) to this JSON file"))
+
+
+@dataclass
+class SosEvalArguments:
+    _argument_group_name = "evaluation"
+
+    adapter: str | None = field(default=None, metadata=_h("PEFT adapter directory on top of --model"))
+    file: str | None = field(default=None, metadata=_h("items (.jsonl from `sos generate`); default: the SoS1 file"))
+    style: Literal["plain", "simple", "reasoning"] = field(default="reasoning", metadata=_h("prompt style"))
+    limit: int | None = field(default=None, metadata=_h("first N items only"))
+    max_new_tokens: int = field(default=512, metadata=_h("generation length"))
+    batch_size: int = field(default=8, metadata=_h("generation batch size"))
+    proved: bool = field(default=False, metadata=_h("SoS1 only: also score against the stored proved labels"))
+    output: str | None = field(default=None, metadata=_h("write metrics and per-item records to this JSON file"))
+
+
+def run_generate(args: SosGenerateArguments) -> int:
     from hf_plugins.sos.generators import CLASS_LABELS, GeneratorConfig, generate_items
 
     classes = (
@@ -82,7 +76,7 @@ def run_generate(args) -> int:
     return 0
 
 
-def run_check(args) -> int:
+def run_check(args: SosCheckArguments) -> int:
     from hf_plugins.sos.checker import CheckerConfig, check_polynomial
     from hf_plugins.sos.sos1 import check_sos1, load_check_rows, load_sos1, summarize_sos1
 
@@ -114,12 +108,13 @@ def run_check(args) -> int:
     return 0
 
 
-def run_eval(args) -> int:
+def run_eval(model_args: ModelArguments, args: SosEvalArguments) -> int:
+    from hf_plugins.loading import load_model
     from hf_plugins.sos.evaluation import evaluate_sos_model, load_eval_items
 
     items = load_eval_items(args.file, proved=args.proved)
     items = items[: args.limit] if args.limit else items
-    model, tokenizer = common.load_model(args.model, args.dtype)
+    model, tokenizer = load_model(**model_args.load_kwargs())
     if args.adapter:
         from peft import PeftModel
 
@@ -138,3 +133,31 @@ def run_eval(args) -> int:
     if args.output:
         common.write_json(Path(args.output), result)
     return 0
+
+
+COMMAND = Command(
+    name="sos",
+    help="SoS-1K: generate polynomials with proved labels, check SoS exactly, evaluate a model",
+    description="Sum-of-squares polynomials (SoS-1K, arXiv 2502.20545). See docs/sos.md.",
+    actions=(
+        Command(
+            "generate",
+            help="write generated items (JSON lines) with their certificates",
+            dataclasses=(SosGenerateArguments,),
+            run=run_generate,
+        ),
+        Command(
+            "check",
+            help="check polynomials exactly and print verdicts with evidence",
+            dataclasses=(SosCheckArguments,),
+            positionals=(("polynomial", "a polynomial, e.g. '(x1 - x2)^2 + 1'"),),
+            run=run_check,
+        ),
+        Command(
+            "eval",
+            help="accuracy of a causal LM on SoS items",
+            dataclasses=(ModelArguments, SosEvalArguments),
+            run=run_eval,
+        ),
+    ),
+)

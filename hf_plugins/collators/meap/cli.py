@@ -69,4 +69,5 @@ register_collator(
     "MEAP (arXiv 2502.07490): mask a fraction of input tokens, keep next-token targets; wraps the trainer's "
     "collator (pre-training: mask_ratio=0.15; SFT: 0.1, sft_mode=separate_rows|concat); adds [MASK] if needed",
     callbacks=lambda options: [MEAPCallback()],
+    paper="arXiv 2502.07490",
 )

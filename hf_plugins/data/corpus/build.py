@@ -124,7 +124,7 @@ def build_corpus(
     docs, stats = collect(chosen, cache / "root")
 
     if tokenizer is None:
-        from hf_plugins.cli.common import load_tokenizer
+        from hf_plugins.loading import load_tokenizer
 
         tokenizer = load_tokenizer("smollm2")
     if len(tokenizer) > 65535:

@@ -66,6 +66,7 @@ register_model_config(
     build_coe_config,
     help="Chain-of-Experts (arXiv 2506.18945), small by default (hidden 256, 4 layers, 16 experts, C=2, K=2); "
     "--model-arg overrides any CoEConfig field, e.g. num_iterations=1 for the MoE baseline",
+    paper="arXiv 2506.18945",
 )
 
 __all__ = [

@@ -51,5 +51,6 @@ register_model_config(
     "lns_llama",
     _build(True),
     "small Llama (12 x 256) with LayerNorm Scaling 1/sqrt(l) on the block-input norms (arXiv 2502.05795)",
+    paper="arXiv 2502.05795",
 )
 register_model_config("llama", _build(None), "small Pre-LN Llama (12 x 256), the LNS baseline (same sizes)")

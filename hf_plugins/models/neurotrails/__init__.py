@@ -66,6 +66,7 @@ registry.register_model_config(
     build_neurotrails_config,
     help="NeuroTrails (arXiv 2505.17909): shared backbone + 3 sparse trails, small by default (hidden 128, 2 shared "
     "+ 3 x 2 trail blocks, density 0.9); --model-arg overrides any NeuroTrailsConfig field",
+    paper="arXiv 2505.17909",
 )
 
 __all__ = [

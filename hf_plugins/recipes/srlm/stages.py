@@ -12,6 +12,7 @@ import torch
 
 from hf_plugins import registry
 from hf_plugins.data.arithmetic import Problem
+from hf_plugins.loading import load_model
 
 from .config import KdStageConfig, RlStageConfig, SftStageConfig, StageConfig
 from .kd import check_same_vocabulary
@@ -120,8 +121,6 @@ def load_teacher(teacher, teacher_tokenizer=None, student_tokenizer=None):
     if isinstance(teacher, ArithmeticTeacher) or teacher == "arithmetic":
         return (teacher if isinstance(teacher, ArithmeticTeacher) else ArithmeticTeacher()), None
     if isinstance(teacher, str):
-        from hf_plugins.cli.common import load_model
-
         return load_model(teacher)
     if isinstance(teacher, torch.nn.Module):
         return teacher, (teacher_tokenizer if teacher_tokenizer is not None else student_tokenizer)

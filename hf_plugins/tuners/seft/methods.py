@@ -56,6 +56,7 @@ register_method(
     "any SeftConfig field via --method-arg)",
     callbacks=_seft_callbacks,
     defaults={"learning_rate": 2e-4},
+    paper="arXiv 2505.24037",
 )
 register_method(
     "lora_star",
