@@ -12,8 +12,8 @@ case "$plugin" in
   stable_spam) args=(--optim stable_spam) ;;
   alphadecay)  args=(--optim alphadecay) ;;
   meap)        args=(--collator meap) ;;
-  coe)         args=(--model-config coe) ;;
-  neurotrails) args=(--model-config neurotrails) ;;
+  coe)         args=(--model_config coe) ;;
+  neurotrails) args=(--model_config neurotrails) ;;
   *) echo "unknown plugin $plugin" >&2; exit 2 ;;
 esac
 exec accelerate launch --config_file "$here/$mode.yaml" -m hf_plugins.cli.main train "${args[@]}" "$@"
