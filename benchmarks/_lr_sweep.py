@@ -11,17 +11,20 @@ schedule whatever its length, so stopping at `sweep_step` and going on changes n
 
 Processes write their runs to partial JSON files (`write_partial`); `merge` reads them back, picks each arm's best
 learning rate the same way (mean score at the sweep step over the seeds that reached it) and returns the runs at
-that learning rate. `spread` gives mean [min, max] over seeds.
+that learning rate. The choice, mean [min, max] over seeds and the joining of files are `_sweep_common`'s.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from _sweep_common import best_lr, join_runs, lr_key, seed_stats
 
 
 def curve_value(record: dict, step: int, key: str) -> float | None:
@@ -67,9 +70,9 @@ def sweep_arm(
             runs[lr].train_to(runs[lr].sweep_step, deadline)
         scores = {lr: sweep_score(run.record(), score_key) for lr, run in runs.items()}
         if scores:
-            best = min(scores, key=scores.get)
-            listed = ", ".join(f"lr {lr:g}: {s:.4g}" for lr, s in scores.items())
-            log(f"{arm}: {score_key} at step {runs[best].sweep_step}: {listed} -> lr {best:g}")
+            best = best_lr(scores)
+            listed = ", ".join(f"lr {lr_key(lr)}: {s:.4g}" for lr, s in scores.items())
+            log(f"{arm}: {score_key} at step {runs[best].sweep_step}: {listed} -> lr {lr_key(best)}")
         for lr, run in runs.items():
             if lr == best:
                 run.train_to(run.total_steps, deadline)
@@ -97,21 +100,8 @@ SHARDED = ("lrs", "seeds")  # settings that differ between the processes of one 
 def load_partials(paths: list[str], same: tuple[str, ...]) -> tuple[dict, list[dict]]:
     """(meta of the first file, all runs). The `same` meta keys must agree across files (same protocol; the
     settings' `lrs` and `seeds` may differ: the merged meta lists those of all runs)."""
-
-    def protocol(value):
-        return {k: v for k, v in value.items() if k not in SHARDED} if isinstance(value, dict) else value
-
-    meta, runs = None, []
-    for path in paths:
-        data = json.loads(Path(path).read_text())
-        if meta is None:
-            meta = {k: v for k, v in data.items() if k != "runs"}
-        for key in same:
-            if protocol(data.get(key)) != protocol(meta.get(key)):
-                raise ValueError(f"{path}: `{key}` differs from {paths[0]} ({data.get(key)!r} vs {meta.get(key)!r})")
-        runs += data["runs"]
-    if meta is None:
-        raise ValueError("--merge needs at least one partial JSON file")
+    payloads = [json.loads(Path(path).read_text()) for path in paths]
+    meta, runs = join_runs(payloads, [str(p) for p in paths], same, sharded=SHARDED)
     meta["settings"] = {
         **meta["settings"],
         "lrs": sorted({r["lr"] for r in runs}),
@@ -137,7 +127,7 @@ def best_lrs(runs: list[dict], score_key: str) -> dict[str, dict]:
             lr: statistics.mean(v for seed, v in per_seed.items() if not common or seed in common)
             for lr, per_seed in sorted(by_lr.items())
         }
-        out[arm] = {"lr": min(scores, key=scores.get), "scores": scores}
+        out[arm] = {"lr": best_lr(scores), "scores": scores}
     return out
 
 
@@ -155,17 +145,8 @@ def values_at(runs: list[dict], step: int, key: str) -> list[float]:
 
 
 def spread(values: list[float]) -> dict:
-    """mean, min, max and count (NaN when empty)."""
-    if not values:
-        return {"mean": math.nan, "min": math.nan, "max": math.nan, "n": 0}
-    return {"mean": statistics.mean(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
-def spread_text(s: dict, digits: int = 4) -> str:
-    """`mean [min, max]` (or `n/a`)."""
-    if not s["n"]:
-        return "n/a"
-    return f"{s['mean']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
+    """mean, min, max and count of one metric over seeds (`_sweep_common.seed_stats`, values as they are)."""
+    return seed_stats(values, as_is=True)
 
 
 def plan_steps(total: int, sweep: int, n_lrs: int, n_seeds: int) -> int:
@@ -249,8 +230,9 @@ class TimedRun:
             torch.cuda.empty_cache()
 
 
-def add_arguments(p, default_arms: list[str]) -> None:
-    """The options both scripts share (sharding, deadline, probe, merge, outputs)."""
+def parser(doc: str, default_arms: list[str]) -> argparse.ArgumentParser:
+    """The command line both scripts share (sharding, deadline, probe, merge, outputs); they add their own."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     p.add_argument("--arms", nargs="+", default=default_arms, help=f"arms to run (default {default_arms})")
     p.add_argument("--lrs", nargs="+", type=float, help="learning rates to sweep")
@@ -263,6 +245,7 @@ def add_arguments(p, default_arms: list[str]) -> None:
     p.add_argument("--out", help="training: partial results JSON; --merge: rows and summary JSON")
     p.add_argument("--plot", help="write the plot here (needs matplotlib)")
     p.add_argument("--append", action="store_true", help="append the rows to benchmarks/RESULTS.md")
+    return p
 
 
 def settings_from(args, smoke: dict, full: dict) -> dict:
@@ -304,14 +287,12 @@ def run_meta(script: str, cuda: bool, smoke: bool, **fields) -> dict:
     import datetime
 
     import _results
-    import torch
-    import transformers
 
     return {
         "script": script,
         "date": datetime.date.today().isoformat(),
         "device": _results.device_label(cuda, smoke),
-        "stack": f"{torch.__version__} / {transformers.__version__}",
+        "stack": _results.stack(),
         **fields,
     }
 
@@ -338,3 +319,32 @@ def report(meta: dict, runs: list[dict], args, build, plot) -> list[dict]:
         except ImportError as exc:
             print(f"no plot ({exc}): run --merge where matplotlib is installed")
     return rows
+
+
+def check_arms(arms: list[str], known) -> None:
+    unknown = [a for a in arms if a not in known]
+    if unknown:
+        raise ValueError(f"--arms: unknown {unknown}; choose from {list(known)}")
+
+
+def merge_and_report(args, same: tuple[str, ...], build, plot) -> int:
+    """`--merge`: the partial files of one protocol (their `same` meta keys agree) through `report`."""
+    meta, runs = load_partials(args.merge, same=same)
+    report(meta, runs, args, build, plot)
+    return 0
+
+
+def train_and_report(args, script: str, make_run, score_key: str, settings: dict, device, t0: float, build, plot,
+                     **fields) -> int:  # fmt: skip
+    """Every arm's sweep (`train`), then, unless probing, its partial file (`--out`: `run_meta` with the protocol
+    `fields`) and `report`. `t0`: the process's start, for the wall time."""
+    runs = train(args, make_run, score_key, settings)
+    if args.probe:
+        return 0
+    meta = run_meta(script, device.type == "cuda", args.smoke, settings=settings, **fields)
+    meta["wall_s"] = time.perf_counter() - t0
+    print(f"process wall {meta['wall_s']:.1f} s", flush=True)
+    if args.out:
+        write_partial(args.out, meta, runs)
+    report(meta, runs, args, build, plot)
+    return 0

@@ -103,12 +103,17 @@ def fmt(x) -> str:
     return str(x)
 
 
-def row_prefix(script: str, device: str) -> str:
-    """`| date | script | device | torch / transformers |` of today's rows."""
+def stack() -> str:
+    """The rows' `torch / transformers` column: this process's versions."""
     import torch
     import transformers
 
-    return f"| {datetime.date.today().isoformat()} | {script} | {device} | {torch.__version__} / {transformers.__version__} |"
+    return f"{torch.__version__} / {transformers.__version__}"
+
+
+def row_prefix(script: str, device: str) -> str:
+    """`| date | script | device | torch / transformers |` of today's rows."""
+    return f"| {datetime.date.today().isoformat()} | {script} | {device} | {stack()} |"
 
 
 def markdown(rows: list[dict], script: str, device: str) -> list[str]:

@@ -9,8 +9,9 @@ baseline):
 4. merge: mean [min, max] over the seeds of every reported metric, RESULTS.md rows (one per metric and baseline,
    plus the whole sweep), a JSON of every run with its curves, a markdown table for the docs and a plot.
 "Best" is the lowest value of `Plan.select` on the validation split (highest for keys in `higher_is_better`), ties
-broken by `Plan.tie_break`; a run whose selection value is not finite (diverged) is the worst. Reported metrics are
-measured on a separate test split, so the selection does not flatter the reported numbers.
+broken by `Plan.tie_break` (`_sweep_common.best_lr`); a run whose selection value is not finite (diverged) is the
+worst. Reported metrics are measured on a separate test split, so the selection does not flatter the reported
+numbers.
 
 Each run is one JSON file `<work-dir>/runs/<group>__<arm>__lr<lr>__s<seed>.json` written when the run ends. A run
 whose file exists is not repeated, so a stopped job resumes where it stopped and several processes can share the
@@ -30,7 +31,6 @@ import json
 import math
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import _results  # benchmarks/_results.py
+import _sweep_common as common  # benchmarks/_sweep_common.py
+from _sweep_common import lr_key, ratio, seed_stats, spread_text
 
 
 @dataclass
@@ -109,10 +111,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
 
 
-def lr_key(lr: float) -> str:
-    return f"{lr:.6g}"
-
-
 def work_dir(plan: Plan, args) -> Path:
     if args.work_dir is None:
         stem = Path(plan.script).stem
@@ -152,16 +150,6 @@ def load_records(root: Path) -> list[dict]:
     return records
 
 
-def _score(plan: Plan, record: dict) -> tuple:
-    def finite(key, sign=1.0):
-        value = record.get(key) if key else None
-        value = float("nan") if value is None else float(value)
-        return sign * value if math.isfinite(value) else math.inf
-
-    sign = -1.0 if plan.select in plan.higher_is_better else 1.0
-    return finite(plan.select, sign), finite(plan.tie_break), record["lr"]
-
-
 def sweep_records(records: list[dict], group: str, arm: str, seed: int) -> list[dict]:
     """The first seed's runs of one lane, one per learning rate, by rate."""
     by_lr = {lr_key(r["lr"]): r for r in records if r["group"] == group and r["arm"] == arm and r["seed"] == seed}
@@ -169,7 +157,10 @@ def sweep_records(records: list[dict], group: str, arm: str, seed: int) -> list[
 
 
 def best_lr(plan: Plan, swept: list[dict]) -> float | None:
-    return min(swept, key=lambda r: _score(plan, r))["lr"] if swept else None
+    """The chosen rate of a lane's sweep (`sweep_records`: by rate): see the module docstring."""
+    scores = {r["lr"]: r.get(plan.select) for r in swept}
+    ties = {r["lr"]: r.get(plan.tie_break) for r in swept} if plan.tie_break else None
+    return common.best_lr(scores, higher=plan.select in plan.higher_is_better, ties=ties)
 
 
 def _ensure(plan, args, root, group, arm, lr, seed, run_unit) -> dict | None:
@@ -300,15 +291,6 @@ def run(plan: Plan, args, run_unit: Callable[..., dict], argv: list[str]) -> int
     return 1 if failed or errors else 0
 
 
-def _stats(values: list[float]) -> dict:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if len(finite) < len(values) or not finite:
-        nan = float("nan")
-        return {"mean": nan, "min": nan, "max": nan, "values": values, "n": len(values)}
-    return {"mean": statistics.fmean(finite), "min": min(finite), "max": max(finite), "values": values,
-            "n": len(values)}  # fmt: skip
-
-
 def summarize(plan: Plan, records: list[dict], seeds: list[int]) -> dict:
     """{group: {arm: {sweep, best_lr, edge, seeds, metrics: {key: mean/min/max/values/n}, best_runs}}}."""
     out: dict = {}
@@ -329,26 +311,23 @@ def summarize(plan: Plan, records: list[dict], seeds: list[int]) -> dict:
                 "best_lr": best,
                 "edge": len(swept) > 1 and best in (swept[0]["lr"], swept[-1]["lr"]),
                 "seeds": [r["seed"] for r in runs],
-                "metrics": {k: _stats([r.get(k, float("nan")) for r in runs]) for k, _ in plan.metrics(group)},
+                "metrics": {
+                    k: seed_stats([r.get(k, math.nan) for r in runs], keep_values=True) for k, _ in plan.metrics(group)
+                },
                 "best_runs": runs,
             }
     return out
 
 
 def mmm(s: dict) -> str:
-    """`mean [min, max]` of `_stats` (one value: the value alone)."""
-    if s["n"] == 1:
-        return _results.fmt(float(s["mean"]))
-    return f"{_results.fmt(float(s['mean']))} [{_results.fmt(float(s['min']))}, {_results.fmt(float(s['max']))}]"
+    """`mean [min, max]` of `seed_stats`, 4 significant digits (one value: the value alone)."""
+    return spread_text(s, fmt=lambda x: _results.fmt(float(x)), one_value=True)
 
 
 def sweep_text(lane: dict) -> str:
     """`lr: value` per swept rate, the chosen one starred."""
-    parts = []
-    for s in lane["sweep"]:
-        value = "n/a" if s["value"] is None else _results.fmt(float(s["value"]))
-        parts.append(f"{lr_key(s['lr'])}: {value}" + ("*" if s["lr"] == lane["best_lr"] else ""))
-    return "; ".join(parts)
+    value = lambda v: "n/a" if v is None else _results.fmt(float(v))  # noqa: E731
+    return common.sweep_text({s["lr"]: s["value"] for s in lane["sweep"]}, lane["best_lr"], fmt=value)
 
 
 def rows(plan: Plan, summary: dict, seeds: list[int]) -> list[dict]:
@@ -366,15 +345,13 @@ def rows(plan: Plan, summary: dict, seeds: list[int]) -> list[dict]:
                     f"{','.join(map(str, base['seeds']))}")  # fmt: skip
             for key, label in plan.metrics(group):
                 o, b = ours["metrics"][key], base["metrics"][key]
-                ratio = o["mean"] / b["mean"] if b["mean"] else float("nan")
                 out.append({"case": case, "metric": f"{label}, mean [min, max], {lo} vs {lb}",
-                            "ours_text": mmm(o), "base_text": mmm(b), "ratio": ratio})  # fmt: skip
+                            "ours_text": mmm(o), "base_text": mmm(b), "ratio": ratio(o["mean"], b["mean"])})  # fmt: skip
             vo = next((s["value"] for s in ours["sweep"] if s["lr"] == ours["best_lr"]), None)
             vb = next((s["value"] for s in base["sweep"] if s["lr"] == base["best_lr"]), None)
-            ratio = vo / vb if vo is not None and vb else float("nan")
             metric = f"{plan.select_label} per lr, seed {seeds[0]} (* chosen), {lo} vs {lb}"
             out.append({"case": case, "metric": metric, "ours_text": sweep_text(ours), "base_text": sweep_text(base),
-                        "ratio": ratio})  # fmt: skip
+                        "ratio": ratio(vo, vb)})  # fmt: skip
     return out
 
 

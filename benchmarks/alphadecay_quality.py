@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import _results  # noqa: E402
 import _sweep  # noqa: E402
 
 
@@ -42,50 +41,21 @@ def run_unit(group: str, arm: str, lr: float, seed: int, args) -> dict:
     import pretrain
 
     cfg = SMOKE if args.smoke else FULL
-    tokens = args.tokens or cfg["tokens"]
-    corpus = pretrain.smoke_corpus() if args.smoke else args.corpus
-    steps = max(1, tokens // (cfg["batch"] * cfg["seq"]))
-    argv = [
-        "--corpus", corpus, "--size", cfg["size"], "--lr", repr(lr), "--seed", str(seed), "--tokens", str(tokens),
-        "--batch-size", str(cfg["batch"]), "--seq-len", str(cfg["seq"]), "--eval-tokens", str(cfg["eval_tokens"]),
-        "--test-tokens", str(cfg["test_tokens"]), "--eval-every", str(max(1, steps // 4)),
-        "--weight-decay", str(args.weight_decay), "--esd-min-eigs", str(cfg["min_eigs"]),
-        "--bf16", "no" if args.smoke else "auto", "--grad-accum", str(args.grad_accum),
-    ]  # fmt: skip
+    options = ["--weight-decay", str(args.weight_decay), "--esd-min-eigs", str(cfg["min_eigs"])]
     if arm == "alphadecay":
         interval = args.interval or cfg["interval"]
-        argv += [
-            "--optim",
-            "alphadecay",
-            "--optim-arg",
-            f"interval={interval}",
-            "--optim-arg",
-            f"min_eigs={cfg['min_eigs']}",
-        ]
+        options += ["--optim", "alphadecay", "--optim-arg", f"interval={interval}", "--optim-arg",
+                    f"min_eigs={cfg['min_eigs']}"]  # fmt: skip
     else:
-        argv += ["--optim", "adamw"]
-    res = pretrain.run(pretrain.parse_args(argv))
-    return {
-        "val_loss": res["final_eval_loss"],
-        "val_ppl": res["final_eval_perplexity"],
-        "test_loss": res["final_test_loss"],
-        "test_ppl": res["final_test_perplexity"],
-        "curve": [[c["step"], c["eval_loss"]] for c in res["curve"] if "eval_loss" in c],
-        "train_loss": [[c["step"], c["loss"]] for c in res["curve"] if "loss" in c],
-        "steps": res["steps"],
-        "tokens": res["tokens"],
-        "parameters": res["parameters"],
-        "tokens_per_s": res["tokens_per_second"],
-        "peak_gib": res["peak_memory_gib"],
+        options += ["--optim", "adamw"]
+    return pretrain.sweep_run(args, cfg, lr, seed, options, lambda res: {
         # what benchmarks/alphadecay_plot.py reads
         "config": {"optim": res["config"]["optim"], "weight_decay": args.weight_decay},
         "final_eval_perplexity": res["final_eval_perplexity"],
         "esd_start": res["esd_start"],
         "esd_end": res["esd_end"],
         "alphadecay_end": res["alphadecay_end"],
-        "device": _results.device_label(res["device"] != "cpu", args.smoke),
-        "stack": f"{res['versions']['torch']} / {res['versions']['transformers']}",
-    }
+    })  # fmt: skip
 
 
 def alpha_plot(summary: dict, args, plot_path: str) -> list[str]:

@@ -40,7 +40,6 @@ Needs only torch + transformers (+ matplotlib for `--plot`, wherever `--merge` r
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -51,9 +50,10 @@ import torch
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings `_results`, `_lr_sweep`
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings `_results`, `_lr_sweep`, `_sweep_common`
 
 import _lr_sweep as sweep  # noqa: E402
+import _sweep_common as common  # noqa: E402
 
 
 SCRIPT = "coe_quality.py"
@@ -294,10 +294,8 @@ def make_rows(summary: dict, meta: dict) -> list[dict]:
     )
     rows = []
 
-    def row(metric, a: dict, b: dict, text=sweep.spread_text):
-        ratio = a["mean"] / b["mean"] if a["n"] and b["n"] else math.nan
-        base = {"case": case, "metric": metric, "ours": a["mean"], "baseline": b["mean"], "ratio": ratio}
-        rows.append({**base, "ours_text": text(a), "base_text": text(b)})
+    def row(metric, a: dict, b: dict, text=common.spread_text):
+        rows.append(common.compare_row(case, metric, a, b, text))
 
     for arm, a in summary.items():
         moe = summary.get(baseline_of(arm))
@@ -336,8 +334,8 @@ def table(summary: dict, s: dict) -> str:
     head += " | ".join(f"val loss @ {at(f, s['steps'])}" for f in CHECKPOINTS) + " |"
     lines = [head, "|---|---|---|" + "---|" * len(CHECKPOINTS)]
     for a in summary.values():
-        scores = ", ".join(f"{lr:g}: {v:.3f}" for lr, v in a["sweep_scores"].items())
-        cells = " | ".join(sweep.spread_text(a["checkpoints"][f]) for f in CHECKPOINTS)
+        scores = common.sweep_text(a["sweep_scores"], fmt=lambda v: f"{v:.3f}", sep=", ")
+        cells = " | ".join(common.spread_text(a["checkpoints"][f]) for f in CHECKPOINTS)
         lines.append(f"| {a['label']} | **{a['lr']:g}** ({scores}) | {len(a['seeds'])} | {cells} |")
     paper = " | ".join(f"{PAPER[f][0]} / {PAPER[f][1]}" for f in CHECKPOINTS)
     lines.append(f"| paper (official layout, MetaMathQA): MoE K=8 / CoE C=2 K=4 | 3e-4 | 1 | {paper} |")
@@ -385,22 +383,17 @@ def plot(summary: dict, meta: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sweep.add_arguments(p, DEFAULT_ARMS)
+    p = sweep.parser(__doc__, DEFAULT_ARMS)
     p.add_argument("--sweep-step", type=int, help="step at which each arm's lr is chosen (default 200)")
     args = p.parse_args(argv)
     if args.merge:
-        meta, runs = sweep.load_partials(args.merge, same=("settings", "model", "data"))
-        sweep.report(meta, runs, args, build, plot)
-        return 0
+        return sweep.merge_and_report(args, ("settings", "model", "data"), build, plot)
     s = sweep.settings_from(args, SMOKE, FULL)
     s["sweep_step"] = args.sweep_step or s["sweep_step"]
     if not 1 <= s["sweep_step"] <= s["steps"]:
         raise ValueError(f"--sweep-step must be in [1, steps={s['steps']}], got {s['sweep_step']}")
     all_arms = arms(s["k_moe"])
-    unknown = [a for a in args.arms if a not in all_arms]
-    if unknown:
-        raise ValueError(f"--arms: unknown {unknown}; choose from {list(all_arms)}")
+    sweep.check_arms(args.arms, all_arms)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     t0 = time.perf_counter()
     data = make_data(s)
@@ -408,16 +401,10 @@ def main(argv=None) -> int:
     print(f"data in {time.perf_counter() - t0:.1f} s: {data['meta']}", flush=True)
     model = SMOKE_MODEL if args.smoke else MODEL
     ctx = {"settings": s, "model": model, "data": data, "arms": all_arms, "device": device}
-    runs = sweep.train(args, lambda arm, lr, seed: Run(ctx, arm, lr, seed), "val_loss", s)
-    if args.probe:
-        return 0
-    meta = sweep.run_meta(SCRIPT, device.type == "cuda", args.smoke, settings=s, model=model, data=data["meta"])
-    meta["wall_s"] = time.perf_counter() - t0
-    print(f"process wall {meta['wall_s']:.1f} s", flush=True)
-    if args.out:
-        sweep.write_partial(args.out, meta, runs)
-    sweep.report(meta, runs, args, build, plot)
-    return 0
+    make_run = lambda arm, lr, seed: Run(ctx, arm, lr, seed)  # noqa: E731
+    return sweep.train_and_report(
+        args, SCRIPT, make_run, "val_loss", s, device, t0, build, plot, model=model, data=data["meta"]
+    )
 
 
 if __name__ == "__main__":

@@ -188,14 +188,8 @@ def run_unit(group: str, arm: str, lr: float, seed: int, args) -> dict:
         "tokens": steps * cfg["batch"] * cfg["seq"],
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "device": _results.device_label(device.type == "cuda", args.smoke),
-        "stack": _stack(),
+        "stack": _results.stack(),
     }
-
-
-def _stack() -> str:
-    import transformers
-
-    return f"{torch.__version__} / {transformers.__version__}"
 
 
 def depth_plot(summary: dict, args, plot_path: str) -> list[str]:

@@ -54,6 +54,7 @@ import time
 from pathlib import Path
 
 import _results  # benchmarks/_results.py (`python benchmarks/x.py` puts this folder on sys.path)
+import _sweep_common as common  # benchmarks/_sweep_common.py
 import numpy as np
 import torch
 from _meap_data import DEPTHS, KeyValueTask, smoke_tokenizer
@@ -289,33 +290,38 @@ def run_shard(args) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------- merge
-def merge(payloads: list[dict]) -> dict:
-    """Shards (or merged files) of one task into one: runs deduplicated by (arm, lr, seed), each arm's chosen rate
-    (best dev exact match among the sweep seed's runs) and its runs at that rate."""
-    task = payloads[0]["task"]
-    for p in payloads[1:]:
-        if p["task"] != task:
-            diff = sorted(k for k in task if p["task"].get(k) != task[k])
-            raise ValueError(f"the files were run with different task settings ({diff}); merge only one task")
+def merge(payloads: list[dict], names: list[str] | None = None) -> dict:
+    """Shards (or merged files, `names` for the errors) of one task into one: runs deduplicated by (arm, lr, seed),
+    each arm's chosen rate (best dev exact match among the sweep seed's runs) and its runs at that rate."""
+    names = names or [f"file {i + 1}" for i in range(len(payloads))]
+    meta, joined = common.join_runs(payloads, names, same=("task",))
     runs = {}
-    for p in payloads:
-        for r in p["runs"]:
-            runs.setdefault((r["arm"], r["lr"], r["seed"]), r)
+    for r in joined:
+        runs.setdefault((r["arm"], r["lr"], r["seed"]), r)
     runs = [runs[k] for k in sorted(runs)]
     sweep = {}
     for r in runs:
-        if r["seed"] == task["sweep_seed"]:
+        if r["seed"] == meta["task"]["sweep_seed"]:
             sweep.setdefault(r["arm"], {})[r["lr"]] = r["dev"]["overall"]
-    chosen = {arm: max(by_lr, key=by_lr.get) for arm, by_lr in sweep.items()}
+    chosen = {arm: common.best_lr(by_lr, higher=True) for arm, by_lr in sweep.items()}
     final = {arm: [r for r in runs if r["arm"] == arm and r["lr"] == lr] for arm, lr in chosen.items()}
     base = next((p["base"] for p in payloads if p.get("base")), None)
-    return {**{k: payloads[0][k] for k in ("script", "task", "model", "device", "tokens_by_docs")}, "base": base,
+    return {**{k: meta[k] for k in ("script", "task", "model", "device", "tokens_by_docs")}, "base": base,
             "runs": runs, "sweep": sweep, "chosen_lr": chosen, "final": final}  # fmt: skip
 
 
-def _spread(values: list[float]) -> tuple[float, str]:
-    mean = statistics.fmean(values)
-    return mean, f"{mean:.3f} [{min(values):.3f}, {max(values):.3f}]"
+def _row(case: str, metric: str, ours: float, base: float, ours_text: str, base_text: str) -> dict:
+    """A RESULTS.md row (keys in the order of the merged files written so far)."""
+    return {"case": case, "metric": metric, "ours": ours, "baseline": base, "ours_text": ours_text,
+            "base_text": base_text, "ratio": common.ratio(ours, base)}  # fmt: skip
+
+
+def _text(s: dict) -> str:
+    return common.spread_text(s, 3)
+
+
+def _sweep_text(by_lr: dict, chosen: float | None = None) -> str:
+    return common.sweep_text(dict(sorted(by_lr.items())), chosen, fmt=lambda acc: f"{acc:.3f}", sep=", ")
 
 
 def cell_mean(grid: dict, docs=None, depths=None) -> float:
@@ -339,11 +345,9 @@ def rows_from(m: dict) -> list[dict]:
         metric = f"answer exact match, {arm} vs NTP, mean [min, max] over seeds"
 
         def row(case, pick, arm=arm, metric=metric):
-            ours, ours_text = _spread([pick(r["test"]["grid"]) for r in final[arm]])
-            base, base_text = _spread([pick(r["test"]["grid"]) for r in final["ntp"]])
-            rows.append({"case": f"{case} ({setup})", "metric": metric, "ours": ours, "baseline": base,
-                         "ours_text": ours_text, "base_text": base_text,
-                         "ratio": ours / base if base else float("nan")})  # fmt: skip
+            ours = common.seed_stats([pick(r["test"]["grid"]) for r in final[arm]])
+            base = common.seed_stats([pick(r["test"]["grid"]) for r in final["ntp"]])
+            rows.append(_row(f"{case} ({setup})", metric, ours["mean"], base["mean"], _text(ours), _text(base)))
 
         for n in task["eval_docs"]:
             tokens = m["tokens_by_docs"][str(n)]
@@ -352,19 +356,16 @@ def rows_from(m: dict) -> list[dict]:
             row(f"KV retrieval, depth {d}, mean over doc counts", lambda g, d=d: cell_mean(g, depths=[d]))
         row("KV retrieval, all cells", cell_mean)
     if m["base"]:
-        b, (ntp, ntp_text) = m["base"]["test"]["overall"], _spread([r["test"]["overall"] for r in final["ntp"]])
+        b, ntp = m["base"]["test"]["overall"], common.seed_stats([r["test"]["overall"] for r in final["ntp"]])
         among = m["base"]["test"]["candidates_overall"]
-        rows.append({"case": f"KV retrieval, all cells, not fine-tuned model ({setup})",
-                     "metric": "answer exact match (in parentheses: best of the example's candidate words), base "
-                     "model vs NTP", "ours": b, "baseline": ntp, "ours_text": f"{b:.3f} ({among:.3f})",
-                     "base_text": ntp_text, "ratio": b / ntp if ntp else float("nan")})  # fmt: skip
-    sweep_text = {arm: ", ".join(f"{lr:g}: {acc:.3f}" + ("*" if lr == m["chosen_lr"][arm] else "")
-                                 for lr, acc in sorted(by_lr.items())) for arm, by_lr in m["sweep"].items()}  # fmt: skip
+        metric = "answer exact match (in parentheses: best of the example's candidate words), base model vs NTP"
+        case = f"KV retrieval, all cells, not fine-tuned model ({setup})"
+        rows.append(_row(case, metric, b, ntp["mean"], f"{b:.3f} ({among:.3f})", _text(ntp)))
+    sweep_text = {arm: _sweep_text(by_lr, m["chosen_lr"][arm]) for arm, by_lr in m["sweep"].items()}
     for arm in (a for a in m["sweep"] if a != "ntp"):
-        rows.append({"case": f"learning-rate sweep, seed {task['sweep_seed']} ({setup})",
-                     "metric": f"dev exact match by lr (* chosen), {arm} vs NTP", "ours": float("nan"),
-                     "baseline": float("nan"), "ours_text": sweep_text[arm], "base_text": sweep_text.get("ntp", ""),
-                     "ratio": float("nan")})  # fmt: skip
+        case = f"learning-rate sweep, seed {task['sweep_seed']} ({setup})"
+        metric = f"dev exact match by lr (* chosen), {arm} vs NTP"
+        rows.append(_row(case, metric, float("nan"), float("nan"), sweep_text[arm], sweep_text.get("ntp", "")))
     return rows
 
 
@@ -474,7 +475,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     if args.merge:
-        merged = merge([json.loads(Path(f).read_text()) for f in args.merge])
+        merged = merge([json.loads(Path(f).read_text()) for f in args.merge], args.merge)
     else:
         payload = run_shard(args)
         print(f"shard done in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -483,8 +484,7 @@ def main(argv=None) -> int:
             return 0
         merged = merge([payload])
     for arm, by_lr in merged["sweep"].items():
-        print(f"{arm}: dev exact match by lr " + ", ".join(f"{lr:g}: {a:.3f}" for lr, a in sorted(by_lr.items()))
-              + f" -> chose {merged['chosen_lr'][arm]:g}")  # fmt: skip
+        print(f"{arm}: dev exact match by lr {_sweep_text(by_lr)} -> chose {merged['chosen_lr'][arm]:g}")
     rows = rows_from(merged)
     lines = _results.markdown_text(rows, SCRIPT, merged["device"]) if rows else []
     print("\n".join(lines) if lines else "no rows: needs NTP and a MEAP arm at their chosen rates")

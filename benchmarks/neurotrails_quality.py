@@ -45,7 +45,6 @@ Needs only torch + transformers (+ matplotlib for `--plot`, wherever `--merge` r
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import sys
@@ -57,9 +56,10 @@ import torch.nn.functional as F
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings `_results`, `_lr_sweep`
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings `_results`, `_lr_sweep`, `_sweep_common`
 
 import _lr_sweep as sweep  # noqa: E402
+import _sweep_common as common  # noqa: E402
 
 
 SCRIPT = "neurotrails_quality.py"
@@ -282,22 +282,15 @@ def make_rows(summary: dict, meta: dict) -> list[dict]:
     rows = []
 
     def add(metric, x, y, ours_text, base_text):
-        ratio = x / y if y and math.isfinite(x) and math.isfinite(y) else math.nan
-        rows.append({"case": case, "metric": metric, "ours": x, "baseline": y, "ratio": ratio,
+        rows.append({"case": case, "metric": metric, "ours": x, "baseline": y, "ratio": common.ratio(x, y),
                      "ours_text": ours_text, "base_text": base_text})  # fmt: skip
 
     def compare(metric, a, b, key, digits=2):
         if a in summary and b in summary:
             x, y = summary[a]["final"][key], summary[b]["final"][key]
             lrs = f"lr {summary[a]['lr']:g} vs {summary[b]['lr']:g}"
-            text = lambda v: sweep.spread_text(v, digits)  # noqa: E731
-            add(
-                f"{metric} ({lrs}), mean [min, max] over {x['n']}/{y['n']} seeds",
-                x["mean"],
-                y["mean"],
-                text(x),
-                text(y),
-            )
+            metric = f"{metric} ({lrs}), mean [min, max] over {x['n']}/{y['n']} seeds"
+            rows.append(common.compare_row(case, metric, x, y, lambda v: common.spread_text(v, digits)))
 
     def paper(a, b):
         return f"; paper (LLaMA-350M, C4) {PAPER[a]} vs {PAPER[b]} = {PAPER[a] / PAPER[b]:.3f}"
@@ -320,7 +313,7 @@ def make_rows(summary: dict, meta: dict) -> list[dict]:
         if arm in summary:  # what averaging buys over the heads it averages
             f = summary[arm]["final"]
             metric = f"ensembling gain, {ARMS[arm]['label']}: val ppl of the averaged logits vs mean per-head ppl"
-            text = lambda v: sweep.spread_text(v, 2)  # noqa: E731
+            text = lambda v: common.spread_text(v, 2)  # noqa: E731
             add(metric, f["ppl"]["mean"], f["mean_head_ppl"]["mean"], text(f["ppl"]), text(f["mean_head_ppl"]))
     for base in ("ensemble", "single"):
         if "neurotrails" in summary and base in summary:
@@ -338,9 +331,9 @@ def table(summary: dict) -> str:
     ]
     for a in summary.values():
         f = a["final"]
-        scores = ", ".join(f"{lr:g}: {v:.1f}" for lr, v in a["sweep_scores"].items())
+        scores = common.sweep_text(a["sweep_scores"], fmt=lambda v: f"{v:.1f}", sep=", ")
         cells = [
-            sweep.spread_text(f[k], d) for k, d in (("ppl", 1), ("mean_head_ppl", 1), ("kl", 3), ("disagreement", 3))
+            common.spread_text(f[k], d) for k, d in (("ppl", 1), ("mean_head_ppl", 1), ("kl", 3), ("disagreement", 3))
         ]
         params = f"{a['params'] / 1e6:.1f} ({a['nonzero'] / 1e6:.1f})"
         head = f"| {a['label']} | **{a['lr']:g}** ({scores}) | {len(a['seeds'])} | {a['steps']} | {params} |"
@@ -394,34 +387,23 @@ def plot(summary: dict, meta: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sweep.add_arguments(p, DEFAULT_ARMS)
+    p = sweep.parser(__doc__, DEFAULT_ARMS)
     p.add_argument("--corpus", help="directory written by `hf-plugins corpus build` (default corpus_out)")
     args = p.parse_args(argv)
     if args.merge:
-        meta, runs = sweep.load_partials(args.merge, same=("settings", "shape", "data"))
-        sweep.report(meta, runs, args, build, plot)
-        return 0
+        return sweep.merge_and_report(args, ("settings", "shape", "data"), build, plot)
     s = sweep.settings_from(args, SMOKE, FULL)
-    unknown = [a for a in args.arms if a not in ARMS]
-    if unknown:
-        raise ValueError(f"--arms: unknown {unknown}; choose from {list(ARMS)}")
+    sweep.check_arms(args.arms, ARMS)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     t0 = time.perf_counter()
     data = load_data(args.corpus, args.smoke, s)
     data.update(train=data["train"].to(device), val=data["val"].to(device))
     shape = SMOKE_SHAPE if args.smoke else SHAPE
     ctx = {"settings": s, "shape": shape, "data": data, "arms": ARMS, "device": device}
-    runs = sweep.train(args, lambda arm, lr, seed: Run(ctx, arm, lr, seed), "ppl", s)
-    if args.probe:
-        return 0
-    meta = sweep.run_meta(SCRIPT, device.type == "cuda", args.smoke, settings=s, shape=shape, data=data["meta"])
-    meta["wall_s"] = time.perf_counter() - t0
-    print(f"process wall {meta['wall_s']:.1f} s", flush=True)
-    if args.out:
-        sweep.write_partial(args.out, meta, runs)
-    sweep.report(meta, runs, args, build, plot)
-    return 0
+    make_run = lambda arm, lr, seed: Run(ctx, arm, lr, seed)  # noqa: E731
+    return sweep.train_and_report(
+        args, SCRIPT, make_run, "ppl", s, device, t0, build, plot, shape=shape, data=data["meta"]
+    )
 
 
 if __name__ == "__main__":

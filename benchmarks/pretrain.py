@@ -367,6 +367,42 @@ def smoke_corpus(out_dir: str | Path | None = None) -> str:
     return str(out)
 
 
+def sweep_run(args, cfg: dict, lr: float, seed: int, options: list[str], extra=lambda res: {}) -> dict:
+    """One run of a quality check's learning-rate sweep (stable_spam_quality.py, alphadecay_quality.py): the model
+    `size`, `batch`, `seq`, `eval_tokens` and `test_tokens` of `cfg`, `args.tokens` training tokens (default cfg's
+    `tokens`), `args.grad_accum`, four validations per run, bf16 autocast on the GPU, on `args.corpus` (the smoke
+    corpus with `args.smoke`); `options`: further flags of this script (optimizer, decay, clipping). Returns the
+    sweep's record of the run: its metrics, then `extra(result)`, then its device and versions."""
+    import _results  # a sibling module, as for the quality scripts that call this
+
+    tokens = args.tokens or cfg["tokens"]
+    steps = max(1, tokens // (cfg["batch"] * cfg["seq"]))
+    argv = [
+        "--corpus", smoke_corpus() if args.smoke else args.corpus, "--size", cfg["size"], "--lr", repr(lr),
+        "--seed", str(seed), "--tokens", str(tokens), "--batch-size", str(cfg["batch"]), "--seq-len", str(cfg["seq"]),
+        "--eval-tokens", str(cfg["eval_tokens"]), "--test-tokens", str(cfg["test_tokens"]),
+        "--eval-every", str(max(1, steps // 4)), "--bf16", "no" if args.smoke else "auto",
+        "--grad-accum", str(args.grad_accum), *options,
+    ]  # fmt: skip
+    res = run(parse_args(argv))
+    return {
+        "val_loss": res["final_eval_loss"],
+        "val_ppl": res["final_eval_perplexity"],
+        "test_loss": res["final_test_loss"],
+        "test_ppl": res["final_test_perplexity"],
+        "curve": [[c["step"], c["eval_loss"]] for c in res["curve"] if "eval_loss" in c],
+        "train_loss": [[c["step"], c["loss"]] for c in res["curve"] if "loss" in c],
+        "steps": res["steps"],
+        "tokens": res["tokens"],
+        "parameters": res["parameters"],
+        "tokens_per_s": res["tokens_per_second"],
+        "peak_gib": res["peak_memory_gib"],
+        **extra(res),
+        "device": _results.device_label(res["device"] != "cpu", args.smoke),
+        "stack": f"{res['versions']['torch']} / {res['versions']['transformers']}",
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     result = run(args)

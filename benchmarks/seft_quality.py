@@ -94,12 +94,6 @@ def _perplexity(model, ids: torch.Tensor, bsz: int = 8) -> float:
     return math.exp(nll / count)
 
 
-def _stack() -> str:
-    import transformers
-
-    return f"{torch.__version__} / {transformers.__version__}"
-
-
 def prepare(args) -> None:
     """Prune once: the reference perplexities and the Wanda bases of every sparsity (skipped when done)."""
     root = Path(args.work_dir)
@@ -131,7 +125,7 @@ def prepare(args) -> None:
             model.save_pretrained(root / "bases" / f"wanda{round(sparsity * 100)}")
         del model
     tok.save_pretrained(root / "bases" / "tokenizer")
-    info = {"ppl": ppl, "device": _results.device_label(device.type == "cuda", args.smoke), "stack": _stack(),
+    info = {"ppl": ppl, "device": _results.device_label(device.type == "cuda", args.smoke), "stack": _results.stack(),
             "date": datetime.date.today().isoformat(), "seconds": time.perf_counter() - t0}  # fmt: skip
     (root / "prepare.json").write_text(json.dumps(info, indent=1))
     del dense
@@ -274,7 +268,7 @@ def run_unit(group: str, arm: str, lr: float, seed: int, args) -> dict:
         "curve": curve,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "device": _results.device_label(device.type == "cuda", args.smoke),
-        "stack": _stack(),
+        "stack": _results.stack(),
     }
 
 

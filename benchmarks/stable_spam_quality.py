@@ -199,49 +199,17 @@ def _int4_unit(arm: str, lr: float, seed: int, args) -> dict:
         "tokens": steps * cfg["batch"] * cfg["seq"],
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "device": _results.device_label(device.type == "cuda", args.smoke),
-        "stack": _stack(),
+        "stack": _results.stack(),
     }
-
-
-def _stack() -> str:
-    import transformers
-
-    return f"{torch.__version__} / {transformers.__version__}"
 
 
 def _corpus_unit(arm: str, lr: float, seed: int, args) -> dict:
     import pretrain
 
-    cfg = CORPUS_SMOKE if args.smoke else CORPUS
-    tokens = args.tokens or cfg["tokens"]
-    corpus = pretrain.smoke_corpus() if args.smoke else args.corpus
-    steps = max(1, tokens // (cfg["batch"] * cfg["seq"]))
     clip = 1.0 if arm == "adamw" else args.spam_max_grad_norm
-    argv = [
-        "--corpus", corpus, "--size", cfg["size"], "--optim", arm, "--lr", repr(lr), "--seed", str(seed),
-        "--tokens", str(tokens), "--batch-size", str(cfg["batch"]), "--seq-len", str(cfg["seq"]),
-        "--eval-tokens", str(cfg["eval_tokens"]), "--test-tokens", str(cfg["test_tokens"]),
-        "--eval-every", str(max(1, steps // 4)), "--max-grad-norm", str(clip), "--weight-decay", "0.1",
-        "--bf16", "no" if args.smoke else "auto", "--grad-accum", str(args.grad_accum),
-    ]  # fmt: skip
-    res = pretrain.run(pretrain.parse_args(argv))
-    cuda = res["device"] != "cpu"
-    return {
-        "val_loss": res["final_eval_loss"],
-        "val_ppl": res["final_eval_perplexity"],
-        "test_loss": res["final_test_loss"],
-        "test_ppl": res["final_test_perplexity"],
-        "curve": [[c["step"], c["eval_loss"]] for c in res["curve"] if "eval_loss" in c],
-        "train_loss": [[c["step"], c["loss"]] for c in res["curve"] if "loss" in c],
-        "steps": res["steps"],
-        "tokens": res["tokens"],
-        "parameters": res["parameters"],
-        "tokens_per_s": res["tokens_per_second"],
-        "peak_gib": res["peak_memory_gib"],
-        "max_grad_norm": clip,
-        "device": _results.device_label(cuda, args.smoke),
-        "stack": f"{res['versions']['torch']} / {res['versions']['transformers']}",
-    }
+    options = ["--optim", arm, "--max-grad-norm", str(clip), "--weight-decay", "0.1"]
+    cfg = CORPUS_SMOKE if args.smoke else CORPUS
+    return pretrain.sweep_run(args, cfg, lr, seed, options, lambda res: {"max_grad_norm": clip})
 
 
 def run_unit(group: str, arm: str, lr: float, seed: int, args) -> dict:

@@ -1,4 +1,5 @@
-"""benchmarks/_lr_sweep.py: the sweep driver of the pre-training quality checks, with scripted runs."""
+"""benchmarks/_lr_sweep.py: the sweep driver of the pre-training quality checks, with scripted runs (and the
+mean [min, max] over seeds of benchmarks/_sweep_common.py that it reports)."""
 
 import json
 import math
@@ -11,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 import _lr_sweep as sweep  # noqa: E402
+import _sweep_common as common  # noqa: E402
 
 
 SCORE = {1e-3: 3.0, 3e-3: 2.0, 1e-2: math.nan}  # the loss every run of an lr reports (1e-2 diverges)
@@ -99,4 +101,20 @@ def test_partials_merge_across_lr_and_seed_shards_but_not_across_protocols(tmp_p
 def test_spread_text():
     s = sweep.spread([1.0, 2.0, 4.5])
     assert s == {"mean": 2.5, "min": 1.0, "max": 4.5, "n": 3}
-    assert sweep.spread_text(s, 2) == "2.50 [1.00, 4.50]" and sweep.spread_text(sweep.spread([])) == "n/a"
+    assert common.spread_text(s, 2) == "2.50 [1.00, 4.50]" and common.spread_text(sweep.spread([])) == "n/a"
+
+
+def test_best_lr_and_seed_stats_rules():
+    """The choice and the seed summary every sweep shares (benchmarks/_sweep_common.py), on hand-derived cases."""
+    nan = math.nan
+    assert common.best_lr({1e-3: nan, 3e-3: 2.0, 1e-2: 3.0}) == 3e-3  # a diverged rate never wins, even listed first
+    assert common.best_lr({1e-3: 0.5, 3e-3: nan, 1e-2: 0.7}, higher=True) == 1e-2
+    assert common.best_lr({1e-3: 2.0, 3e-3: 2.0}, ties={1e-3: 5.0, 3e-3: 4.0}) == 3e-3
+    assert common.best_lr({1e-3: 2.0, 3e-3: 2.0}) == 1e-3 and common.best_lr({}) is None
+    strict = common.seed_stats([1.0, nan], keep_values=True)
+    assert all(math.isnan(strict[k]) for k in ("mean", "min", "max")) and strict["n"] == 2
+    assert strict["values"][0] == 1.0 and list(strict) == ["mean", "min", "max", "values", "n"]
+    as_is = sweep.spread([2.0, nan])
+    assert math.isnan(as_is["mean"]) and as_is["min"] == 2.0 and as_is["n"] == 2
+    assert common.spread_text(common.seed_stats([0.25]), fmt=str, one_value=True) == "0.25"
+    assert common.sweep_text({1e-3: 1.5, 3e-3: 1.25}, 3e-3, fmt=str) == "0.001: 1.5; 0.003: 1.25*"
