@@ -36,32 +36,18 @@
 
 # %%
 # %matplotlib inline
-import os
-import time
-
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the Hugging Face imports: nothing in this notebook downloads
-
 import matplotlib.pyplot as plt
 import torch
 
-import hf_plugins  # noqa: F401 (registers every hf_plugins method with PEFT, the Auto classes and the CLI)
-
-
-torch.set_num_threads(1)  # tiny models: one thread is fastest (and robust on a busy machine)
-torch.manual_seed(0)
-T0 = time.perf_counter()
+# notebooks/_common.py: offline from the Hub, hf_plugins registered, one torch thread, seed 0
+from _common import elapsed, text_batches
 
 # %%
-from transformers import DataCollatorForLanguageModeling
-
-from hf_plugins.testing import tiny_model, tiny_text_dataset, tiny_tokenizer
+from hf_plugins.testing import tiny_model, tiny_tokenizer
 
 
 tok = tiny_tokenizer()
-collate = DataCollatorForLanguageModeling(tok, mlm=False)
-data = tiny_text_dataset(tok, n=64, max_length=48)  # plain-text arithmetic problems
-batches = [collate([data[i] for i in range(j, j + 16)]) for j in range(0, 64, 16)]
+batches = text_batches(tok)  # 4 batches of 16 plain-text arithmetic problems
 
 # %%
 from hf_plugins import AlphaDecay
@@ -143,4 +129,4 @@ from _scale_up import print_scale_up
 
 
 print_scale_up(["alphadecay_bench.py", "alphadecay_quality.py"], "alphadecay")
-print(f"\nthis notebook ran in {time.perf_counter() - T0:.1f} s")
+print(f"\nthis notebook ran in {elapsed():.1f} s")

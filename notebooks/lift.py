@@ -35,55 +35,19 @@
 
 # %%
 # %matplotlib inline
-import os
-import time
-
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the Hugging Face imports: nothing in this notebook downloads
-
 import matplotlib.pyplot as plt
 import torch
 
-import hf_plugins  # noqa: F401 (registers every hf_plugins method with PEFT, the Auto classes and the CLI)
-
-
-torch.set_num_threads(1)  # tiny models: one thread is fastest (and robust on a busy machine)
-torch.manual_seed(0)
-T0 = time.perf_counter()
+# notebooks/_common.py: offline from the Hub, hf_plugins registered, one torch thread, seed 0
+from _common import elapsed, text_batches, train, trainable
 
 # %%
-from transformers import DataCollatorForLanguageModeling
-
 from hf_plugins.testing import tiny_model, tiny_text_dataset, tiny_tokenizer
 
 
 tok = tiny_tokenizer()
-collate = DataCollatorForLanguageModeling(tok, mlm=False)
-data = tiny_text_dataset(tok, n=64, max_length=48)  # plain-text arithmetic problems
-batches = [collate([data[i] for i in range(j, j + 16)]) for j in range(0, 64, 16)]
+batches = text_batches(tok)  # 4 batches of 16 plain-text arithmetic problems
 SIZE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
-
-
-def train(model, lr, steps=60, before=None, after=None, batches=batches):
-    """A plain PyTorch loop (what Trainer does, minus the bookkeeping): AdamW, one batch per step."""
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    losses = []
-    for step in range(steps):
-        if before is not None:
-            before(step)
-        loss = model(**batches[step % len(batches)]).loss
-        loss.backward()
-        opt.step()
-        if after is not None:
-            after(step, opt)
-        opt.zero_grad()
-        losses.append(loss.item())
-    return losses
-
-
-def trainable(model):
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # %% [markdown]
@@ -102,9 +66,9 @@ from hf_plugins import LiftConfig
 
 
 pretrained = tiny_model("llama", **SIZE)
-train(pretrained, lr=3e-3, steps=60)
+train(pretrained, batches, lr=3e-3, steps=60)
 new = tiny_text_dataset(tok, n=64, max_length=48, seed=1)  # the fine-tuning data: other problems
-ft_batches = [collate([new[i] for i in range(j, j + 16)]) for j in range(0, 64, 16)]
+ft_batches = text_batches(tok, new)
 
 STEPS, INTERVAL = 40, 10
 targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -123,9 +87,9 @@ def refresh(step, opt):  # what LiftRefreshCallback does after every `update_int
 
 
 curves = {
-    "full fine-tuning": train(full, lr=1e-3, steps=STEPS, batches=ft_batches),
-    "LoRA r=4": train(lora, lr=1e-2, steps=STEPS, batches=ft_batches),
-    "LIFT r=4": train(lift, lr=1e-2, steps=STEPS, batches=ft_batches, after=refresh),
+    "full fine-tuning": train(full, ft_batches, lr=1e-3, steps=STEPS),
+    "LoRA r=4": train(lora, ft_batches, lr=1e-2, steps=STEPS),
+    "LIFT r=4": train(lift, ft_batches, lr=1e-2, steps=STEPS, after=refresh),
 }
 for r in refreshes:
     print(
@@ -177,6 +141,7 @@ plt.show()
 # The adapter saves as a sparse file (positions + values + residual) and merges like any PEFT adapter:
 
 # %%
+import os
 import tempfile
 
 from peft import PeftModel
@@ -203,4 +168,4 @@ from _scale_up import print_scale_up
 
 
 print_scale_up(["lift_bench.py", "lift_quality.py"], "lift")
-print(f"\nthis notebook ran in {time.perf_counter() - T0:.1f} s")
+print(f"\nthis notebook ran in {elapsed():.1f} s")

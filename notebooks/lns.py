@@ -34,50 +34,17 @@
 
 # %%
 # %matplotlib inline
-import os
-import time
-
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the Hugging Face imports: nothing in this notebook downloads
-
 import matplotlib.pyplot as plt
-import torch
 
-import hf_plugins  # noqa: F401 (registers every hf_plugins method with PEFT, the Auto classes and the CLI)
-
-
-torch.set_num_threads(1)  # tiny models: one thread is fastest (and robust on a busy machine)
-torch.manual_seed(0)
-T0 = time.perf_counter()
+# notebooks/_common.py: offline from the Hub, hf_plugins registered, one torch thread, seed 0
+from _common import elapsed, text_batches, train
 
 # %%
-from transformers import DataCollatorForLanguageModeling
-
-from hf_plugins.testing import tiny_model, tiny_text_dataset, tiny_tokenizer
+from hf_plugins.testing import tiny_model, tiny_tokenizer
 
 
 tok = tiny_tokenizer()
-collate = DataCollatorForLanguageModeling(tok, mlm=False)
-data = tiny_text_dataset(tok, n=64, max_length=48)  # plain-text arithmetic problems
-batches = [collate([data[i] for i in range(j, j + 16)]) for j in range(0, 64, 16)]
-
-
-def train(model, lr, steps=60, before=None, after=None, batches=batches):
-    """A plain PyTorch loop (what Trainer does, minus the bookkeeping): AdamW, one batch per step."""
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    losses = []
-    for step in range(steps):
-        if before is not None:
-            before(step)
-        loss = model(**batches[step % len(batches)]).loss
-        loss.backward()
-        opt.step()
-        if after is not None:
-            after(step, opt)
-        opt.zero_grad()
-        losses.append(loss.item())
-    return losses
+batches = text_batches(tok)  # 4 batches of 16 plain-text arithmetic problems
 
 
 # %% [markdown]
@@ -96,7 +63,7 @@ reports, curves, pruning = {}, {}, {}
 for name, family in [("Pre-LN (llama)", "llama"), ("LNS (lns_llama)", "lns_llama")]:
     model = tiny_model(family, **DEEP)
     reports[name, "init"] = depth_report(model, probe["input_ids"], probe["attention_mask"])
-    curves[name] = train(model, lr=3e-3, steps=60)
+    curves[name] = train(model, batches, lr=3e-3, steps=60)
     reports[name, "trained"] = depth_report(model, probe["input_ids"], probe["attention_mask"])
     pruning[name] = layer_pruning_curve(model, probe["input_ids"], probe["attention_mask"])
     print(f"{name:16s} {type(model).__name__:22s} final loss {curves[name][-1]:.3f}  ppl {pruning[name]['full']:.2f}")
@@ -163,4 +130,4 @@ from _scale_up import print_scale_up
 
 
 print_scale_up(["lns_bench.py", "lns_quality.py"], "lns")
-print(f"\nthis notebook ran in {time.perf_counter() - T0:.1f} s")
+print(f"\nthis notebook ran in {elapsed():.1f} s")

@@ -34,21 +34,10 @@
 
 # %%
 # %matplotlib inline
-import os
-import time
-
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the Hugging Face imports: nothing in this notebook downloads
-
 import matplotlib.pyplot as plt
-import torch
 
-import hf_plugins  # noqa: F401 (registers every hf_plugins method with PEFT, the Auto classes and the CLI)
-
-
-torch.set_num_threads(1)  # tiny models: one thread is fastest (and robust on a busy machine)
-torch.manual_seed(0)
-T0 = time.perf_counter()
+# notebooks/_common.py: offline from the Hub, hf_plugins registered, one torch thread, seed 0
+from _common import elapsed
 
 # %%
 from transformers import DataCollatorForLanguageModeling
@@ -168,4 +157,4 @@ from _scale_up import print_scale_up
 
 
 print_scale_up(["meap_bench.py", "meap_quality.py"], "meap")
-print(f"\nthis notebook ran in {time.perf_counter() - T0:.1f} s")
+print(f"\nthis notebook ran in {elapsed():.1f} s")

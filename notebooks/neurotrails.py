@@ -37,21 +37,11 @@
 
 # %%
 # %matplotlib inline
-import os
-import time
-
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the Hugging Face imports: nothing in this notebook downloads
-
 import matplotlib.pyplot as plt
 import torch
 
-import hf_plugins  # noqa: F401 (registers every hf_plugins method with PEFT, the Auto classes and the CLI)
-
-
-torch.set_num_threads(1)  # tiny models: one thread is fastest (and robust on a busy machine)
-torch.manual_seed(0)
-T0 = time.perf_counter()
+# notebooks/_common.py: offline from the Hub, hf_plugins registered, one torch thread, seed 0
+from _common import elapsed, text_batches, train
 
 # %%
 from transformers import DataCollatorForLanguageModeling
@@ -60,27 +50,8 @@ from hf_plugins.testing import tiny_model, tiny_text_dataset, tiny_tokenizer
 
 
 tok = tiny_tokenizer()
-collate = DataCollatorForLanguageModeling(tok, mlm=False)
-data = tiny_text_dataset(tok, n=64, max_length=48)  # plain-text arithmetic problems
-batches = [collate([data[i] for i in range(j, j + 16)]) for j in range(0, 64, 16)]
-
-
-def train(model, lr, steps=60, before=None, after=None, batches=batches):
-    """A plain PyTorch loop (what Trainer does, minus the bookkeeping): AdamW, one batch per step."""
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    losses = []
-    for step in range(steps):
-        if before is not None:
-            before(step)
-        loss = model(**batches[step % len(batches)]).loss
-        loss.backward()
-        opt.step()
-        if after is not None:
-            after(step, opt)
-        opt.zero_grad()
-        losses.append(loss.item())
-    return losses
+collate = DataCollatorForLanguageModeling(tok, mlm=False)  # for the held-out batch below
+batches = text_batches(tok)  # 4 batches of 16 plain-text arithmetic problems
 
 
 # %% [markdown]
@@ -129,7 +100,7 @@ for step in range(STEPS):
     log["trail_kl"].append(float(out.trail_kl))
     if update:
         log["prune_rate"][step] = update["prune_rate"]
-single_losses = train(single, lr=3e-3, steps=STEPS)
+single_losses = train(single, batches, lr=3e-3, steps=STEPS)
 print("topology updates (step: prune rate):", {k: round(v, 3) for k, v in log["prune_rate"].items()})
 
 # %%
@@ -200,4 +171,4 @@ from _scale_up import print_scale_up
 
 
 print_scale_up(["neurotrails_bench.py"], "neurotrails")
-print(f"\nthis notebook ran in {time.perf_counter() - T0:.1f} s")
+print(f"\nthis notebook ran in {elapsed():.1f} s")

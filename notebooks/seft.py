@@ -36,55 +36,22 @@
 
 # %%
 # %matplotlib inline
-import os
-import time
-
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the Hugging Face imports: nothing in this notebook downloads
-
 import matplotlib.pyplot as plt
 import torch
 
-import hf_plugins  # noqa: F401 (registers every hf_plugins method with PEFT, the Auto classes and the CLI)
-
-
-torch.set_num_threads(1)  # tiny models: one thread is fastest (and robust on a busy machine)
-torch.manual_seed(0)
-T0 = time.perf_counter()
+# notebooks/_common.py: offline from the Hub, hf_plugins registered, one torch thread, seed 0
+from _common import elapsed, text_batches, train, trainable
 
 # %%
 from transformers import DataCollatorForLanguageModeling
 
-from hf_plugins.testing import tiny_model, tiny_text_dataset, tiny_tokenizer
+from hf_plugins.testing import tiny_model, tiny_tokenizer
 
 
 tok = tiny_tokenizer()
-collate = DataCollatorForLanguageModeling(tok, mlm=False)
-data = tiny_text_dataset(tok, n=64, max_length=48)  # plain-text arithmetic problems
-batches = [collate([data[i] for i in range(j, j + 16)]) for j in range(0, 64, 16)]
+collate = DataCollatorForLanguageModeling(tok, mlm=False)  # for the held-out batch below
+batches = text_batches(tok)  # 4 batches of 16 plain-text arithmetic problems
 SIZE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
-
-
-def train(model, lr, steps=60, before=None, after=None, batches=batches):
-    """A plain PyTorch loop (what Trainer does, minus the bookkeeping): AdamW, one batch per step."""
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    losses = []
-    for step in range(steps):
-        if before is not None:
-            before(step)
-        loss = model(**batches[step % len(batches)]).loss
-        loss.backward()
-        opt.step()
-        if after is not None:
-            after(step, opt)
-        opt.zero_grad()
-        losses.append(loss.item())
-    return losses
-
-
-def trainable(model):
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # %%
@@ -94,7 +61,7 @@ from hf_plugins.pruning import arithmetic_texts, calibration_windows, prune_mode
 
 
 dense = tiny_model("llama", **SIZE)
-pretrain_losses = train(dense, lr=3e-3, steps=60)  # a stand-in for a pre-trained checkpoint
+pretrain_losses = train(dense, batches, lr=3e-3, steps=60)  # a stand-in for a pre-trained checkpoint
 held_out = collate([{"input_ids": ids} for ids in tok(arithmetic_texts(num=32, seed=1))["input_ids"]])
 
 
@@ -150,9 +117,9 @@ print(f"trainable values: SEFT {trainable(seft):,}  LoRA {trainable(lora):,}")
 arm = lambda step: seft.seft_prepare_step(step, STEPS)  # noqa: E731  arms the gradient hooks of a grow window
 cycle = lambda step, opt: seft.seft_after_optimizer_step(opt, step, STEPS)  # noqa: E731  drop / grow / re-prune
 curves = {
-    "SEFT r=4 (evolving)": train(seft, lr=1e-2, steps=STEPS, before=arm, after=cycle),
-    "SEFT r=4 (static mask)": train(static, lr=1e-2, steps=STEPS),
-    "LoRA r=4": train(lora, lr=1e-2, steps=STEPS),
+    "SEFT r=4 (evolving)": train(seft, batches, lr=1e-2, steps=STEPS, before=arm, after=cycle),
+    "SEFT r=4 (static mask)": train(static, batches, lr=1e-2, steps=STEPS),
+    "LoRA r=4": train(lora, batches, lr=1e-2, steps=STEPS),
 }
 fig, ax = plt.subplots(figsize=(7, 4))
 for name, losses in curves.items():
@@ -211,4 +178,4 @@ from _scale_up import print_scale_up
 
 
 print_scale_up(["seft_bench.py", "seft_quality.py"], "seft")
-print(f"\nthis notebook ran in {time.perf_counter() - T0:.1f} s")
+print(f"\nthis notebook ran in {elapsed():.1f} s")

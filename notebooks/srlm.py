@@ -37,34 +37,24 @@
 
 # %%
 # %matplotlib inline
-import os
-import time
-
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the Hugging Face imports: nothing in this notebook downloads
-
-import matplotlib.pyplot as plt
-import torch
-
-import hf_plugins  # noqa: F401 (registers every hf_plugins method with PEFT, the Auto classes and the CLI)
-
-
-torch.set_num_threads(1)  # tiny models: one thread is fastest (and robust on a busy machine)
-torch.manual_seed(0)
-T0 = time.perf_counter()
-
-# %%
 import contextlib
 import io
 import tempfile
 
-import datasets
+import matplotlib.pyplot as plt
+import torch
+
+# notebooks/_common.py: offline from the Hub, hf_plugins registered, one torch thread, seed 0
+from _common import elapsed
+
+# %%
+from datasets import disable_progress_bars
 
 from hf_plugins.recipes.srlm import KdStageConfig, RlStageConfig, SftStageConfig, SrlmConfig, run_srlm
 from hf_plugins.testing import tiny_model, tiny_tokenizer
 
 
-datasets.disable_progress_bars()
+disable_progress_bars()
 tok = tiny_tokenizer()
 model = tiny_model("llama", hidden_size=64, intermediate_size=128)
 small = {
@@ -162,4 +152,4 @@ from _scale_up import print_scale_up
 
 
 print_scale_up([], "srlm")
-print(f"\nthis notebook ran in {time.perf_counter() - T0:.1f} s")
+print(f"\nthis notebook ran in {elapsed():.1f} s")
