@@ -42,3 +42,12 @@ def pruned_llama(calib):
     model = tiny_model("llama")
     prune_model(model, "wanda", 0.5, calibration=calib)
     return model
+
+
+@pytest.fixture
+def one_thread():
+    """The models are tiny: intra-op threads only add synchronisation (30x slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

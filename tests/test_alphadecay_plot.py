@@ -1,24 +1,15 @@
 """benchmarks/alphadecay_plot.py: two pretrain.py-style JSONs -> per-module-type summary and a PNG."""
 
-import importlib.util
 import json
 import statistics
-from pathlib import Path
 
 import pytest
-
-
-def _load(name):
-    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _bench import load_bench  # tests/_bench.py
 
 
 def test_plot_from_two_runs(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    plot = _load("alphadecay_plot")
+    plot = load_bench("alphadecay_plot")
     runs = plot.synthetic_runs()
     runs[0]["esd_end"].append(  # a tied lm_head: not analysed, left out of the plot by default
         {"name": "lm_head", "module_type": "lm_head", "layer": None, "alpha": 40.0, "alphadecay": False}
@@ -39,7 +30,7 @@ def test_plot_from_two_runs(tmp_path, capsys):
 
 
 def test_plot_refuses_a_json_without_alphas(tmp_path):
-    plot = _load("alphadecay_plot")
+    plot = load_bench("alphadecay_plot")
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"config": {"optim": "adamw"}}))
     with pytest.raises(SystemExit, match="esd_end"):

@@ -1,36 +1,17 @@
 """benchmarks/coe_quality.py: its tokenisation, the paper's schedule, sweep continuation, and the CPU smoke run
 sharded into two processes' files and merged."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _bench import load_bench  # tests/_bench.py
 
 
-BENCH = Path(__file__).parents[1] / "benchmarks"
+bench = load_bench("coe_quality")
 
 
-def _load():
-    sys.path.insert(0, str(BENCH))  # the script imports its siblings `_results` and `_lr_sweep`
-    spec = importlib.util.spec_from_file_location("coe_quality_bench", BENCH / "coe_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models are tiny: intra-op threads only add synchronisation (30x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 _DATA = {}

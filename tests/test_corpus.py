@@ -1,11 +1,10 @@
 """The pre-training corpus builder and the shared pre-training harness (benchmarks/pretrain.py)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _bench import load_bench  # tests/_bench.py
 
 from hf_plugins.data.corpus import PackedBlocks, Source, build_corpus, split_of, verify_against
 from hf_plugins.data.corpus.sources import SOURCES, _read_r_character_vectors
@@ -117,18 +116,10 @@ def test_every_source_names_a_licence():
         assert src.licence and src.description
 
 
-def _load_pretrain():
-    path = Path(__file__).parents[1] / "benchmarks" / "pretrain.py"
-    spec = importlib.util.spec_from_file_location("pretrain_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_pretrain_trainer_and_plain_loop_agree(tiny_corpus, tmp_path):
     """The harness's two drivers give the same loss curve and final validation loss for one config."""
     out, _ = tiny_corpus
-    pretrain = _load_pretrain()
+    pretrain = load_bench("pretrain")
     common = ["--corpus", str(out), "--size", "tiny", "--tokens", str(6 * 4 * 16), "--seq-len", "16",
               "--batch-size", "4", "--eval-every", "3", "--eval-tokens", "256", "--lr", "1e-2", "--bf16", "no"]  # fmt: skip
     results = {}

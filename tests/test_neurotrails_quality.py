@@ -1,39 +1,21 @@
 """benchmarks/neurotrails_quality.py: its evaluation against the model's own outputs, the paper's step scaling and
 schedule, the sparsity it trains with, and the CPU smoke run on a corpus directory, sharded and merged."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _bench import load_bench  # tests/_bench.py
 
 
-BENCH = Path(__file__).parents[1] / "benchmarks"
+bench = load_bench("neurotrails_quality")
 
 
-def _load():
-    sys.path.insert(0, str(BENCH))  # the script imports its siblings `_results` and `_lr_sweep`
-    spec = importlib.util.spec_from_file_location("neurotrails_quality_bench", BENCH / "neurotrails_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models are tiny: intra-op threads only add synchronisation (30x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _ctx(**overrides):

@@ -8,18 +8,9 @@ import statistics
 from pathlib import Path
 
 import pytest
+from _bench import load_bench  # tests/_bench.py
 
 from hf_plugins.testing import tiny_tokenizer
-
-
-BENCH = Path(__file__).parents[1] / "benchmarks"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _check(work: Path, select, metric: tuple[str, str], arms: dict, n_runs: int):
@@ -51,7 +42,7 @@ def _check(work: Path, select, metric: tuple[str, str], arms: dict, n_runs: int)
 def test_stable_spam_quality_smoke_int4(tmp_path):
     """The INT4 group's whole protocol: 3 rates (+ 1 at an edge) and 1 more seed per arm."""
     work = tmp_path / "w"
-    mod = _load("stable_spam_quality")
+    mod = load_bench("stable_spam_quality")
     assert mod.main(["--smoke", "--groups", "int4", "--seeds", "0", "1", "--work-dir", str(work), "--plot", ""]) == 0
     arms = {"int4": ["stable_spam", "adamw"]}
     n = len(list((work / "runs").glob("*.json")))
@@ -64,7 +55,7 @@ def test_stable_spam_quality_smoke_int4(tmp_path):
 
 def test_stable_spam_quality_smoke_corpus(tmp_path):
     work = tmp_path / "w"
-    mod = _load("stable_spam_quality")
+    mod = load_bench("stable_spam_quality")
     argv = ["--smoke", "--groups", "corpus", "--lrs", "3e-3", "6e-3", "--seeds", "0", "1", "--extend", "0"]
     assert mod.main([*argv, "--work-dir", str(work), "--plot", ""]) == 0
     records = _check(work, "val_loss", ("test_ppl", "test perplexity"), {"corpus": ["stable_spam", "adamw"]}, 6)
@@ -75,7 +66,7 @@ def test_stable_spam_quality_smoke_corpus(tmp_path):
 
 def test_lns_quality_smoke(tmp_path):
     work = tmp_path / "w"
-    mod = _load("lns_quality")
+    mod = load_bench("lns_quality")
     argv = ["--smoke", "--depths", "2", "--lrs", "1e-3", "4e-3", "--seeds", "0", "1", "--extend", "0"]
     assert mod.main([*argv, "--work-dir", str(work), "--plot", ""]) == 0
     records = _check(work, "val_ppl", ("test_ppl", "test perplexity"), {"2L": ["lns", "pre_ln"]}, 6)
@@ -87,7 +78,7 @@ def test_lns_quality_smoke(tmp_path):
 
 def test_alphadecay_quality_smoke(tmp_path):
     work = tmp_path / "w"
-    mod = _load("alphadecay_quality")
+    mod = load_bench("alphadecay_quality")
     argv = ["--smoke", "--lrs", "3e-3", "6e-3", "--seeds", "0", "1", "--extend", "0"]
     assert mod.main([*argv, "--work-dir", str(work), "--plot", ""]) == 0
     records = _check(work, "val_loss", ("test_ppl", "test perplexity"), {"60m": ["alphadecay", "uniform"]}, 6)
@@ -99,7 +90,7 @@ def test_alphadecay_quality_smoke(tmp_path):
 
 def test_seft_quality_smoke(tmp_path):
     work = tmp_path / "w"
-    mod = _load("seft_quality")
+    mod = load_bench("seft_quality")
     argv = ["--smoke", "--sparsities", "50", "--lrs", "1e-3", "2e-3", "--seeds", "0", "1", "--extend", "0"]
     assert mod.main([*argv, "--work-dir", str(work), "--plot", ""]) == 0
     arms = {"50": ["seft", "lora_star", "sqft"]}
@@ -119,7 +110,7 @@ def test_seft_quality_smoke(tmp_path):
 def test_full_smoke_protocol(name, tmp_path):
     """The whole `--smoke` protocol of each script (every group, 3 seeds, the edge extension, plots)."""
     work = tmp_path / "w"
-    assert _load(name).main(["--smoke", "--work-dir", str(work)]) == 0
+    assert load_bench(name).main(["--smoke", "--work-dir", str(work)]) == 0
     out = json.loads((work / "summary.json").read_text())
     for arms in out["summary"].values():
         for lane in arms.values():
@@ -131,7 +122,7 @@ def test_full_smoke_protocol(name, tmp_path):
 def test_gradient_accumulation_gives_the_same_step(tmp_path):
     """`--grad-accum 2` (two micro-batches per step, for memory) trains the same model as one batch: pretrain.py's
     Trainer path and lns_quality.py's own loop."""
-    pretrain = _load("pretrain")
+    pretrain = load_bench("pretrain")
     corpus = pretrain.smoke_corpus()
     common = ["--corpus", corpus, "--size", "tiny", "--tokens", str(6 * 4 * 32), "--seq-len", "32", "--batch-size",
               "4", "--eval-tokens", "512", "--test-tokens", "512", "--lr", "1e-2", "--bf16", "no"]  # fmt: skip
@@ -142,7 +133,7 @@ def test_gradient_accumulation_gives_the_same_step(tmp_path):
     with pytest.raises(ValueError, match="--grad-accum must divide"):
         pretrain.run(pretrain.parse_args([*common, "--grad-accum", "3"]))
 
-    lns = _load("lns_quality")
+    lns = load_bench("lns_quality")
     ppl = {}
     for k in ("1", "2"):
         argv = ["--smoke", "--depths", "2", "--arms", "pre_ln", "--lrs", "4e-3", "--seeds", "0", "--extend", "0"]

@@ -1,25 +1,12 @@
 """benchmarks/sos_quality.py: balanced data, and the CPU smoke run end to end (rows, confusion, plot)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from _bench import load_bench  # tests/_bench.py
 
 
-BENCH = Path(__file__).parents[1] / "benchmarks"
-
-
-def _load():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling `_results`
-    spec = importlib.util.spec_from_file_location("sos_quality_bench", BENCH / "sos_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_bench("sos_quality")
 
 
 def test_class_counts_balance_labels_and_classes():

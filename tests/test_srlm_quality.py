@@ -1,24 +1,15 @@
 """benchmarks/srlm_quality.py: equal budgets per pipeline, the worker schedule, and the aggregated table."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-
-def _load():
-    path = Path(__file__).parents[1] / "benchmarks" / "srlm_quality.py"
-    spec = importlib.util.spec_from_file_location("srlm_quality_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _bench import load_bench  # tests/_bench.py
 
 
 def test_every_pipeline_gets_the_same_updates_and_problems_per_update(tmp_path):
     """Comparable compute: with the defaults every trained pipeline takes 48 optimizer updates in all, and every
     update of every stage sees 8 problems (sft/kd: batch 8; rl: 4 accumulated micro-batches of 2 prompts x 8)."""
-    bench = _load()
+    bench = load_bench("srlm_quality")
     args = bench._parser().parse_args([])
     runs = bench._plan(args)
     assert len(runs) == 1 + 6 * 3 and sum(not r["stages"] for r in runs) == 1
@@ -45,7 +36,7 @@ def test_every_pipeline_gets_the_same_updates_and_problems_per_update(tmp_path):
 
 
 def test_pipeline_names_accept_shell_friendly_spellings():
-    bench = _load()
+    bench = load_bench("srlm_quality")
     args = bench._parser().parse_args(["--pipelines", "base,sft-kd-rl,KD+RL", "--seeds", "2"])
     assert [(r["pipeline"], r["seed"]) for r in bench._plan(args)] == [
         ("base", 0),
@@ -59,7 +50,7 @@ def test_pipeline_names_accept_shell_friendly_spellings():
 def test_schedule_runs_the_first_two_seeds_before_any_third_seed():
     """Every run goes to exactly one worker; in each worker no seed-2 run precedes a seed-0/1 run, so a deadline
     cuts third seeds first; with 13 workers for 13 first-two-seed runs, each of those starts at once."""
-    bench = _load()
+    bench = load_bench("srlm_quality")
     runs = bench._plan(bench._parser().parse_args([]))
     shares = bench._assign(runs, 13)
     assert sorted((r["pipeline"], r["seed"]) for s in shares for r in s) == sorted(
@@ -73,7 +64,7 @@ def test_schedule_runs_the_first_two_seeds_before_any_third_seed():
 
 
 def test_aggregate_means_spreads_and_rows():
-    bench = _load()
+    bench = load_bench("srlm_quality")
 
     def run(name, seed, acc, stage_accs):
         stages = bench.PIPELINES[name]
@@ -112,7 +103,7 @@ def test_smoke_run_writes_table_rows_and_rl_curves(tmp_path):
     """`--smoke`: every pipeline on a tiny random Llama in this process; the JSON has the table, the rows, and
     per-update RL curves (reward, within-group std, zero-variance share, KL to the start, ...); the plot is written."""
     pytest.importorskip("matplotlib")
-    bench = _load()
+    bench = load_bench("srlm_quality")
     out, plot = tmp_path / "srlm.json", tmp_path / "curves.png"
     assert bench.main(["--smoke", "--out", str(out), "--plot", str(plot)]) == 0
     payload = json.loads(out.read_text())

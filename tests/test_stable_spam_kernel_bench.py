@@ -1,15 +1,12 @@
 """benchmarks/optim_kernel_bench.py --smoke: every arm runs on the CPU and the rows come out."""
 
-import importlib.util
 import json
-from pathlib import Path
+
+from _bench import load_bench  # tests/_bench.py
 
 
 def test_optim_kernel_bench_smoke(tmp_path, capsys):
-    path = Path(__file__).parents[1] / "benchmarks" / "optim_kernel_bench.py"
-    loader = importlib.util.spec_from_file_location("optim_kernel_bench", path)
-    bench = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(bench)
+    bench = load_bench("optim_kernel_bench")
     out = tmp_path / "bench.json"
     argv = ["--smoke", "--repeats", "1", "--iters", "1", "--fwd-bwd-ms", "1", "--out", str(out)]
     assert bench.main(argv) == 0
