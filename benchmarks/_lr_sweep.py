@@ -94,7 +94,9 @@ def write_partial(path: str | Path, meta: dict, records: list[dict]) -> None:
     Path(path).write_text(json.dumps({**meta, "runs": records}, indent=1) + "\n")
 
 
-SHARDED = ("lrs", "seeds")  # settings that differ between the processes of one protocol
+# what may differ between the processes of one protocol: their share of the rates and seeds, and where the corpus
+# folder was (its `train_sha256`, compared, identifies the data)
+SHARDED = ("lrs", "seeds", "corpus")
 
 
 def load_partials(paths: list[str], same: tuple[str, ...]) -> tuple[dict, list[dict]]:

@@ -306,7 +306,7 @@ def make_rows(summary: dict, meta: dict) -> list[dict]:
     compare(f"{avg}, NeuroTrails at the baselines' steps vs single model", "neurotrails_equal", "single", "ppl")
     for base in ("treenet", "ensemble", "single"):
         compare(f"mean per-head val ppl, NeuroTrails vs {ARMS[base]['label']}", "neurotrails", base, "mean_head_ppl")
-    for key, name in (("kl", "mean pairwise KL(p_i||p_j), nats"), ("disagreement", "argmax disagreement rate")):
+    for key, name in (("kl", "mean pairwise KL(p_i ‖ p_j), nats"), ("disagreement", "argmax disagreement rate")):
         for base in ("treenet", "ensemble"):
             compare(f"head diversity, {name}, NeuroTrails vs {ARMS[base]['label']}", "neurotrails", base, key, 4)
     for arm in ("neurotrails", "treenet", "ensemble"):

@@ -45,6 +45,10 @@ everything in this process (the smoke test).
     python benchmarks/srlm_quality.py --gguf-dir DIR --out srlm.json --plot docs/img/srlm_rl_curves.png
     python benchmarks/srlm_quality.py --model-dir DIR    # a save_pretrained directory of SmolLM2-135M-Instruct
     python benchmarks/srlm_quality.py --smoke            # tiny random Llama + tiny tokenizer on the CPU
+    python benchmarks/srlm_quality.py --pipelines sft,kd --first-seed 2 --out s2.json     # a shard of the grid
+    python benchmarks/srlm_quality.py --merge run.json s2.json WORK_DIR --out srlm.json   # one table of the shards
+`--merge` takes `--out` files and the work folders (`srlm-quality-*`, printed at the start) of runs stopped before
+they wrote one; the shards must share every setting but the pipelines, seeds and process layout.
 Needs trl and datasets (carry wheels to the GPU image), `gguf` for a GGUF, matplotlib for `--plot` (else plot later
 with `python benchmarks/srlm_report.py OUT.json --out PNG`).
 """
@@ -133,7 +137,7 @@ def _plan(args) -> list[dict]:
     runs = []
     for name in names:
         stages = PIPELINES[name]
-        for seed in [0] if not stages else range(args.seeds):
+        for seed in range(args.first_seed, args.seeds) if stages else [0][: args.first_seed == 0]:  # base: seed-free
             runs.append({"pipeline": name, "stages": stages, "seed": seed, "steps": _split(args.updates, len(stages))})
     return runs
 
@@ -323,6 +327,52 @@ def _launch(args, model_dir: Path, work: Path) -> tuple[list[dict], list[str]]:
     return results, notes
 
 
+# ------------------------------------------------------------------------------------------------ merge
+SHARD_ARGS = {"pipelines", "seeds", "first_seed", "jobs", "threads_per_job", "deadline_s", "out", "plot", "append",
+              "model_dir", "gguf_dir", "worker", "merge", "device", "model_name"}  # fmt: skip
+
+
+def _load_shards(paths: list[str]) -> tuple[dict, list[dict]]:
+    """(the first shard's arguments, every finished run). A path is an `--out` JSON or the work folder of a run
+    stopped before it wrote one (its `worker0.json` holds the arguments, `results/` the finished runs)."""
+    first, runs, seen, devices = None, [], {}, set()
+    for path in map(Path, paths):
+        if path.is_dir():
+            specs = sorted(path.glob("worker*.json")) or sorted(path.glob("inline.json"))
+            if not specs:
+                raise SystemExit(f"{path}: no worker*.json: not a work folder of srlm_quality.py")
+            args = json.loads(specs[0].read_text())["args"]
+            found = [json.loads(f.read_text()) for f in sorted((path / "results").glob("*.json"))]
+        else:
+            raw = json.loads(path.read_text())["raw"]
+            args, found = raw["args"], raw["runs"]
+            devices.add(raw["device"])
+        protocol = {k: v for k, v in args.items() if k not in SHARD_ARGS}
+        if first is None:
+            first = args
+        elif protocol != {k: v for k, v in first.items() if k not in SHARD_ARGS}:
+            diff = sorted(k for k in protocol if protocol[k] != first.get(k))
+            raise SystemExit(f"{path}: settings differ from {paths[0]} ({', '.join(diff)}); merge like with like")
+        for run in found:
+            if "accuracy" not in run:
+                continue
+            key = (run["pipeline"], run["seed"])
+            if key in seen:
+                raise SystemExit(f"{path}: {key[0]} seed {key[1]} is also in {seen[key]}; drop one of the two")
+            seen[key] = path
+            runs.append(run)
+    if len(devices) > 1:
+        raise SystemExit(f"the shards ran on different devices ({sorted(devices)}); merge like with like")
+    model_name = "tiny random Llama" if first["smoke"] else "SmolLM2-135M-Instruct"
+    seeds = len({r["seed"] for r in runs if r["stages"]}) or 1
+    return {
+        **first,
+        "seeds": seeds,
+        "device": devices.pop() if devices else "unknown device",
+        "model_name": model_name,
+    }, runs
+
+
 # ------------------------------------------------------------------------------------------------ main
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -333,6 +383,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf-dir", default=None, help="directory holding SmolLM2-135M-Instruct.Q4_1.gguf, or a .gguf")
     p.add_argument("--pipelines", default=",".join(PIPELINES), help="comma list of " + ", ".join(PIPELINES))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. seeds-1 (shard the seeds)")
     p.add_argument("--updates", type=int, default=48, help="optimizer updates per pipeline, split over its stages")
     p.add_argument("--problems-per-step", type=int, default=8, help="sft/kd batch; rl prompts per update")
     p.add_argument("--num-generations", type=int, default=8, help="GRPO completions per prompt (G)")
@@ -358,6 +409,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads-per-job", type=int, default=1, help="torch CPU threads per worker")
     p.add_argument("--deadline-s", type=float, default=190.0, help="stop the workers after this many seconds")
     p.add_argument("--plot", default=None, help="PNG of the per-update RL curves (needs matplotlib)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="PATH", help="one table of --out files/work folders")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -373,8 +425,12 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.worker:
         return _worker(args.worker)
+    if args.merge:
+        return _report(args, *_load_shards(args.merge), notes=[], t0=time.perf_counter())
     if args.smoke:
         _smoke(args)
+    if not 0 <= args.first_seed < args.seeds:
+        raise SystemExit(f"--first-seed must be in [0, --seeds={args.seeds}), got {args.first_seed}")
     if args.problems_per_step % args.rl_micro_batches:
         raise SystemExit("--problems-per-step must be a multiple of --rl-micro-batches")
     if args.updates % 6 and not args.smoke:
@@ -397,10 +453,16 @@ def main(argv=None) -> int:
     results, notes = _launch(args, model_dir, work)
     if not args.model_dir:
         shutil.rmtree(model_dir, ignore_errors=True)  # the fp32 copy (~0.5 GB); worker logs stay in `work`
-    table = aggregate(results)
     cuda = torch.cuda.is_available() and not args.smoke
-    device = _results.device_label(cuda, args.smoke)
-    rows = result_rows(table, args, model_name)
+    run_args = {**vars(args), "device": _results.device_label(cuda, args.smoke), "model_name": model_name}
+    return _report(args, run_args, results, notes, t0)
+
+
+def _report(args, run_args: dict, results: list[dict], notes: list[str], t0: float) -> int:
+    """Table, rows, JSON and plot of `results`, run under `run_args` (this run's, or the merged shards')."""
+    table = aggregate(results)
+    device, model_name = run_args["device"], run_args["model_name"]
+    rows = result_rows(table, argparse.Namespace(**run_args), model_name)
     lines = _results.markdown_text(rows, SCRIPT, device, nan="")
     print(text_table(table))
     print("\n".join(lines))
@@ -409,7 +471,7 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     print(f"total wall {wall:.1f} s")
     title = rows[0]["case"] if rows else model_name
-    raw = {"args": vars(args), "device": device, "wall_s": wall, "notes": notes, "title": title, "table": table,
+    raw = {"args": run_args, "device": device, "wall_s": wall, "notes": notes, "title": title, "table": table,
            "runs": results}  # fmt: skip
     _results.write_outputs(lines, out=args.out, payload={"rows": rows, "raw": raw}, append=args.append)
     if args.plot:

@@ -128,7 +128,7 @@ def result_rows(table: dict, args, model_name: str) -> list[dict]:
     case = (
         f"{model_name} arithmetic (ops<=2, values<={args.arith_max_value}), {args.updates} updates x "
         f"{args.problems_per_step} problems per pipeline, RL G={args.num_generations}, {args.eval_size} held-out, "
-        f"greedy, {args.seeds} seeds, stock TRL (srlm recipe)"
+        f"greedy, {args.seeds} seeds, lr SFT/KD {args.sft_lr:g} RL {args.rl_lr:g}, stock TRL (srlm recipe)"
     ).replace("ops<=2", f"ops<={args.arith_max_ops}")
     base = table.get("base", {}).get("accuracy")
     rows = []

@@ -118,3 +118,17 @@ def test_best_lr_and_seed_stats_rules():
     assert math.isnan(as_is["mean"]) and as_is["min"] == 2.0 and as_is["n"] == 2
     assert common.spread_text(common.seed_stats([0.25]), fmt=str, one_value=True) == "0.25"
     assert common.sweep_text({1e-3: 1.5, 3e-3: 1.25}, 3e-3, fmt=str) == "0.001: 1.5; 0.003: 1.25*"
+
+
+def test_partials_of_one_corpus_merge_wherever_its_folder_was(tmp_path):
+    """The corpus folder is where a process found the data; the data's hash is what must agree."""
+    data = {"corpus": "/a/corpus", "train_sha256": "ab12", "val_tokens": 64}
+    meta = {"script": "x", "settings": {"steps": 10, "lrs": [1e-3], "seeds": [0]}, "data": data}
+    run = {"arm": "a", "lr": 1e-3, "seed": 0, "steps_done": 10, "sweep_step": 4, "curve": []}
+    sweep.write_partial(tmp_path / "a.json", meta, [run])
+    sweep.write_partial(tmp_path / "b.json", {**meta, "data": {**data, "corpus": "/b/c"}}, [{**run, "seed": 1}])
+    _, runs = sweep.load_partials([str(tmp_path / "a.json"), str(tmp_path / "b.json")], same=("settings", "data"))
+    assert [r["seed"] for r in runs] == [0, 1]
+    sweep.write_partial(tmp_path / "c.json", {**meta, "data": {**data, "train_sha256": "cd34"}}, [run])
+    with pytest.raises(ValueError, match="`data` differs"):
+        sweep.load_partials([str(tmp_path / "a.json"), str(tmp_path / "c.json")], same=("settings", "data"))

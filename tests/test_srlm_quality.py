@@ -98,6 +98,52 @@ def test_aggregate_means_spreads_and_rows():
     assert "failed: RuntimeError: boom" in bench.text_table(table)
 
 
+def _shard_run(bench, name, seed, acc):
+    return {"pipeline": name, "stages": bench.PIPELINES[name], "seed": seed, "steps": 48 if name != "base" else 0,
+            "accuracy": acc, "strict_accuracy": acc, "train_tokens": 10.0, "train_seconds": 1.0, "seconds": 1.0,
+            "stage_results": [{"accuracy": acc}] if name != "base" else []}  # fmt: skip
+
+
+def test_merge_joins_shards_and_stopped_work_folders_of_one_protocol(tmp_path, capsys):
+    """A stopped run's work folder (worker spec + per-run results) and a seed shard's --out file give one table: SFT
+    over seeds 0, 1 (folder) and 2 (file) = mean of the three; unfinished (error) runs are left out."""
+    bench = load_bench("srlm_quality")
+    args = vars(bench._parser().parse_args([]))
+    folder = tmp_path / "srlm-quality-x"
+    (folder / "results").mkdir(parents=True)
+    (folder / "worker0.json").write_text(json.dumps({"args": {**args, "jobs": 3}, "runs": []}))
+    for name, seed, acc in (("base", 0, 0.125), ("SFT", 0, 0.6), ("SFT", 1, 0.7)):
+        (folder / "results" / f"{name}-{seed}.json").write_text(json.dumps(_shard_run(bench, name, seed, acc)))
+    (folder / "results" / "rl-0.json").write_text(json.dumps({"pipeline": "RL", "seed": 0, "error": "stopped"}))
+    shard = {"args": {**args, "first_seed": 2, "pipelines": "SFT"}, "device": "GPU X", "runs": [
+        _shard_run(bench, "SFT", 2, 0.8)]}  # fmt: skip
+    (tmp_path / "s2.json").write_text(json.dumps({"rows": [], "raw": shard}))
+    out = tmp_path / "merged.json"
+    assert bench.main(["--merge", str(folder), str(tmp_path / "s2.json"), "--out", str(out)]) == 0
+    raw = json.loads(out.read_text())["raw"]
+    sft = raw["table"]["SFT"]["accuracy"]
+    assert sft["n"] == 3 and sft["min"] == 0.6 and sft["max"] == 0.8 and abs(sft["mean"] - 0.7) < 1e-12
+    assert raw["device"] == "GPU X" and raw["args"]["seeds"] == 3 and "3 seeds" in raw["title"]
+    assert "| SFT | 48 | 0.700 [0.600, 0.800] |" in capsys.readouterr().out
+
+    dup = {**shard, "runs": [_shard_run(bench, "SFT", 1, 0.5)]}
+    (tmp_path / "dup.json").write_text(json.dumps({"rows": [], "raw": dup}))
+    with pytest.raises(SystemExit, match="SFT seed 1 is also in"):
+        bench.main(["--merge", str(folder), str(tmp_path / "dup.json")])
+    other = {**shard, "args": {**shard["args"], "rl_lr": 1e-4}}
+    (tmp_path / "other.json").write_text(json.dumps({"rows": [], "raw": other}))
+    with pytest.raises(SystemExit, match="settings differ .*rl_lr"):
+        bench.main(["--merge", str(folder), str(tmp_path / "other.json")])
+
+
+def test_first_seed_shards_the_seeds():
+    bench = load_bench("srlm_quality")
+    runs = bench._plan(bench._parser().parse_args(["--pipelines", "base,SFT", "--first-seed", "2"]))
+    assert [(r["pipeline"], r["seed"]) for r in runs] == [("SFT", 2)]  # base is seed-free: in the first shard
+    with pytest.raises(SystemExit, match="--first-seed must be in"):
+        bench.main(["--first-seed", "3", "--smoke"])
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_table_rows_and_rl_curves(tmp_path):
     """`--smoke`: every pipeline on a tiny random Llama in this process; the JSON has the table, the rows, and
