@@ -81,9 +81,10 @@ lift.initialize_masks()  # the first selection (LiftRefreshCallback does this at
 refreshes = []
 
 
-def refresh(step, opt):  # what LiftRefreshCallback does after every `update_interval` optimizer updates
-    if (step + 1) % INTERVAL == 0 and step + 1 < STEPS:
-        refreshes.append(lift.refresh_masks(opt))
+def refresh(step, opt):  # what LiftRefreshCallback does after each optimizer update (`step + 1` updates done)
+    stats = lift.maybe_refresh(step + 1, opt, max_steps=STEPS)  # after updates T - 1, 2T - 1, ... (docs/lift.md)
+    if stats is not None:
+        refreshes.append(stats)
 
 
 curves = {
@@ -100,7 +101,7 @@ for r in refreshes:
 fig, ax = plt.subplots(figsize=(7, 4))
 for name, losses in curves.items():
     ax.plot(losses, label=name)
-for s in range(INTERVAL, STEPS, INTERVAL):
+for s in range(INTERVAL - 1, STEPS, INTERVAL):  # a refresh after update s changes step s (0-based) on
     ax.axvline(s - 0.5, color="grey", lw=0.8, ls=":")
 ax.set(xlabel="optimizer step", ylabel="training loss", title="Fine-tuning a tiny Llama (dotted: LIFT mask refresh)")
 ax.legend()

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 from peft import LoraConfig
 
+from ...builtin_methods import LORA_DEFAULTS
 from ...registry import register_method
 from .baselines import LoraStarCallback, SqftCallback
 from .callback import SeftCallback
 from .config import SeftConfig
 
 
-_LORA_DEFAULTS = {
-    "r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "target_modules": "all-linear",
-    "task_type": "CAUSAL_LM",
-}
 _LORA_STAR_KEYS = ("calib_text", "calib_nsamples", "calib_seqlen", "n_m")
 _SQFT_KEYS = ("mask_in_training",)
 
@@ -30,7 +24,7 @@ def _seft_callbacks(options: dict):
 
 
 def _lora(options: dict, own_keys):
-    kwargs = {**_LORA_DEFAULTS, **{k: v for k, v in options.items() if k not in own_keys}}
+    kwargs = {**LORA_DEFAULTS, **{k: v for k, v in options.items() if k not in own_keys}}
     return LoraConfig(**kwargs)
 
 
