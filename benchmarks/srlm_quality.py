@@ -69,6 +69,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when a test loads this file
 import _results  # noqa: E402
+from _sweep_common import join_runs  # noqa: E402
 from srlm_report import PIPELINES, aggregate, plot_rl_curves, result_rows, rl_summary, text_table  # noqa: E402
 
 
@@ -137,7 +138,8 @@ def _plan(args) -> list[dict]:
     runs = []
     for name in names:
         stages = PIPELINES[name]
-        for seed in range(args.first_seed, args.seeds) if stages else [0][: args.first_seed == 0]:  # base: seed-free
+        seeds = range(args.first_seed, args.seeds) if stages else [0] if args.first_seed == 0 else []
+        for seed in seeds:  # base is seed-free (greedy): it runs once, in the shard of the first seed
             runs.append({"pipeline": name, "stages": stages, "seed": seed, "steps": _split(args.updates, len(stages))})
     return runs
 
@@ -217,7 +219,7 @@ def _summarise(run: dict, report: dict, seconds: float) -> dict:
     }
 
 
-def _worker(spec_file: str) -> int:
+def _worker(job_file: str) -> int:
     """Load the model once, then run this worker's share of the runs; one result file per run."""
     import copy
 
@@ -226,20 +228,20 @@ def _worker(spec_file: str) -> int:
 
     from hf_plugins.recipes.srlm import run_srlm
 
-    spec = json.loads(Path(spec_file).read_text())
-    args = argparse.Namespace(**spec["args"])
+    job = json.loads(Path(job_file).read_text())
+    args = argparse.Namespace(**job["args"])
     torch.set_num_threads(args.threads_per_job)
     transformers.logging.set_verbosity_error()
     cuda = torch.cuda.is_available() and not args.smoke
-    pristine, tok = _load_dir(spec["model_dir"], "cuda" if cuda else "cpu")
-    for run in spec["runs"]:
+    pristine, tok = _load_dir(job["model_dir"], "cuda" if cuda else "cpu")
+    for run in job["runs"]:
         tag = f"{_key(run['pipeline'])}-{run['seed']}"
         t0, model = time.perf_counter(), None
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         try:
             model = copy.deepcopy(pristine)
-            cfg = _srlm_config(run, args, str(Path(spec["work_dir"]) / tag), cuda)
+            cfg = _srlm_config(run, args, str(Path(job["work_dir"]) / tag), cuda)
             model, report = run_srlm(model, tok, cfg)
             result = _summarise(run, report, time.perf_counter() - t0)
             if cuda:
@@ -252,7 +254,7 @@ def _worker(spec_file: str) -> int:
         del model
         if cuda:
             torch.cuda.empty_cache()
-        (Path(spec["result_dir"]) / f"{tag}.json").write_text(json.dumps(result, default=str))
+        (Path(job["result_dir"]) / f"{tag}.json").write_text(json.dumps(result, default=str))
         print(f"[worker] {tag}: {result.get('accuracy', result.get('error'))} in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -269,16 +271,20 @@ def _assign(runs: list[dict], jobs: int) -> list[list[dict]]:
     return [s[1] for s in loads]
 
 
+def _write_job(path: Path, args, model_dir: Path, work: Path, runs: list[dict]) -> str:
+    """A worker's job file: the arguments, where the model is, where runs and results go, and its runs."""
+    job = {"args": vars(args), "model_dir": str(model_dir), "work_dir": str(work / "runs"),
+           "result_dir": str(work / "results"), "runs": runs}  # fmt: skip
+    path.write_text(json.dumps(job))
+    return str(path)
+
+
 def _launch(args, model_dir: Path, work: Path) -> tuple[list[dict], list[str]]:
     runs = _plan(args)
     result_dir = work / "results"
     result_dir.mkdir()
     if args.jobs == 0:  # in this process, one run after another (the smoke test)
-        spec = {"args": vars(args), "model_dir": str(model_dir), "work_dir": str(work / "runs"),
-                "result_dir": str(result_dir), "runs": runs}  # fmt: skip
-        spec_file = work / "inline.json"
-        spec_file.write_text(json.dumps(spec))
-        _worker(str(spec_file))
+        _worker(_write_job(work / "inline.json", args, model_dir, work, runs))
         return [json.loads(f.read_text()) for f in sorted(result_dir.glob("*.json"))], []
     procs = []
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads_per_job)}
@@ -287,17 +293,9 @@ def _launch(args, model_dir: Path, work: Path) -> tuple[list[dict], list[str]]:
         filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")])
     )
     for i, share in enumerate(_assign(runs, args.jobs)):
-        spec = {
-            "args": vars(args),
-            "model_dir": str(model_dir),
-            "work_dir": str(work / "runs"),
-            "result_dir": str(result_dir),
-            "runs": share,
-        }
-        spec_file = work / f"worker{i}.json"
-        spec_file.write_text(json.dumps(spec))
+        job_file = _write_job(work / f"worker{i}.json", args, model_dir, work, share)
         log = (work / f"worker{i}.log").open("w")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_file)]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", job_file]
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, share))
     print(f"{len(runs)} runs on {len(procs)} workers; logs in {work}", flush=True)
     deadline = time.perf_counter() + args.deadline_s
@@ -328,32 +326,34 @@ def _launch(args, model_dir: Path, work: Path) -> tuple[list[dict], list[str]]:
 
 
 # ------------------------------------------------------------------------------------------------ merge
-SHARD_ARGS = {"pipelines", "seeds", "first_seed", "jobs", "threads_per_job", "deadline_s", "out", "plot", "append",
-              "model_dir", "gguf_dir", "worker", "merge", "device", "model_name"}  # fmt: skip
+SHARD_ARGS = ("pipelines", "seeds", "first_seed", "jobs", "threads_per_job", "deadline_s", "out", "plot", "append",
+              "model_dir", "gguf_dir", "worker", "merge", "device", "model_name")  # fmt: skip
+
+
+def _read_shard(path: Path) -> dict:
+    """{"args", "runs"[, "device"]} of an `--out` JSON, or of the work folder of a run stopped before it wrote one
+    (its `worker0.json` holds the arguments, `results/` the finished runs; the device is not recorded there)."""
+    if path.is_dir():
+        workers = sorted(path.glob("worker*.json")) or sorted(path.glob("inline.json"))
+        if not workers:
+            raise SystemExit(f"{path}: no worker*.json: not a work folder of srlm_quality.py")
+        runs = [json.loads(f.read_text()) for f in sorted((path / "results").glob("*.json"))]
+        return {"args": json.loads(workers[0].read_text())["args"], "runs": runs}
+    raw = json.loads(path.read_text())["raw"]
+    return {"args": raw["args"], "runs": raw["runs"], "device": raw["device"]}
 
 
 def _load_shards(paths: list[str]) -> tuple[dict, list[dict]]:
-    """(the first shard's arguments, every finished run). A path is an `--out` JSON or the work folder of a run
-    stopped before it wrote one (its `worker0.json` holds the arguments, `results/` the finished runs)."""
-    first, runs, seen, devices = None, [], {}, set()
-    for path in map(Path, paths):
-        if path.is_dir():
-            specs = sorted(path.glob("worker*.json")) or sorted(path.glob("inline.json"))
-            if not specs:
-                raise SystemExit(f"{path}: no worker*.json: not a work folder of srlm_quality.py")
-            args = json.loads(specs[0].read_text())["args"]
-            found = [json.loads(f.read_text()) for f in sorted((path / "results").glob("*.json"))]
-        else:
-            raw = json.loads(path.read_text())["raw"]
-            args, found = raw["args"], raw["runs"]
-            devices.add(raw["device"])
-        protocol = {k: v for k, v in args.items() if k not in SHARD_ARGS}
-        if first is None:
-            first = args
-        elif protocol != {k: v for k, v in first.items() if k not in SHARD_ARGS}:
-            diff = sorted(k for k in protocol if protocol[k] != first.get(k))
-            raise SystemExit(f"{path}: settings differ from {paths[0]} ({', '.join(diff)}); merge like with like")
-        for run in found:
+    """(the shards' common arguments, every finished run). The shards must share every argument but SHARD_ARGS,
+    the device where it is recorded, and no (pipeline, seed) may finish in two of them."""
+    shards = [_read_shard(Path(p)) for p in paths]
+    try:
+        first, _ = join_runs(shards, paths, same=("args",), sharded=SHARD_ARGS)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    runs, seen = [], {}
+    for path, shard in zip(paths, shards):
+        for run in shard["runs"]:
             if "accuracy" not in run:
                 continue
             key = (run["pipeline"], run["seed"])
@@ -361,15 +361,15 @@ def _load_shards(paths: list[str]) -> tuple[dict, list[dict]]:
                 raise SystemExit(f"{path}: {key[0]} seed {key[1]} is also in {seen[key]}; drop one of the two")
             seen[key] = path
             runs.append(run)
+    devices = {shard["device"] for shard in shards if "device" in shard}
     if len(devices) > 1:
         raise SystemExit(f"the shards ran on different devices ({sorted(devices)}); merge like with like")
-    model_name = "tiny random Llama" if first["smoke"] else "SmolLM2-135M-Instruct"
-    seeds = len({r["seed"] for r in runs if r["stages"]}) or 1
+    args = first["args"]
     return {
-        **first,
-        "seeds": seeds,
+        **args,
+        "seeds": len({r["seed"] for r in runs if r["stages"]}) or 1,
         "device": devices.pop() if devices else "unknown device",
-        "model_name": model_name,
+        "model_name": "tiny random Llama" if args["smoke"] else "SmolLM2-135M-Instruct",
     }, runs
 
 

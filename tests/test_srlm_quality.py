@@ -105,7 +105,7 @@ def _shard_run(bench, name, seed, acc):
 
 
 def test_merge_joins_shards_and_stopped_work_folders_of_one_protocol(tmp_path, capsys):
-    """A stopped run's work folder (worker spec + per-run results) and a seed shard's --out file give one table: SFT
+    """A stopped run's work folder (worker job file + per-run results) and a seed shard's --out file give one table: SFT
     over seeds 0, 1 (folder) and 2 (file) = mean of the three; unfinished (error) runs are left out."""
     bench = load_bench("srlm_quality")
     args = vars(bench._parser().parse_args([]))
@@ -132,7 +132,7 @@ def test_merge_joins_shards_and_stopped_work_folders_of_one_protocol(tmp_path, c
         bench.main(["--merge", str(folder), str(tmp_path / "dup.json")])
     other = {**shard, "args": {**shard["args"], "rl_lr": 1e-4}}
     (tmp_path / "other.json").write_text(json.dumps({"rows": [], "raw": other}))
-    with pytest.raises(SystemExit, match="settings differ .*rl_lr"):
+    with pytest.raises(SystemExit, match="`args` differs .*rl_lr"):
         bench.main(["--merge", str(folder), str(tmp_path / "other.json")])
 
 
