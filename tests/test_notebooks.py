@@ -9,7 +9,6 @@ one plot (an `image/png` output). Marked `slow`: CI runs it in its slow-test ste
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _bench import load_file  # tests/_bench.py
 
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -101,9 +101,7 @@ def test_notebook_matches_its_source(path):
 
 def test_scale_up_prints_the_benchmark_description_and_its_rows(tmp_path, capsys):
     """The shared "Scale it up" cell: the script's docstring, then exactly the RESULTS.md rows of that method."""
-    spec = importlib.util.spec_from_file_location("_scale_up", NOTEBOOK_DIR / "_scale_up.py")
-    scale_up = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scale_up)
+    scale_up = load_file(NOTEBOOK_DIR / "_scale_up.py", "_scale_up")
     bench = tmp_path / "benchmarks"
     bench.mkdir()
     (bench / "foo_bench.py").write_text('"""Foo on one GPU: python benchmarks/foo_bench.py --steps 10."""\n')

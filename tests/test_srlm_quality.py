@@ -63,28 +63,19 @@ def test_schedule_runs_the_first_two_seeds_before_any_third_seed():
     assert any(share[0]["pipeline"] == "base" for share in shares)  # the reference never waits
 
 
+def _result(bench, name, seed, acc, stage_accs, steps, strict):
+    """A finished run's record as a worker writes it."""
+    return {"pipeline": name, "stages": bench.PIPELINES[name], "seed": seed, "steps": steps, "accuracy": acc,
+            "strict_accuracy": strict, "train_tokens": 100.0, "train_seconds": 1.0, "seconds": 2.0,
+            "stage_results": [{"accuracy": a} for a in stage_accs]}  # fmt: skip
+
+
 def test_aggregate_means_spreads_and_rows():
     bench = load_bench("srlm_quality")
-
-    def run(name, seed, acc, stage_accs):
-        stages = bench.PIPELINES[name]
-        return {
-            "pipeline": name,
-            "stages": stages,
-            "seed": seed,
-            "steps": 24,
-            "accuracy": acc,
-            "strict_accuracy": acc / 2,
-            "train_tokens": 100.0,
-            "train_seconds": 1.0,
-            "seconds": 2.0,
-            "stage_results": [{"accuracy": a} for a in stage_accs],
-        }
-
     results = [
-        {**run("base", 0, 0.2, []), "steps": 0},
-        run("SFT->RL", 0, 0.3, [0.1, 0.3]),
-        run("SFT->RL", 1, 0.5, [0.3, 0.5]),
+        _result(bench, "base", 0, 0.2, [], steps=0, strict=0.1),
+        _result(bench, "SFT->RL", 0, 0.3, [0.1, 0.3], steps=24, strict=0.15),
+        _result(bench, "SFT->RL", 1, 0.5, [0.3, 0.5], steps=24, strict=0.25),
         {"pipeline": "RL", "stages": ["rl"], "seed": 0, "steps": 48, "error": "RuntimeError: boom"},
     ]
     table = bench.aggregate(results)
@@ -99,9 +90,8 @@ def test_aggregate_means_spreads_and_rows():
 
 
 def _shard_run(bench, name, seed, acc):
-    return {"pipeline": name, "stages": bench.PIPELINES[name], "seed": seed, "steps": 48 if name != "base" else 0,
-            "accuracy": acc, "strict_accuracy": acc, "train_tokens": 10.0, "train_seconds": 1.0, "seconds": 1.0,
-            "stage_results": [{"accuracy": acc}] if name != "base" else []}  # fmt: skip
+    trained = name != "base"
+    return _result(bench, name, seed, acc, [acc] if trained else [], steps=48 if trained else 0, strict=acc)
 
 
 def test_merge_joins_shards_and_stopped_work_folders_of_one_protocol(tmp_path, capsys):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _bench import load_file  # tests/_bench.py
 
 
 BENCH = Path(__file__).parents[1] / "benchmarks"
@@ -56,10 +57,7 @@ if __name__ == "__main__":
 def synthetic(tmp_path):
     path = tmp_path / "synthetic.py"
     path.write_text(SCRIPT)
-    spec = importlib.util.spec_from_file_location("synthetic_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(path, "synthetic_sweep")
 
 
 def _calls(work):
