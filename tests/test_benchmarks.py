@@ -1,7 +1,6 @@
 """benchmarks/: the shared repeats summary and row format, the RESULTS.md reader and its superseded-rows table, the
 README's generated headline table, every `*_bench.py --smoke`, and the headline runner."""
 
-import contextlib
 import importlib
 import json
 import math
@@ -12,21 +11,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 
 BENCH = Path(__file__).parents[1] / "benchmarks"
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Smoke shapes are tiny: one intra-op thread is fastest, and spares a busy machine. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -169,8 +156,7 @@ def _smoke(name, bench, tmp_path, monkeypatch, extra=()) -> list[dict]:
     r = bench("_results")
     monkeypatch.setattr(r, "RESULTS", tmp_path / "RESULTS.md")
     module = bench(name)
-    with one_thread():
-        assert module.main(["--smoke", "--repeats", "2", "--append", "--out", str(tmp_path / "out.json"), *extra]) == 0
+    assert module.main(["--smoke", "--repeats", "2", "--append", "--out", str(tmp_path / "out.json"), *extra]) == 0
     assert not (tmp_path / "RESULTS.md").exists()
     rows = json.loads((tmp_path / "out.json").read_text())["rows"]
     assert rows and all(", 2 repeats" in row["case"] for row in rows)
@@ -182,7 +168,7 @@ def _smoke(name, bench, tmp_path, monkeypatch, extra=()) -> list[dict]:
 
 
 @pytest.mark.parametrize("name", SMOKES)
-def test_bench_smoke_writes_rows_of_repeats(name, bench, tmp_path, monkeypatch):
+def test_bench_smoke_writes_rows_of_repeats(name, bench, tmp_path, monkeypatch, one_thread):
     """Every benchmark runs on the CPU with --smoke; its rows carry the repeat count; --append is refused for a
     smoke run (RESULTS.md holds full-size measurements only)."""
     _smoke(name, bench, tmp_path, monkeypatch)
@@ -190,7 +176,7 @@ def test_bench_smoke_writes_rows_of_repeats(name, bench, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(EXTRAS))
-def test_bench_smoke_optional_arms(name, bench, tmp_path, monkeypatch):
+def test_bench_smoke_optional_arms(name, bench, tmp_path, monkeypatch, one_thread):
     """The optional arms add rows to the default ones."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -199,10 +185,9 @@ def test_bench_smoke_optional_arms(name, bench, tmp_path, monkeypatch):
     assert {r["metric"] for r in default} <= {r["metric"] for r in extra} and len(default) < len(extra)
 
 
-def test_lift_smoke_ratio_is_the_median_of_paired_repeats(bench, tmp_path):
+def test_lift_smoke_ratio_is_the_median_of_paired_repeats(bench, tmp_path, one_thread):
     bench("_results")
-    with one_thread():
-        assert bench("lift_bench").main(["--smoke", "--repeats", "3", "--out", str(tmp_path / "o.json")]) == 0
+    assert bench("lift_bench").main(["--smoke", "--repeats", "3", "--out", str(tmp_path / "o.json")]) == 0
     out = json.loads((tmp_path / "o.json").read_text())
     lift, full = out["raw"]["lift"]["B2xT32"]["ms"], out["raw"]["full"]["B2xT32"]["ms"]
     row = next(x for x in out["rows"] if x["metric"] == "ms/step, LIFT vs full FT")
